@@ -1,0 +1,5 @@
+import sys
+
+from mixa.cli import main
+
+sys.exit(main())

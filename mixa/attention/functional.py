@@ -1,0 +1,173 @@
+"""Pure attention cores on raw projections.
+
+Every core takes q, k, v of shape (B, heads, N, d) -- the outputs of the layer's q/k/v projections after
+the head split, *before* any kernel -- applies its own kernel and returns (B, heads, N, d).
+
+The linear cores never form an N x N tensor (cost O(N d^2)) and always reduce in fp32 with autocast
+switched off, whatever the input dtype; the result is cast back to the input dtype with saturation, so
+an fp16/bf16 caller never receives inf or NaN (see ``_saturating_cast``).
+
+``key_mask`` (optional, shape broadcastable to (B, heads, N), 1 = token takes part) restricts every
+reduction over tokens to the masked tokens. It is how a Swin layer honours its shifted-window regions with
+a linear core: each region is an independent self-attention (``masked_by_regions`` below).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "softmax_attention",
+    "relu_linear_attention",
+    "stella_attention",
+    "rala_attention",
+    "apply_rope",
+    "masked_by_regions",
+]
+
+RELU_EPS = 1e-5  # timm's LiteMLA value; EfficientViT's original 1e-15 gave NaN under AMP.
+RALA_EPS = 1e-6  # the RALA paper / official code.
+
+
+def _autocast_off(device_type: str):
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
+def _saturating_cast(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """Cast an fp32 result back to ``dtype``, clamping to its finite range instead of overflowing.
+
+    relu and rala outputs are convex combinations of v and cannot overflow; SteLLA's fixed normalisation
+    can, for extreme inputs, exceed fp16's 65504 -- saturating is the least surprising answer there.
+    """
+    if dtype == x.dtype:
+        return x
+    if dtype.is_floating_point:
+        limit = torch.finfo(dtype).max
+        x = x.clamp(-limit, limit)
+    return x.to(dtype)
+
+
+def _key_weights(key_mask: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
+    """key_mask (B?, H?, N) -> fp32 (B?, H?, N, 1) weights, or None."""
+    if key_mask is None:
+        return None
+    m = key_mask.to(device=like.device, dtype=torch.float32)
+    while m.dim() < 3:
+        m = m.unsqueeze(0)
+    return m.unsqueeze(-1)
+
+
+def _token_count(weights: Optional[Tensor], n: int) -> Tensor | float:
+    if weights is None:
+        return float(n)
+    return weights.sum(dim=-2, keepdim=True).clamp_min(1.0)  # (B?, H?, 1, 1)
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None,
+                      attn_mask: Optional[Tensor] = None) -> Tensor:
+    """softmax(q k^T * scale + attn_mask) v, scale defaulting to d^-1/2. Uses torch's fused SDPA."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+
+
+def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = RELU_EPS,
+                          key_mask: Optional[Tensor] = None) -> Tensor:
+    """ReLU linear attention (EfficientViT / timm LiteMLA):
+    O_i = ReLU(q_i) (sum_j ReLU(k_j)^T v_j) / (ReLU(q_i) . sum_j ReLU(k_j) + eps).
+    """
+    dtype = v.dtype
+    with _autocast_off(q.device.type):
+        q, k, v = F.relu(q.float()), F.relu(k.float()), v.float()
+        w = _key_weights(key_mask, k)
+        if w is not None:
+            k = k * w
+        kv = k.transpose(-2, -1) @ v                       # (B, H, d, dv)
+        k_sum = k.sum(dim=-2, keepdim=True).transpose(-2, -1)  # (B, H, d, 1)
+        out = (q @ kv) / (q @ k_sum + eps)
+    return _saturating_cast(out, dtype)
+
+
+def stella_attention(q: Tensor, k: Tensor, v: Tensor, *, key_mask: Optional[Tensor] = None) -> Tensor:
+    """SteLLA (MixA): O_i = ReLU(q_i) (sum_j ReLU(k_j)^T v_j) / (N sqrt(d)).
+
+    Fixed normalisation, no data-dependent denominator. The formula is our derivation from the MixA
+    supplementary (Theorems 5.1-5.3: the token sum needs 1/N, the dot product 1/sqrt(d)); the main
+    text is not public. With a key_mask, N is the number of participating tokens.
+    """
+    dtype = v.dtype
+    n, d = k.shape[-2], q.shape[-1]
+    with _autocast_off(q.device.type):
+        q, k, v = F.relu(q.float()), F.relu(k.float()), v.float()
+        w = _key_weights(key_mask, k)
+        if w is not None:
+            k = k * w
+        # Normalising the d x d buffer before the second product keeps fp32 far from its range.
+        kv = (k.transpose(-2, -1) @ v) / (_token_count(w, n) * math.sqrt(d))
+        out = q @ kv
+    return _saturating_cast(out, dtype)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding with consecutive channel pairs: x*cos + rot(x)*sin, rot(x0, x1) = (-x1, x0).
+
+    cos/sin broadcast against x (..., N, d).
+    """
+    x_pairs = x.unflatten(-1, (-1, 2))
+    rotated = torch.stack((-x_pairs[..., 1], x_pairs[..., 0]), dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+def rala_attention(q: Tensor, k: Tensor, v: Tensor, *, rope: Optional[Tuple[Tensor, Tensor]] = None,
+                   eps: float = RALA_EPS, key_mask: Optional[Tensor] = None) -> Tensor:
+    """Rank-augmented linear attention core (RALA, CVPR 2025), without LePE and output gate.
+
+    kappa = ELU + 1 on q and k; global query q_g = mean_i kappa(q_i);
+    alpha_j = N softmax_j(q_g . kappa(k_j) / sqrt(d)); k'_j = alpha_j kappa(k_j);
+    Y_i = [kappa(q_i) (1/N) sum_j k'_j^T v_j] / [kappa(q_i) . mean_j k'_j + eps].
+    ``rope=(cos, sin)`` rotates kappa(q) and k' in the numerator only, as the official RAVLT code does.
+    """
+    dtype = v.dtype
+    n, d = k.shape[-2], q.shape[-1]
+    with _autocast_off(q.device.type):
+        q, k, v = F.elu(q.float()) + 1.0, F.elu(k.float()) + 1.0, v.float()
+        w = _key_weights(key_mask, k)
+        count = _token_count(w, n)
+        if w is None:
+            q_global = q.mean(dim=-2, keepdim=True)                      # (B, H, 1, d)
+            logits = (q_global @ k.transpose(-2, -1)) * d ** -0.5       # (B, H, 1, N)
+        else:
+            q_global = (q * w).sum(dim=-2, keepdim=True) / count
+            logits = (q_global @ k.transpose(-2, -1)) * d ** -0.5
+            logits = logits.masked_fill(w.transpose(-2, -1) == 0, float("-inf"))
+        alpha = torch.softmax(logits, dim=-1).transpose(-2, -1) * count  # (B, H, N, 1)
+        k = k * alpha
+        # z uses the un-rotated features; masked keys already carry alpha = 0.
+        z = 1.0 / (q @ (k.sum(dim=-2, keepdim=True) / count).transpose(-2, -1) + eps)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        # (1/N) sum_j k_j^T v_j, with the 1/N split over both factors as the official code does.
+        root = count ** -0.5 if w is not None else n ** -0.5
+        kv = (k * root).transpose(-2, -1) @ (v * root)
+        out = (q @ kv) * z
+    return _saturating_cast(out, dtype)
+
+
+def masked_by_regions(core: Callable[..., Tensor], q: Tensor, k: Tensor, v: Tensor,
+                      regions: Tensor, **kwargs) -> Tensor:
+    """Run a linear core once per region and keep each token's own region's result.
+
+    regions: (W, N) integer labels (W divides B, e.g. Swin's windows per image); tokens attend only to
+    tokens of the same label -- the semantics of Swin's shifted-window mask.
+    """
+    b, h, n, d = q.shape
+    w = regions.shape[0]
+    labels = regions.to(q.device).view(1, w, 1, n).expand(b // w, w, 1, n).reshape(b, 1, n)
+    out = torch.zeros_like(v)
+    for label in torch.unique(labels).tolist():
+        member = labels == label                                     # (B, 1, N)
+        region_out = core(q, k, v, key_mask=member, **kwargs)
+        out = torch.where(member.unsqueeze(-1), region_out, out)
+    return out

@@ -1,0 +1,154 @@
+"""MixAttention: the thin module around a registered core that takes the place of a timm attention layer.
+
+It accepts the call signatures of timm's ViT ``Attention`` (``attn_mask``, ``is_causal``) and Swin's
+``WindowAttention`` (``mask``) across timm versions, and keeps timm's attribute names (``qkv``, ``proj``,
+``q_norm``, ``k_norm``, ``norm``) so that weights carry over one to one.
+
+Decisions for RALA outside its home (documented in README, tested in tests/test_attention.py):
+- Prefix tokens (class / distillation) have no grid position: they take part in every reduction like any
+  token, but receive no LePE term. No RoPE is applied in converted models: the pretrained q/k were never
+  rotated, and a converted layer must start as the plain kernelised attention of its pretrained weights.
+- In Swin, each window is the grid: LePE runs on the ws x ws window (zero padding at window borders);
+  the shifted-window mask becomes regions, each an independent self-attention (``masked_by_regions``).
+  Swin's relative-position bias has no place in a linear core and is dropped from replaced layers.
+- New parameters start neutral: gate phi(x) = 0 x + 1 and LePE = 0, so a freshly converted layer equals
+  the kernelised attention built from the pretrained q/k/v/proj.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as AF
+from .registry import get_attention_kind
+
+
+def regions_from_window_mask(mask: Tensor) -> Tensor:
+    """Swin's additive (nW, N, N) mask (0 = same region) -> (nW, N) labels, one per region."""
+    return (mask == 0).to(torch.int8).argmax(dim=-1)
+
+
+class MixAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, kind: str = "rala", qkv_bias: bool = True,
+                 proj_bias: bool = True, num_prefix_tokens: int = 0, gate: Optional[bool] = None, lepe: Optional[bool] = None,
+                 lepe_kernel: int = 5, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        spec = get_attention_kind(kind)
+        defaults = spec.module_defaults
+        self.kind = kind
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.num_prefix_tokens = num_prefix_tokens
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = nn.Identity()
+        self.k_norm = nn.Identity()
+        self.norm = nn.Identity()
+        self.gate = nn.Linear(dim, dim) if (defaults.get("gate", False) if gate is None else gate) else None
+        use_lepe = defaults.get("lepe", False) if lepe is None else lepe
+        self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim) if use_lepe else None
+        self.proj = nn.Linear(dim, dim, bias=proj_bias)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._core = spec.core
+        self.reset_new_parameters()
+
+    def reset_new_parameters(self) -> None:
+        """Gate = 1 and LePE = 0: the layer is then exactly its kernelised attention."""
+        if self.gate is not None:
+            nn.init.zeros_(self.gate.weight)
+            nn.init.ones_(self.gate.bias)
+        if self.lepe is not None:
+            nn.init.zeros_(self.lepe.weight)
+            nn.init.zeros_(self.lepe.bias)
+
+    @property
+    def options(self) -> dict:
+        """What rebuilds this layer (saved in the model config)."""
+        return {"kind": self.kind, "gate": self.gate is not None, "lepe": self.lepe is not None,
+                "lepe_kernel": self.lepe.kernel_size[0] if self.lepe is not None else 5,
+                "qkv_bias": self.qkv.bias is not None, "proj_bias": self.proj.bias is not None,
+                "num_prefix_tokens": self.num_prefix_tokens}
+
+    @classmethod
+    def from_timm(cls, attn: nn.Module, kind: str, num_prefix_tokens: int = 0, **options) -> "MixAttention":
+        """Build from a timm ``Attention`` / ``WindowAttention``, reusing its q/k/v/proj weights."""
+        dim = attn.qkv.in_features
+        if attn.qkv.out_features != 3 * dim or getattr(attn, "gate", None) is not None:
+            raise ValueError(f"cannot replace {type(attn).__name__}: only attention with qkv width 3 x dim "
+                             f"and no output gate is supported")
+        module = cls(dim, attn.num_heads, kind=kind, qkv_bias=attn.qkv.bias is not None,
+                     proj_bias=attn.proj.bias is not None, num_prefix_tokens=num_prefix_tokens, **options)
+        module.to(device=attn.qkv.weight.device, dtype=attn.qkv.weight.dtype)
+        module.qkv.load_state_dict(attn.qkv.state_dict())
+        module.proj.load_state_dict(attn.proj.state_dict())
+        for name in ("q_norm", "k_norm", "norm"):
+            if isinstance(getattr(attn, name, None), nn.Module):
+                setattr(module, name, getattr(attn, name))
+        if isinstance(getattr(attn, "proj_drop", None), nn.Dropout):
+            module.proj_drop = attn.proj_drop
+        return module
+
+    def _lepe(self, v: Tensor) -> Tensor:
+        """Depth-wise conv on v over the token grid; prefix tokens get zero."""
+        b, h, n, d = v.shape
+        p = self.num_prefix_tokens
+        grid = n - p
+        side = math.isqrt(grid)
+        if side * side != grid:
+            raise ValueError(f"LePE needs a square token grid; got {grid} grid tokens")
+        x = v[:, :, p:].transpose(-1, -2).reshape(b, h * d, side, side)
+        x = self.lepe(x).reshape(b, h, d, grid).transpose(-1, -2)
+        return torch.cat([x.new_zeros(b, h, p, d), x], dim=2) if p else x
+
+    def _key_mask_from(self, attn_mask: Tensor, b: int, n: int) -> Tensor:
+        """A key-padding mask broadcastable to (B, 1, 1, N) -> (B, 1, N) participation weights."""
+        if attn_mask.dim() != 4 or attn_mask.shape[-2] != 1:
+            raise ValueError(f"{self.kind} attention supports only key-padding masks of shape (B, 1, 1, N); "
+                             f"got {tuple(attn_mask.shape)}")
+        keep = attn_mask if attn_mask.dtype == torch.bool else attn_mask > -1e4
+        return keep.reshape(keep.shape[0], 1, n).expand(b, 1, n)
+
+    def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                is_causal: bool = False, **_unused) -> Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+
+        if self.kind == "softmax":
+            if mask is not None:  # Swin's (nW, N, N) window mask
+                nw = mask.shape[0]
+                mask = mask.to(q.dtype).view(1, nw, 1, n, n).expand(b // nw, nw, 1, n, n).reshape(b, 1, n, n)
+                attn_mask = mask if attn_mask is None else attn_mask + mask
+            y = AF.softmax_attention(q, k, v, attn_mask=attn_mask) if not is_causal else \
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            if is_causal:
+                raise ValueError(f"{self.kind} attention does not support is_causal=True")
+            if mask is not None:
+                y = AF.masked_by_regions(self._core, q, k, v, regions_from_window_mask(mask))
+            elif attn_mask is not None:
+                y = self._core(q, k, v, key_mask=self._key_mask_from(attn_mask, b, n))
+            else:
+                y = self._core(q, k, v)
+
+        if self.lepe is not None:
+            y = y + self._lepe(v)
+        y = self.norm(y.transpose(1, 2).reshape(b, n, c))
+        if self.gate is not None:
+            y = y * self.gate(x)
+        return self.proj_drop(self.proj(y))
+
+    def attention_macs(self, x: Tensor) -> int:
+        """MACs of the core (the projections, gate and LePE are counted as the layers they are)."""
+        b, n, _ = x.shape
+        return b * get_attention_kind(self.kind).core_macs(self.num_heads, n, self.head_dim)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, heads={self.num_heads}, head_dim={self.head_dim}, " \
+               f"gate={self.gate is not None}, lepe={self.lepe is not None}, prefix={self.num_prefix_tokens}"

@@ -1,0 +1,117 @@
+"""Building the base timm models: short aliases, pretrained weights, local checkpoints, offline errors."""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ..errors import MixaError, UsageError
+
+ALIASES = {
+    "deit_t": "deit_tiny_patch16_224",
+    "deit_s": "deit_small_patch16_224",
+    "deit_b": "deit_base_patch16_224",
+    "swin_t": "swin_tiny_patch4_window7_224",
+    "swin_s": "swin_small_patch4_window7_224",
+    "swin_b": "swin_base_patch4_window7_224",
+}
+
+
+def resolve_name(name: str) -> str:
+    """Alias -> timm name; a clear error for names timm does not know."""
+    import timm
+
+    full = ALIASES.get(name, name)
+    if not timm.is_model(full):
+        hint = ", ".join(ALIASES)
+        raise UsageError(f"unknown model {name!r} (aliases: {hint}; or any timm DeiT/ViT/Swin name)")
+    return full
+
+
+def load_state_dict_file(path: os.PathLike | str) -> Dict[str, Any]:
+    """Read a local checkpoint without unpickling code: .safetensors, or .pth/.pth.tar/.bin with
+    ``torch.load(weights_only=True)``. Unwraps the usual ``{"model": ...}`` / ``{"state_dict": ...}``
+    wrappers and DDP's ``module.`` prefix."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise MixaError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt, truncated or pickled code: never fall back to full unpickling
+        raise MixaError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise MixaError(f"{path} does not hold a state dict of tensors")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _filter_for(model) -> Optional[Any]:
+    """timm's own checkpoint adapter for the model's family (resizes pos-embeds, rel-pos tables, ...)."""
+    module = importlib.import_module(type(model).__module__)
+    return getattr(module, "checkpoint_filter_fn", None)
+
+
+def load_checkpoint_into(model, path: os.PathLike | str) -> None:
+    """Load a timm-compatible checkpoint into ``model`` strictly, adapting with timm's filter.
+
+    A classifier head of another size is dropped (the head stays freshly initialised) when the model
+    was built with a different ``num_classes``.
+    """
+    state = load_state_dict_file(path)
+    adapt = _filter_for(model)
+    if adapt is not None:
+        try:
+            state = adapt(state, model)
+        except Exception as err:
+            raise MixaError(f"checkpoint {path} does not fit {type(model).__name__}: {err}") from None
+    own = model.state_dict()
+    for key in [k for k in state if k in own and state[k].shape != own[k].shape]:
+        if key.startswith(("head.", "head_dist.", "fc.", "classifier.")):
+            del state[key]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(("head.", "head_dist.", "fc.", "classifier."))]
+    if missing or unexpected:
+        raise MixaError(f"checkpoint {path} does not match {type(model).__name__}: "
+                        f"{len(missing)} missing keys (e.g. {missing[:2]}), "
+                        f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
+
+
+def create_model(name: str, *, pretrained: bool = True, checkpoint: Optional[str] = None,
+                 num_classes: Optional[int] = None, **kwargs):
+    """A timm model by name or alias, with weights from ``checkpoint``, the hub, or random init.
+
+    Offline, a hub download ends in a MixaError that says what to do instead.
+    """
+    import timm
+
+    full = resolve_name(name)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    try:
+        model = timm.create_model(full, pretrained=False, **kwargs)
+    except (TypeError, ValueError, AssertionError) as err:
+        raise UsageError(f"cannot build {full} with {kwargs}: {err}") from None
+    if checkpoint is not None:
+        load_checkpoint_into(model, checkpoint)
+    elif pretrained:
+        try:
+            pretrained_model = timm.create_model(full, pretrained=True, **kwargs)
+        except Exception as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise MixaError(f"could not get pretrained weights for {full} ({reason[:160]}); offline? "
+                            f"pass --checkpoint PATH (a local .pth/.safetensors) or --no-pretrained") from None
+        model = pretrained_model
+    return model.eval()
