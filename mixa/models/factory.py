@@ -114,4 +114,8 @@ def create_model(name: str, *, pretrained: bool = True, checkpoint: Optional[str
             raise MixaError(f"could not get pretrained weights for {full} ({reason[:160]}); offline? "
                             f"pass --checkpoint PATH (a local .pth/.safetensors) or --no-pretrained") from None
         model = pretrained_model
+    # What rebuilds this model offline (mixa.save records it; the distillation teacher is built from it).
+    model.mixa_base = {"model": full, "kwargs": kwargs,
+                       "checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
+                       "pretrained": bool(pretrained and checkpoint is None)}
     return model.eval()
