@@ -1,14 +1,18 @@
 """A procedurally generated image-classification task that needs global spatial reasoning.
 
-Every image holds one red and one blue *key* object and a few distractor objects in other colours on a
-noisy background. The label combines two relations between the two key objects, which lie far apart:
+Every image holds one red and one blue *key* object and three green or yellow distractors, all of
+random shapes, on a noisy background. The label combines two questions about the whole image:
 
-- where the red object lies relative to the blue one: left/right and above/below (4 cases), and
-- whether the two key objects have the same shape (2 cases),
+- where does the red object lie relative to the blue one: left/right and above/below (4 cases), and
+- which colour do most of the three distractors have: green or yellow (2 cases),
 
-so 8 classes. No single patch decides the label: a model must find both key objects anywhere in the
-image, compare their positions and compare their shapes. That is the job of attention, so replacing
-attention layers hurts until the model is fine-tuned, which is what the quick start demonstrates.
+so 8 classes, named ``red_{left|right}_{above|below}_{greens|yellows}``; class index =
+``4 * red_is_right + 2 * red_is_below + yellows_outnumber_greens``, which is also the sorted order of
+the names, so an ImageFolder of the task (classes sorted by folder name) has exactly these indices.
+
+No single patch decides the label: a model must find the two key objects anywhere in the image and
+compare their positions, and count colours over the whole image. That is the job of attention, so
+replacing attention layers hurts until the model is fine-tuned, which is what the quick start shows.
 
 Sample ``i`` of a split is drawn from its own generator seeded with ``(seed, split, i)``, so a dataset is
 deterministic, order-independent and needs no storage: it is served in memory (:class:`SyntheticShapes`,
@@ -23,31 +27,31 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 IMAGE_SIZE = 32
-OBJECT_SIZE = 7
+OBJECT_SIZE = 6
 SHAPES = ("square", "ring", "cross")
 KEY_COLORS = {"red": (225, 45, 45), "blue": (50, 80, 230)}
-DISTRACTOR_COLORS = ((45, 185, 70), (225, 205, 50), (200, 200, 200))
-NUM_DISTRACTORS = (2, 3)  # inclusive range
-MIN_OFFSET = OBJECT_SIZE + 1  # key objects differ by at least this much in x and in y: unambiguous relations
+DISTRACTOR_COLORS = {"green": (45, 185, 70), "yellow": (225, 205, 50)}
+NUM_DISTRACTORS = 3  # odd: one colour always has the majority
+MIN_OFFSET = OBJECT_SIZE + 2  # key objects differ by at least this much in x and in y: unambiguous relations
 # Normalisation the packaged teacher was trained with (also recorded in its timm pretrained_cfg).
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 SPLITS = {"train": 0, "val": 1, "calib": 2}
 
 CLASSES = tuple(
-    f"red_{h}_{v}_{same}"
-    for same in ("different", "same")
+    f"red_{h}_{v}_{majority}"
     for h in ("left", "right")
     for v in ("above", "below")
+    for majority in ("greens", "yellows")
 )
+assert list(CLASSES) == sorted(CLASSES)
 
 
-def label_of(red_xy: Tuple[int, int], blue_xy: Tuple[int, int], red_shape: str, blue_shape: str) -> int:
-    """The class index of a scene: ``4 * same_shape + 2 * red_is_right + red_is_below``."""
+def label_of(red_xy: Tuple[int, int], blue_xy: Tuple[int, int], greens: int, yellows: int) -> int:
+    """The class index of a scene: ``4 * red_is_right + 2 * red_is_below + (yellows > greens)``."""
     right = int(red_xy[0] > blue_xy[0])
     below = int(red_xy[1] > blue_xy[1])
-    same = int(red_shape == blue_shape)
-    return 4 * same + 2 * right + below
+    return 4 * right + 2 * below + int(yellows > greens)
 
 
 def _shape_mask(shape: str) -> np.ndarray:
@@ -77,44 +81,40 @@ def _overlaps(a: Tuple[int, int], b: Tuple[int, int], gap: int = 1) -> bool:
 def generate_scene(rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> Dict:
     """Draw one scene: a uint8 HWC image plus the object list it was drawn from and its label."""
     hi = image_size - OBJECT_SIZE  # top-left corners lie in [0, hi]
-    while True:
-        red = (int(rng.integers(0, hi + 1)), int(rng.integers(0, hi + 1)))
-        blue = (int(rng.integers(0, hi + 1)), int(rng.integers(0, hi + 1)))
-        if abs(red[0] - blue[0]) >= MIN_OFFSET and abs(red[1] - blue[1]) >= MIN_OFFSET:
-            break
-    # Half the scenes have equal key shapes, so both answers of the shape question are equally likely.
-    red_shape = SHAPES[int(rng.integers(len(SHAPES)))]
-    if rng.random() < 0.5:
-        blue_shape = red_shape
-    else:
-        others = [s for s in SHAPES if s != red_shape]
-        blue_shape = others[int(rng.integers(len(others)))]
-    objects = [
-        {"color": "red", "rgb": KEY_COLORS["red"], "shape": red_shape, "xy": red},
-        {"color": "blue", "rgb": KEY_COLORS["blue"], "shape": blue_shape, "xy": blue},
-    ]
-    n_distractors = int(rng.integers(NUM_DISTRACTORS[0], NUM_DISTRACTORS[1] + 1))
-    for _ in range(n_distractors):
-        for _attempt in range(50):  # rejection sampling; a crowded scene just gets fewer distractors
-            xy = (int(rng.integers(0, hi + 1)), int(rng.integers(0, hi + 1)))
-            if not any(_overlaps(xy, o["xy"]) for o in objects):
-                rgb = DISTRACTOR_COLORS[int(rng.integers(len(DISTRACTOR_COLORS)))]
-                objects.append({"color": "distractor", "rgb": rgb,
-                                "shape": SHAPES[int(rng.integers(len(SHAPES)))], "xy": xy})
-                break
 
-    # Background: a random dark tint plus pixel noise, so colour alone is not a trivial per-pixel cue.
+    def corner():
+        return int(rng.integers(0, hi + 1)), int(rng.integers(0, hi + 1))
+
+    while True:  # a layout with every object placed apart (rarely needs a second try)
+        red, blue = corner(), corner()
+        if abs(red[0] - blue[0]) < MIN_OFFSET or abs(red[1] - blue[1]) < MIN_OFFSET:
+            continue
+        objects = [{"color": "red", "xy": red}, {"color": "blue", "xy": blue}]
+        for _ in range(NUM_DISTRACTORS):
+            for _attempt in range(100):
+                xy = corner()
+                if not any(_overlaps(xy, o["xy"]) for o in objects):
+                    colour = "green" if rng.random() < 0.5 else "yellow"
+                    objects.append({"color": colour, "xy": xy})
+                    break
+        if len(objects) == 2 + NUM_DISTRACTORS:
+            break
+    palette = {**KEY_COLORS, **DISTRACTOR_COLORS}
+    for obj in objects:
+        obj["shape"] = SHAPES[int(rng.integers(len(SHAPES)))]
+        obj["rgb"] = palette[obj["color"]]
+
+    # Background: a random dark tint plus pixel noise; object colours jitter a little.
     tint = rng.integers(20, 70, size=3)
     image = tint[None, None, :] + rng.normal(0.0, 12.0, size=(image_size, image_size, 3))
     for obj in objects:
         x, y = obj["xy"]
-        mask = _MASKS[obj["shape"]]
         colour = np.asarray(obj["rgb"], dtype=np.float64) + rng.normal(0.0, 10.0, size=3)
-        region = image[y:y + OBJECT_SIZE, x:x + OBJECT_SIZE]
-        region[mask] = colour
+        image[y:y + OBJECT_SIZE, x:x + OBJECT_SIZE][_MASKS[obj["shape"]]] = colour
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    label = label_of(red, blue, red_shape, blue_shape)
-    return {"image": image, "label": label, "objects": objects}
+    greens = sum(o["color"] == "green" for o in objects)
+    yellows = sum(o["color"] == "yellow" for o in objects)
+    return {"image": image, "label": label_of(red, blue, greens, yellows), "objects": objects}
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -186,7 +186,9 @@ def write_image_folder(root: Union[str, os.PathLike], seed: int = 0,
     """Write ``root/<split>/<class>/<index>.png`` for each split in ``sizes`` (default train 2000,
     val 1000); readable by ``torchvision.datasets.ImageFolder`` and ``mixa.data.eval_loader``.
 
-    Files are written atomically and existing ones are kept, so an interrupted write resumes.
+    Files are written atomically and existing ones are kept, so an interrupted write resumes. Every
+    class must occur in every split (an ImageFolder numbers only the folders it finds), so a split too
+    small to hold all 8 classes is an error.
     """
     from PIL import Image
 
@@ -195,8 +197,6 @@ def write_image_folder(root: Union[str, os.PathLike], seed: int = 0,
     sizes = {"train": 2000, "val": 1000} if sizes is None else dict(sizes)
     root = Path(root)
     for split, n in sizes.items():
-        for name in CLASSES:  # every class folder exists even when a tiny split misses a class
-            (root / split / name).mkdir(parents=True, exist_ok=True)
         indices: Sequence[int] = range(int(n))
         if progress:
             from tqdm import tqdm
@@ -205,10 +205,14 @@ def write_image_folder(root: Union[str, os.PathLike], seed: int = 0,
         for i in indices:
             sample = make_sample(seed, split, i, image_size)
             path = root / split / CLASSES[sample["label"]] / f"{i:06d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
             if path.exists():
                 continue
             with atomic_path(path) as tmp:
                 Image.fromarray(sample["image"]).save(tmp, format="PNG")
+        missing = [name for name in CLASSES if not (root / split / name).is_dir()]
+        if missing:
+            raise ValueError(f"split {split!r} with {n} images misses classes {missing}; write more images")
     return root
 
 
