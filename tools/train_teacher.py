@@ -1,8 +1,12 @@
 """Train the small teacher packaged in mixa/assets/teacher/ on the synthetic task (mixa.data.synthetic).
 
-Reproduces the packaged weights (same seed, same torch build, 2 threads):
+Reproduces the packaged weights (same seed, same torch build, one thread):
 
     PYTHONPATH=. python tools/train_teacher.py --output mixa/assets/teacher
+
+It writes the mixa saved-model format (model.safetensors + config.json, see mixa.io) and
+training.json (command, settings, val accuracy curve). The train_state.pt checkpoint it keeps while
+running is removed at the end.
 
 Every training step draws a batch of *fresh* scenes (sample indices never repeat), so the teacher cannot
 memorise and its val accuracy is its accuracy on the task. Training stops at --steps or as soon as val
@@ -75,7 +79,8 @@ def main(argv=None):
     p.add_argument("--val-size", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--target", type=float, default=95.0, help="stop once val top-1 reaches this (percent)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 is fastest on a shared machine: no spinning thread barriers)")
     args = p.parse_args(argv)
 
     import timm
@@ -136,20 +141,27 @@ def main(argv=None):
                 break
 
     acc = evaluate(model, val_images, val_labels)
-    from safetensors.torch import save_file
-
-    from mixa.io import atomic_path, write_json
-
-    weights = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(out / "raw.safetensors") as tmp:
-        save_file(weights, str(tmp))
-    write_json(out / "raw.json", {
-        "model": TIMM_NAME, "kwargs": kwargs, "val_top1": acc, "val_size": args.val_size,
-        "data_seed": args.data_seed, "steps": step, "args": vars(args),
+    package(model, kwargs, out, {
+        "val_top1": acc, "val_size": args.val_size, "data_seed": args.data_seed, "steps": step,
+        "seconds": round(time.time() - t0), "args": vars(args),
         "command": "PYTHONPATH=. python tools/train_teacher.py " + " ".join(sys.argv[1:]),
         "torch": torch.__version__, "history": history,
     })
-    print(f"final val top-1 {acc:.2f}% after {step} steps, {time.time() - t0:.0f}s", flush=True)
+    state_path.unlink()
+    print(f"final val top-1 {acc:.2f}% after {step} steps, {time.time() - t0:.0f}s -> {out}", flush=True)
+
+
+def package(trained, kwargs: dict, out: Path, training: dict) -> None:
+    """Save as a mixa model directory: rebuilt through mixa.models.create_model so that its config
+    records how to rebuild it offline (timm name + kwargs, no pretrained download)."""
+    import mixa
+    from mixa.io import write_json
+    from mixa.models import create_model
+
+    model = create_model(TIMM_NAME, pretrained=False, **kwargs)
+    model.load_state_dict(trained.state_dict())
+    mixa.save(model.eval(), out)
+    write_json(out / "training.json", training)
 
 
 if __name__ == "__main__":

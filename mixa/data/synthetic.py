@@ -1,18 +1,20 @@
 """A procedurally generated image-classification task that needs global spatial reasoning.
 
-Every image holds one red and one blue *key* object and three green or yellow distractors, all of
-random shapes, on a noisy background. The label combines two questions about the whole image:
+Every image holds five red or blue *key* objects and two green or yellow distractors, all of random
+shapes, on a noisy background; no object crosses the image's vertical or horizontal midline. The label
+combines three counts over the whole image, each over the five key objects (distractors never count):
 
-- where does the red object lie relative to the blue one: left/right and above/below (4 cases), and
-- which colour do most of the three distractors have: green or yellow (2 cases),
+- do most key objects lie in the left or the right half,
+- do most lie in the top ("above") or the bottom ("below") half,
+- are most of them blue or red,
 
-so 8 classes, named ``red_{left|right}_{above|below}_{greens|yellows}``; class index =
-``4 * red_is_right + 2 * red_is_below + yellows_outnumber_greens``, which is also the sorted order of
-the names, so an ImageFolder of the task (classes sorted by folder name) has exactly these indices.
+so 8 classes, named ``{left|right}_{above|below}_{blues|reds}``; class index =
+``4 * right + 2 * below + reds``, which is also the sorted order of the names, so an ImageFolder of
+the task (classes sorted by folder name) has exactly these indices.
 
-No single patch decides the label: a model must find the two key objects anywhere in the image and
-compare their positions, and count colours over the whole image. That is the job of attention, so
-replacing attention layers hurts until the model is fine-tuned, which is what the quick start shows.
+No patch decides the label: every object anywhere in the image counts, and distractors must be told
+apart from key objects first. Aggregating over the whole image is the job of attention, so replacing
+attention layers hurts until the model is fine-tuned, which is what the quick start shows.
 
 Sample ``i`` of a split is drawn from its own generator seeded with ``(seed, split, i)``, so a dataset is
 deterministic, order-independent and needs no storage: it is served in memory (:class:`SyntheticShapes`,
@@ -31,27 +33,31 @@ OBJECT_SIZE = 6
 SHAPES = ("square", "ring", "cross")
 KEY_COLORS = {"red": (225, 45, 45), "blue": (50, 80, 230)}
 DISTRACTOR_COLORS = {"green": (45, 185, 70), "yellow": (225, 205, 50)}
-NUM_DISTRACTORS = 3  # odd: one colour always has the majority
-MIN_OFFSET = OBJECT_SIZE + 2  # key objects differ by at least this much in x and in y: unambiguous relations
+NUM_KEY = 5  # odd: every count has a strict majority
+NUM_DISTRACTORS = 2
 # Normalisation the packaged teacher was trained with (also recorded in its timm pretrained_cfg).
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 SPLITS = {"train": 0, "val": 1, "calib": 2}
 
 CLASSES = tuple(
-    f"red_{h}_{v}_{majority}"
+    f"{h}_{v}_{colour}"
     for h in ("left", "right")
     for v in ("above", "below")
-    for majority in ("greens", "yellows")
+    for colour in ("blues", "reds")
 )
 assert list(CLASSES) == sorted(CLASSES)
 
 
-def label_of(red_xy: Tuple[int, int], blue_xy: Tuple[int, int], greens: int, yellows: int) -> int:
-    """The class index of a scene: ``4 * red_is_right + 2 * red_is_below + (yellows > greens)``."""
-    right = int(red_xy[0] > blue_xy[0])
-    below = int(red_xy[1] > blue_xy[1])
-    return 4 * right + 2 * below + int(yellows > greens)
+def label_of(key_objects: Sequence[Tuple[Tuple[int, int], str]], image_size: int = IMAGE_SIZE) -> int:
+    """The class of a scene from its key objects ``((x, y) top-left corner, colour)``:
+    ``4 * (most lie right) + 2 * (most lie below) + (most are red)``."""
+    half = image_size // 2
+    n = len(key_objects)
+    right = sum(x >= half for (x, _), _ in key_objects) * 2 > n
+    below = sum(y >= half for (_, y), _ in key_objects) * 2 > n
+    reds = sum(colour == "red" for _, colour in key_objects) * 2 > n
+    return 4 * int(right) + 2 * int(below) + int(reds)
 
 
 def _shape_mask(shape: str) -> np.ndarray:
@@ -80,24 +86,23 @@ def _overlaps(a: Tuple[int, int], b: Tuple[int, int], gap: int = 1) -> bool:
 
 def generate_scene(rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> Dict:
     """Draw one scene: a uint8 HWC image plus the object list it was drawn from and its label."""
-    hi = image_size - OBJECT_SIZE  # top-left corners lie in [0, hi]
+    half = image_size // 2
 
     def corner():
-        return int(rng.integers(0, hi + 1)), int(rng.integers(0, hi + 1))
+        # A corner inside one half along each axis, so that no object crosses a midline.
+        return tuple(int(rng.integers(2)) * half + int(rng.integers(0, half - OBJECT_SIZE + 1)) for _ in "xy")
 
-    while True:  # a layout with every object placed apart (rarely needs a second try)
-        red, blue = corner(), corner()
-        if abs(red[0] - blue[0]) < MIN_OFFSET or abs(red[1] - blue[1]) < MIN_OFFSET:
-            continue
-        objects = [{"color": "red", "xy": red}, {"color": "blue", "xy": blue}]
-        for _ in range(NUM_DISTRACTORS):
+    colours = [("red" if rng.random() < 0.5 else "blue") for _ in range(NUM_KEY)]
+    colours += [("green" if rng.random() < 0.5 else "yellow") for _ in range(NUM_DISTRACTORS)]
+    while True:  # a layout with every object apart from the others (rejection sampling)
+        objects = []
+        for colour in colours:
             for _attempt in range(100):
                 xy = corner()
                 if not any(_overlaps(xy, o["xy"]) for o in objects):
-                    colour = "green" if rng.random() < 0.5 else "yellow"
                     objects.append({"color": colour, "xy": xy})
                     break
-        if len(objects) == 2 + NUM_DISTRACTORS:
+        if len(objects) == len(colours):
             break
     palette = {**KEY_COLORS, **DISTRACTOR_COLORS}
     for obj in objects:
@@ -112,9 +117,8 @@ def generate_scene(rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> Di
         colour = np.asarray(obj["rgb"], dtype=np.float64) + rng.normal(0.0, 10.0, size=3)
         image[y:y + OBJECT_SIZE, x:x + OBJECT_SIZE][_MASKS[obj["shape"]]] = colour
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    greens = sum(o["color"] == "green" for o in objects)
-    yellows = sum(o["color"] == "yellow" for o in objects)
-    return {"image": image, "label": label_of(red, blue, greens, yellows), "objects": objects}
+    keys = [(o["xy"], o["color"]) for o in objects if o["color"] in KEY_COLORS]
+    return {"image": image, "label": label_of(keys, image_size), "objects": objects}
 
 
 def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
