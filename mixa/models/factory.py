@@ -150,6 +150,11 @@ def create_model(name: str, *, pretrained: bool = True, checkpoint: Optional[str
             raise MixaError(f"could not get pretrained weights for {full} ({reason}); offline? "
                             f"pass --checkpoint PATH (a local .pth/.safetensors) or --no-pretrained") from None
         model = pretrained_model
+    # timm leaves pretrained_cfg at the default resolution when img_size is overridden; the data pipeline
+    # (resolve_data_config) must follow the model's real input size.
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, *tuple(img_size))}
     # What rebuilds this model offline (mixa.save records it; the distillation teacher is built from it).
     model.mixa_base = {"model": full, "kwargs": kwargs,
                        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
