@@ -130,6 +130,17 @@ def quickstart(output="mixa-quickstart", attn: str = "rala", keep: int = 6, sele
         raise UsageError(f"--output {out} exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
     data_dir, converted_dir, run_dir = out / "data", out / "converted", out / "distill"
+    # Stages are reused on a rerun only if they were made with the same settings.
+    run_settings = {"attn": attn, "keep": keep, "select": select, "sizes": sizes, "calib_images": calib_images,
+                    "seed": seed, "recipe": settings}
+    settings_path = out / "stages" / "settings.json"
+    if settings_path.is_file():
+        previous = json.loads(settings_path.read_text())
+        if previous != json.loads(json.dumps(run_settings)):
+            changed = sorted(k for k in run_settings if previous.get(k) != json.loads(json.dumps(run_settings[k])))
+            raise UsageError(f"{out} holds a quickstart run with other settings ({', '.join(changed)}); "
+                             f"choose another --output or delete it")
+    mio.write_json(settings_path, run_settings)
     timings: Dict[str, float] = {}
     t_start = time.perf_counter()
 
@@ -267,20 +278,18 @@ def _summary(results, attn, keep, select, timings, total_s, threads) -> Dict[str
 
 
 def format_summary(s: Dict[str, Any]) -> str:
-    def row(name, teacher, student):
-        return f"| {name} | {teacher} | {student} |"
+    """The summary as a text table: teacher vs student, then where the time went."""
+    from .report import human, table
 
-    lines = [
-        f"| | teacher (softmax x12) | student ({s['attn']}, softmax kept in {s['keep']}) |",
-        "|---|---:|---:|",
-        row("top-1 (%)", f"{s['teacher_top1']:.2f}",
-            f"{s['student_top1']:.2f} (before KD {s['student_top1_before_kd']:.2f})"),
-        row("agreement with teacher (%)", "100", f"{s['agreement_top1']:.2f} (before KD "
-                                                 f"{s['agreement_top1_before_kd']:.2f})"),
-        row("latency, ORT CPU batch 1 (ms)", f"{s['teacher_latency_ms']:.3f}", f"{s['student_latency_ms']:.3f}"),
-        row("params", f"{s['teacher_params'] / 1e6:.3f} M", f"{s['student_params'] / 1e6:.3f} M"),
-        row("MACs", f"{s['teacher_macs'] / 1e6:.2f} M", f"{s['student_macs'] / 1e6:.2f} M"),
+    rows = [
+        ("top-1 (%)", f"{s['teacher_top1']:.2f}", f"{s['student_top1']:.2f}",
+         f"{s['student_top1_before_kd']:.2f}"),
+        ("agreement with teacher (%)", "100.00", f"{s['agreement_top1']:.2f}",
+         f"{s['agreement_top1_before_kd']:.2f}"),
+        ("latency ORT CPU batch 1 (ms)", f"{s['teacher_latency_ms']:.3f}", f"{s['student_latency_ms']:.3f}", ""),
+        ("params", human(s["teacher_params"]), human(s["student_params"]), ""),
+        ("MACs", human(s["teacher_macs"]), human(s["student_macs"]), ""),
     ]
+    head = ["", "teacher (12 softmax)", f"student ({s['keep']} softmax + {s['attn']})", "student before KD"]
     stages = ", ".join(f"{k} {v:.0f}s" for k, v in s["stage_seconds"].items())
-    lines.append(f"\ntotal {s['total_seconds']:.0f}s ({stages})")
-    return "\n".join(lines)
+    return table(rows, head) + f"\n\ntotal {s['total_seconds']:.0f}s: {stages}"

@@ -1,0 +1,41 @@
+"""mixa quickstart: convert -> distill -> eval -> export -> profile on the embedded teacher and data."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "watch mixa do its whole job offline in minutes: the embedded ViT teacher on synthetic data"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default="mixa-quickstart", metavar="DIR",
+                   help="where everything goes, incl. DIR/summary.json (default mixa-quickstart); "
+                        "rerunning with the same DIR resumes after the last finished stage")
+    p.add_argument("--attn", default="rala", help="linear kind for the replaced layers: relu, stella, rala (default rala)")
+    p.add_argument("--keep", type=int, default=6, help="layers that keep softmax, of 12 (default 6)")
+    p.add_argument("--select", default="sensitivity", choices=["sensitivity", "first", "last", "uniform"],
+                   help="how the kept layers are chosen (default sensitivity, on synthetic calibration images)")
+    p.add_argument("--epochs", type=int, help="distillation epochs (default 4)")
+    p.add_argument("--train-images", type=int, default=6000, metavar="N", help="synthetic training images (default 6000)")
+    p.add_argument("--val-images", type=int, default=1000, metavar="N", help="synthetic validation images (default 1000)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch and ONNX Runtime threads (default: torch's default)")
+    p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mixa.errors import UsageError
+    from mixa.quickstart import quickstart
+
+    for name in ("train_images", "val_images"):
+        if getattr(args, name) < 100:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 100 (every class needs images)")
+    if not 0 <= args.keep <= 12:
+        raise UsageError("--keep must be in [0, 12]")
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError("--epochs must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be >= 1")
+    quickstart(args.output, attn=args.attn, keep=args.keep, select=args.select,
+               sizes={"train": args.train_images, "val": args.val_images}, seed=args.seed,
+               threads=args.threads, progress=args.progress, epochs=args.epochs)
+    return 0

@@ -1,0 +1,95 @@
+"""The packaged teacher and the quick start pipeline."""
+import json
+
+import pytest
+import torch
+
+import mixa
+from mixa.io import read_config
+from mixa.data import synthetic
+from mixa.quickstart import TEACHER_DIR, load_teacher
+
+# Val scenes the teacher never saw (its training watched val samples 0..999 of seed 0 to stop).
+FRESH = dict(split="val", length=400, seed=0, offset=5000)
+
+
+def _top1(model, x, y):
+    with torch.no_grad():
+        return 100.0 * (model(x).argmax(-1) == y).float().mean().item()
+
+
+@pytest.fixture(scope="module")
+def fresh_val():
+    return synthetic.SyntheticShapes(**FRESH).tensors()
+
+
+def test_packaged_teacher_small_and_loadable():
+    size = (TEACHER_DIR / "model.safetensors").stat().st_size
+    assert size <= 10 * 2 ** 20
+    cfg = read_config(TEACHER_DIR)
+    assert cfg["format"] == "mixa-model/1" and len(cfg["layers"]) == 12
+    assert all(layer["kind"] == "softmax" for layer in cfg["layers"])
+    model = mixa.load(TEACHER_DIR)
+    assert model.pretrained_cfg["input_size"] in ([3, 32, 32], (3, 32, 32))
+
+
+def test_packaged_teacher_reaches_its_accuracy(fresh_val):
+    """On scenes it never saw, the teacher matches the val accuracy its training recorded (400 images:
+    binomial sd ~1.1 points at 95%, so 4 points is a wide margin) and lies in the 85-97% band."""
+    training = json.loads((TEACHER_DIR / "training.json").read_text())
+    x, y = fresh_val
+    top1 = _top1(load_teacher(), x, y)
+    assert abs(top1 - training["val_top1"]) < 4.0, (top1, training["val_top1"])
+    assert 85.0 <= top1 <= 97.0
+    # load_teacher (timm model + checkpoint) and mixa.load (saved model) are the same network.
+    with torch.no_grad():
+        assert torch.allclose(load_teacher()(x[:8]), mixa.load(TEACHER_DIR)(x[:8]), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
+def test_replacing_attention_without_finetuning_costs_10_points(kind, fresh_val):
+    """The task needs attention: keeping softmax in 6 of 12 layers, untrained linear attention in the
+    others, loses at least 10 points before distillation."""
+    x, y = fresh_val
+    teacher = load_teacher()
+    student = mixa.convert(teacher, keep=6, attn=kind, select="uniform", progress=False)
+    assert _top1(teacher, x, y) - _top1(student, x, y) >= 10.0
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end_tiny(tmp_path):
+    """The whole pipeline on a tiny setting writes summary.json with numbers that agree with the
+    artefacts it wrote: the student's top-1 recomputed from its checkpoint and the val folder."""
+    from mixa.cli import main
+
+    out = tmp_path / "qs"
+    rc = main(["quickstart", "--output", str(out), "--train-images", "128", "--val-images", "200",
+               "--epochs", "1", "--threads", "1", "--no-progress", "--attn", "stella"])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("teacher_top1", "student_top1", "agreement_top1", "teacher_latency_ms", "student_latency_ms",
+                "teacher_params", "student_macs"):
+        assert key in summary
+    assert summary["attn"] == "stella" and len(summary["kept_layers"]) == 6
+    assert (out / "teacher.onnx").is_file() and (out / "student.onnx").is_file()
+    from mixa.distill import evaluate
+
+    again = evaluate(out / "distill" / "best", out / "data", batch_size=100, workers=0, device="cpu",
+                     progress=False)
+    assert again["top1"] == pytest.approx(summary["student_top1"], abs=1e-6)
+    assert again["images"] == 200
+    # A second run finds every stage done and rebuilds the same summary.
+    assert main(["quickstart", "--output", str(out), "--no-progress", "--threads", "1",
+                 "--train-images", "128", "--val-images", "200", "--epochs", "1", "--attn", "stella"]) == 0
+    assert json.loads((out / "summary.json").read_text())["student_top1"] == summary["student_top1"]
+    # ... but not a run with other settings: its stages would be stale.
+    assert main(["quickstart", "--output", str(out), "--no-progress", "--threads", "1",
+                 "--train-images", "128", "--val-images", "200", "--epochs", "1", "--attn", "relu"]) == 2
+
+
+def test_quickstart_rejects_bad_input(capsys):
+    from mixa.cli import main
+
+    assert main(["quickstart", "--attn", "softmax", "--output", "unused"]) == 2
+    assert "linear kind" in capsys.readouterr().err
+    assert main(["quickstart", "--keep", "13", "--output", "unused"]) == 2
