@@ -11,15 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(__file__))
-import _distill_shim  # noqa: E402
-
-SHIMMED = _distill_shim.install()
-
-import mixa.io as mio  # noqa: E402
-from mixa.cli import main  # noqa: E402
-from mixa.distill import losses  # noqa: E402
-from mixa.distill.train import DistillStep, distill, evaluate, lr_at, param_groups  # noqa: E402
+import mixa
+import mixa.io as mio
+from mixa.cli import main
+from mixa.distill import losses
+from mixa.distill.train import DistillStep, build_teacher, distill, evaluate, lr_at, param_groups
+from mixa.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = "deit_tiny_patch16_224"
@@ -45,17 +42,6 @@ def make_imagefolder(root: Path, classes=4, train=8, val=4, size=36, seed=0):
     return root
 
 
-def make_model_dir(path: Path, base: dict, seed: int, distilled=False):
-    import timm
-
-    torch.manual_seed(seed)
-    name = base["model"] if not distilled else "deit_tiny_distilled_patch16_224"
-    model = timm.create_model(name, **base["kwargs"])
-    model.mixa_base = dict(base, model=name)
-    mio.save(model, path)
-    return model
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from safetensors.torch import save_file
@@ -64,10 +50,12 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     make_imagefolder(root / "data")
     torch.manual_seed(1)
-    teacher = timm.create_model(BASE, **TINY)
-    save_file(teacher.state_dict(), str(root / "teacher.safetensors"))
-    base = {"model": BASE, "kwargs": TINY, "checkpoint": str(root / "teacher.safetensors"), "pretrained": False}
-    make_model_dir(root / "student", base, seed=2)
+    save_file(timm.create_model(BASE, **TINY).state_dict(), str(root / "teacher.safetensors"))
+    teacher = create_model(BASE, checkpoint=str(root / "teacher.safetensors"), **TINY)
+    student = mixa.convert(teacher, keep=1, attn="rala", progress=False)
+    with torch.no_grad():  # a student that differs from its teacher (a fresh conversion nearly equals it)
+        student.head.weight.add_(0.5 * torch.randn_like(student.head.weight))
+    mio.save(student, root / "student")
     return root
 
 
@@ -186,10 +174,10 @@ def test_distilled_deit_heads_get_their_own_loss(tmp_path):
 # ------------------------------------------------------------------------------------------ training
 
 def test_training_lowers_loss_and_writes_a_loadable_run(world, tmp_path):
-    from mixa.distill.data import eval_loader
+    from mixa.distill.data import val_loader
 
     student = mio.load(world / "student")
-    loader = eval_loader(world / "data", student, batch_size=16, workers=0, split="train")
+    loader = val_loader(world / "data", student, batch_size=16, workers=0, split="train")
     images, target, _ = next(iter(loader))
 
     def loss_of(model):
@@ -256,10 +244,8 @@ def test_unreadable_images_are_skipped_and_counted(world, tmp_path):
 def test_torchrun_two_processes_gloo(world, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    launch = str(Path(__file__).parent / "_distill_launch.py") if SHIMMED else None
-    entry = [launch] if launch else ["-m", "mixa"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           *entry, "distill", "--student", str(world / "student"), "--data", str(world / "data"),
+           "-m", "mixa", "distill", "--student", str(world / "student"), "--data", str(world / "data"),
            "--output", str(run), "--recipe", "tiny", "--epochs", "1", "--no-progress", "--device", "cpu"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=110, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -276,10 +262,10 @@ def test_torchrun_two_processes_gloo(world, tmp_path):
 # ------------------------------------------------------------------------------------------ mixa eval
 
 def test_eval_reports_accuracy_and_agreement(world, tmp_path, capsys):
-    from mixa.distill.data import eval_loader
+    from mixa.distill.data import val_loader
 
     student = mio.load(world / "student")
-    loader = eval_loader(world / "data", student, batch_size=5, workers=0)
+    loader = val_loader(world / "data", student, batch_size=5, workers=0)
     correct = total = 0
     with torch.no_grad():
         for images, target, _ in loader:
@@ -324,7 +310,7 @@ def test_errors_are_one_line_and_lose_nothing(world, tmp_path, capsys, monkeypat
     fails("data directory not found", "--student", student, "--data", str(tmp_path / "nope"), "--output", run)
     (tmp_path / "empty" / "train").mkdir(parents=True)
     (tmp_path / "empty" / "val").mkdir()
-    fails("no images", "--student", student, "--data", str(tmp_path / "empty"), "--output", run)
+    fails("no usable ImageFolder", "--student", student, "--data", str(tmp_path / "empty"), "--output", run)
     three = make_imagefolder(tmp_path / "three", classes=3, train=2, val=1)
     fails("3 class folders but the model has 4", "--student", student, "--data", str(three), "--output", run)
     fails("not a mixa model directory", "--student", str(world / "data"), "--data", data, "--output", run)
@@ -362,3 +348,23 @@ def test_checkpoint_switch_recovers_from_a_kill_between_renames(world, tmp_path)
     (tmp_path / ".last.tmp.abc").mkdir()
     assert recover_checkpoint(tmp_path, "last").is_dir()
     assert mio.is_model_dir(tmp_path / "last") and not (tmp_path / ".last.tmp.abc").exists()
+
+
+def test_default_teacher_is_the_recorded_original(tmp_path):
+    """A student converted with another patch size (16 -> 8 here) still gets the original as teacher."""
+    kwargs = {k: v for k, v in TINY.items() if k != "patch_size"}  # patch 16 on 32 px
+    original = create_model(BASE, pretrained=False, **kwargs)
+    student = mixa.convert(original, keep=1, attn="stella", patch_size=8, progress=False)
+    mio.save(student, tmp_path / "s")
+    teacher = build_teacher(None, mio.read_config(tmp_path / "s"), checkpoint=None)
+    assert tuple(student.patch_embed.patch_size) == (8, 8) and tuple(teacher.patch_embed.patch_size) == (16, 16)
+    assert tuple(teacher.patch_embed.img_size) == tuple(student.patch_embed.img_size) == (32, 32)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_default_teacher_loads_the_recorded_checkpoint(world):
+    teacher = build_teacher(None, mio.read_config(world / "student"))
+    from safetensors.torch import load_file
+
+    ref = load_file(str(world / "teacher.safetensors"))
+    assert all(torch.equal(v, ref[k]) for k, v in teacher.state_dict().items())

@@ -12,56 +12,44 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from ..data import eval_transform
 from ..errors import MixaError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def split_dir(data_dir, split: str) -> Path:
-    """``data_dir/split`` of an ImageNet-layout root; for ``val``, a directory of class folders works too."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise MixaError(f"data directory not found: {root}")
-    path = root / split
-    if path.is_dir():
-        return path
-    if split == "val" and any(p.is_dir() for p in root.iterdir()) and not (root / "train").is_dir():
-        return root
-    raise MixaError(f"{root} has no {split}/ folder (expected {root}/{split}/<class>/<image>)")
+    """``data_dir/train`` must exist for training; for ``val`` a directory of class folders works too."""
+    from ..data import resolve_split
+
+    path = resolve_split(data_dir, split)
+    if split == "train" and path.name != "train":
+        raise MixaError(f"{data_dir} has no train/ folder (expected {data_dir}/train/<class>/<image>)")
+    if split == "val" and path.name != "val" and (Path(data_dir) / "train").is_dir():
+        raise MixaError(f"{data_dir} has no val/ folder (expected {data_dir}/val/<class>/<image>)")
+    return path
 
 
 class SafeImageFolder:
-    """torchvision ImageFolder whose items are (image, label, skipped): an unreadable file is replaced
-    by the next readable sample and counted instead of ending the run."""
+    """mixa.data's SafeImageFolder with items (image, label, skipped): an unreadable file is replaced by
+    the next readable sample and counted, so batches keep their size and order stays deterministic."""
 
     def __init__(self, root, transform=None):
-        from torchvision.datasets import ImageFolder
+        from ..data import SafeImageFolder as Folder
 
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self.folder = ImageFolder(str(root), transform=transform,
-                                          is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
-        except (FileNotFoundError, OSError) as err:
-            raise MixaError(f"no images in {root}: {str(err).splitlines()[0]}") from None
-        if not self.folder.samples:
-            raise MixaError(f"no images in {root}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.folder = Folder(root, transform=transform)
         self.classes = self.folder.classes
 
     def __len__(self) -> int:
-        return len(self.folder.samples)
+        return len(self.folder)
 
     def __getitem__(self, index: int):
         n = len(self)
         for skipped in range(n):
-            path, label = self.folder.samples[(index + skipped) % n]
-            try:
-                image = self.folder.loader(path)
-            except Exception:  # truncated, corrupt, not an image, unreadable: count and move on
-                continue
-            if self.folder.transform is not None:
-                image = self.folder.transform(image)
-            return image, label, skipped
+            sample = self.folder[(index + skipped) % n]
+            if sample is not None:
+                return sample[0], sample[1], skipped
         raise MixaError(f"no readable image in {self.folder.root}")
 
 
@@ -84,15 +72,6 @@ def train_transform(model, settings: Dict[str, Any]):
                             mean=cfg["mean"], std=cfg["std"], auto_augment=settings.get("auto_augment"),
                             color_jitter=settings.get("color_jitter", 0.4), re_prob=settings.get("reprob", 0.0),
                             re_mode=settings.get("remode", "pixel"))
-
-
-def eval_transform(model):
-    from timm.data import create_transform
-
-    cfg = data_config(model)
-    return create_transform(cfg["input_size"], is_training=False, interpolation=cfg["interpolation"],
-                            mean=cfg["mean"], std=cfg["std"], crop_pct=cfg["crop_pct"],
-                            crop_mode=cfg.get("crop_mode", "center"))
 
 
 class ShardSampler(Sampler):
@@ -129,7 +108,7 @@ def set_train_epoch(loader: DataLoader, epoch: int) -> None:
     loader.generator.manual_seed((seed * 1_000_003 + epoch * 1_009 + rank) % (2 ** 63))
 
 
-def eval_loader(data_dir, model, batch_size: int = 64, workers: int = 4, max_batches: Optional[int] = None,
+def val_loader(data_dir, model, batch_size: int = 64, workers: int = 4, max_batches: Optional[int] = None,
                 rank: int = 0, world: int = 1, split: str = "val") -> DataLoader:
     """Loader over ``data_dir/val`` (or a directory of class folders) with the model's eval transform.
     Items are (image, label, skipped). ``max_batches`` keeps only the first batches (quick checks)."""

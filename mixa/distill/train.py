@@ -167,6 +167,11 @@ def build_teacher(teacher, student_cfg: Optional[Dict[str, Any]], checkpoint: Op
         if not isinstance(base, dict) or not base.get("model"):
             raise MixaError("the student's config records no base model; pass --teacher NAME|DIR")
         ckpt = checkpoint or base.get("checkpoint")
+        if ckpt is None and not base.get("pretrained", True) and os.environ.get("RANK", "0") == "0":
+            import sys
+
+            print(f"mixa: warning: the student was converted from a randomly initialised {base['model']}; "
+                  f"the default teacher has random weights (pass --teacher or --teacher-checkpoint)", file=sys.stderr)
         model = create_model(base["model"], pretrained=bool(base.get("pretrained", True)) and ckpt is None,
                              checkpoint=ckpt, **dict(base.get("kwargs") or {}))
     elif Path(str(teacher)).is_dir():
@@ -351,7 +356,7 @@ def evaluate(model, data_dir, teacher=None, *, teacher_checkpoint: Optional[str]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = mio.read_config(model) if not isinstance(model, nn.Module) else None
     net = load_student(model)
-    loader = D.eval_loader(data_dir, net, batch_size=batch_size, workers=workers, max_batches=max_batches)
+    loader = D.val_loader(data_dir, net, batch_size=batch_size, workers=workers, max_batches=max_batches)
     _check_classes(net, loader.dataset, D.split_dir(data_dir, "val"))
     t = build_teacher(teacher, cfg, teacher_checkpoint) if teacher is not None else None
     if t is not None:
@@ -515,7 +520,7 @@ def _run(student_dir, data_dir, run: Path, teacher, teacher_checkpoint, settings
     student_cfg = mio.read_config(student_dir) if not isinstance(student_dir, nn.Module) else None
     student = load_student(student_dir)
     train_dl, train_set = D.train_loader(data_dir, student, s, per_process, dist.rank, world)
-    val_dl = D.eval_loader(data_dir, student, batch_size=s["eval_batch_size"] or per_process,
+    val_dl = D.val_loader(data_dir, student, batch_size=s["eval_batch_size"] or per_process,
                            workers=s["workers"], rank=dist.rank, world=world)
     _check_classes(student, train_set, D.split_dir(data_dir, "train"))
     _check_classes(student, val_dl.dataset, D.split_dir(data_dir, "val"))
