@@ -30,10 +30,10 @@ STAGES = ("data", "teacher", "convert", "distill", "eval", "export", "profile")
 # KD fine-tuning settings for the synthetic task. No augmentation: a flip or crop changes the answer
 # (left/right, above/below), colour jitter can change the colour majority.
 RECIPE: Dict[str, Any] = {
-    "epochs": 4,
+    "epochs": 3,
     "warmup_epochs": 0,
     "batch_size": 64,
-    "lr": 1.0e-3,
+    "lr": 5.0e-4,
     "lr_base_batch": None,
     "min_lr": 1.0e-5,
     "warmup_lr": 1.0e-5,

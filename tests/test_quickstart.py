@@ -105,3 +105,20 @@ def test_quickstart_rejects_bad_input(capsys):
     assert main(["quickstart", "--attn", "softmax", "--output", "unused"]) == 2
     assert "linear kind" in capsys.readouterr().err
     assert main(["quickstart", "--keep", "13", "--output", "unused"]) == 2
+
+
+def test_quickstart_recipe_keeps_images_intact():
+    """The distillation recipe of the quick start must not flip, crop or recolour: left/right,
+    above/below and colour are the label. Its training transform equals the eval transform."""
+    from PIL import Image
+
+    from mixa.distill.data import train_transform
+    from mixa.distill.recipes import load_recipe
+    from mixa.quickstart import RECIPE
+
+    teacher = load_teacher()
+    transform = train_transform(teacher, load_recipe(RECIPE))
+    ds = synthetic.SyntheticShapes("val", 4, seed=0)
+    for i in range(4):
+        for _ in range(3):
+            assert torch.allclose(transform(Image.fromarray(ds.images[i])), ds[i][0], atol=1e-6)

@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=int, default=6, help="layers that keep softmax, of 12 (default 6)")
     p.add_argument("--select", default="sensitivity", choices=["sensitivity", "first", "last", "uniform"],
                    help="how the kept layers are chosen (default sensitivity, on synthetic calibration images)")
-    p.add_argument("--epochs", type=int, help="distillation epochs (default 4)")
+    p.add_argument("--epochs", type=int, help="distillation epochs (default 3)")
     p.add_argument("--train-images", type=int, default=6000, metavar="N", help="synthetic training images (default 6000)")
     p.add_argument("--val-images", type=int, default=1000, metavar="N", help="synthetic validation images (default 1000)")
     p.add_argument("--threads", type=int, metavar="N", help="torch and ONNX Runtime threads (default: torch's default)")

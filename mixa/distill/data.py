@@ -71,7 +71,8 @@ def train_transform(model, settings: Dict[str, Any]):
     return create_transform(cfg["input_size"], is_training=True, interpolation=cfg["interpolation"],
                             mean=cfg["mean"], std=cfg["std"], auto_augment=settings.get("auto_augment"),
                             color_jitter=settings.get("color_jitter", 0.4), re_prob=settings.get("reprob", 0.0),
-                            re_mode=settings.get("remode", "pixel"))
+                            re_mode=settings.get("remode", "pixel"), hflip=settings.get("hflip", 0.5),
+                            scale=tuple(settings.get("scale", (0.08, 1.0))))
 
 
 class ShardSampler(Sampler):

@@ -42,6 +42,8 @@ DEFAULTS: Dict[str, Any] = {
     "mixup_prob": 1.0,
     "mixup_switch_prob": 0.5,
     "color_jitter": 0.3,
+    "hflip": 0.5,             # horizontal-flip probability (0 where left/right is part of the label)
+    "scale": [0.08, 1.0],     # RandomResizedCrop area range; [1, 1]: no crop
     "seed": 0,
     "workers": 8,
     "eval_batch_size": None,  # null: per-process batch
