@@ -97,7 +97,7 @@ def _run_stage(out: Path, name: str, fn: Callable[[], Dict[str, Any]], say: Call
 
 
 def quickstart(output="mixa-quickstart", attn: str = "rala", keep: int = 6, select: str = "sensitivity",
-               sizes: Optional[Dict[str, int]] = None, calib_images: int = 256, seed: int = 0,
+               sizes: Optional[Dict[str, int]] = None, calib_images: int = 256, seed: int = 1,
                threads: Optional[int] = None, profile_repeat: int = 200, progress: bool = True,
                say: Callable[[str], None] = print, **recipe) -> Dict[str, Any]:
     """Run the whole pipeline into ``output`` and return the summary (also OUTPUT/summary.json).

@@ -72,6 +72,8 @@ def test_replacing_attention_without_finetuning_costs_points(kind, fresh_val_100
 def test_quickstart_end_to_end_tiny(tmp_path):
     """The whole pipeline on a tiny setting writes summary.json with numbers that agree with the
     artefacts it wrote: the student's top-1 recomputed from its checkpoint and the val folder."""
+    pytest.importorskip("mixa.export", reason="mixa.export (issue: export/profile) not merged yet")
+    pytest.importorskip("mixa.profile.ort", reason="mixa.profile (issue: export/profile) not merged yet")
     from mixa.cli import main
 
     out = tmp_path / "qs"

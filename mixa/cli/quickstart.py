@@ -18,7 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-images", type=int, default=6000, metavar="N", help="synthetic training images (default 6000)")
     p.add_argument("--val-images", type=int, default=1000, metavar="N", help="synthetic validation images (default 1000)")
     p.add_argument("--threads", type=int, metavar="N", help="torch and ONNX Runtime threads (default: torch's default)")
-    p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
+    p.add_argument("--seed", type=int, default=1,
+                   help="data and training seed (default 1; the teacher was trained and selected on seed 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
