@@ -68,7 +68,6 @@ def test_replacing_attention_without_finetuning_costs_points(kind, fresh_val_100
     assert _top1(chosen, x, y) > _top1(uniform, x, y)
 
 
-@pytest.mark.slow
 def test_quickstart_end_to_end_tiny(tmp_path):
     """The whole pipeline on a tiny setting writes summary.json with numbers that agree with the
     artefacts it wrote: the student's top-1 recomputed from its checkpoint and the val folder."""
