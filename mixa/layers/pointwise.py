@@ -10,13 +10,15 @@ class PointwiseLinear(nn.Linear):
 
     On channels-last activations a Linear is the same map as a 1x1 conv on NCHW ones, without the layout
     round trip. The saved weight is a view of the parameter, so anything that writes through
-    ``state_dict()`` values (model EMA) still updates the layer. Loading accepts either shape.
+    ``state_dict()`` values (model EMA) still updates the layer. Loading accepts either shape. ``state_dict(keep_vars=True)`` returns the
+    Parameter itself (Linear-shaped), as tracers and sharding wrappers expect.
     """
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         key = prefix + "weight"
-        if key in destination:
+        # keep_vars=True callers (tracers, FSDP) need the Parameter object itself
+        if key in destination and not keep_vars:
             destination[key] = destination[key].view(*self.weight.shape, 1, 1)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,

@@ -109,8 +109,8 @@ class ConvFFN(nn.Module):
         super().__init__()
         self.fc1 = PointwiseLinear(dim, hidden)
         self.act = nn.GELU()
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
         self.fc2 = PointwiseLinear(hidden, dim)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.fc1(x))
@@ -127,15 +127,16 @@ class RAVLTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, kind: str, mlp_ratio: float = 3.5, drop_path: float = 0.0,
                  layer_scale_init: float = 1.0):
         super().__init__()
-        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        # Registration order = the official state-dict order.
+        # (1, C, 1, 1) as in the official NCHW model; viewed as (C,) on channels-last activations.
+        self.gamma_1 = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init)))
+        self.gamma_2 = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init)))
         self.norm1 = LayerNormLast(dim)
         self.attn = RAVLTAttention(dim, num_heads, kind)
         self.norm2 = LayerNormLast(dim)
         self.ffn = ConvFFN(dim, int(dim * mlp_ratio))
+        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        # (1, C, 1, 1) as in the official NCHW model; viewed as (C,) on channels-last activations.
-        self.gamma_1 = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init)))
-        self.gamma_2 = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init)))
 
     def forward(self, x: Tensor, rope: Tuple[Tensor, Tensor]) -> Tensor:
         x = x + _conv_last(self.pos, x)
@@ -215,7 +216,8 @@ class RAVLT(nn.Module):
         self.head_hidden_size = head_dim
         self.drop_rate = drop_rate
         self.patch_embed = Stem(in_chans, embed_dims[0])
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear from 0
         self.layers = nn.ModuleList()
         self.feature_info = []
         start = 0
