@@ -15,8 +15,8 @@ import sys
 __version__ = "0.1.0"
 
 _API = {
-    "convert": "mixa.convert",
-    "attention_kinds": "mixa.convert",
+    "convert": "mixa.conversion",
+    "attention_kinds": "mixa.conversion",
     "save": "mixa.io",
     "load": "mixa.io",
     "list_attention_kinds": "mixa.attention",

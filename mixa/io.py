@@ -75,7 +75,7 @@ def save(model, directory: PathLike) -> Path:
     """
     from safetensors.torch import save_file
 
-    from .convert import model_config
+    from .conversion import model_config
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def load(directory: PathLike, device: str = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .convert import build_from_config
+    from .conversion import build_from_config
 
     cfg = read_config(directory)
     model = build_from_config(cfg)

@@ -1,0 +1,91 @@
+"""Which k attention layers keep softmax.
+
+Fixed strategies: ``first``, ``last``, ``uniform`` (the centres of k equal segments of the depth),
+an explicit list of indices, and ``sensitivity``: each layer alone is replaced by the chosen linear kind
+and scored by the mean KL divergence KL(original || replaced) of the model's output distribution on
+calibration data; the k layers whose replacement hurts most keep softmax.
+
+Without calibration data the default strategy is ``uniform`` (documented fallback); asking for
+``sensitivity`` without data is an error.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UsageError
+
+STRATEGIES = ("first", "last", "uniform", "sensitivity")
+Select = Union[str, Sequence[int], None]
+
+
+def parse_select(text: str) -> Union[str, List[int]]:
+    """CLI form: a strategy name or comma-separated indices ('0,3,5')."""
+    if text in STRATEGIES:
+        return text
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--select must be one of {', '.join(STRATEGIES)} or indices like 0,3,5; got {text!r}")
+
+
+def fixed_selection(strategy: str, keep: int, depth: int) -> List[int]:
+    if strategy == "first":
+        return list(range(keep))
+    if strategy == "last":
+        return list(range(depth - keep, depth))
+    if strategy == "uniform":
+        return [math.floor((i + 0.5) * depth / keep) for i in range(keep)]
+    raise UsageError(f"unknown selection {strategy!r}; choose from {', '.join(STRATEGIES)} or a list of indices")
+
+
+def validate_indices(indices: Sequence[int], depth: int) -> List[int]:
+    out = sorted(set(int(i) for i in indices))
+    if len(out) != len(indices):
+        raise UsageError(f"layer indices must be distinct; got {list(indices)}")
+    bad = [i for i in out if not 0 <= i < depth]
+    if bad:
+        raise UsageError(f"layer index {bad[0]} out of range: the model has {depth} attention layers (0..{depth - 1})")
+    return out
+
+
+def kl_to_reference(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
+    """Mean over samples of KL(softmax(reference) || softmax(logits)), in nats."""
+    ref = F.log_softmax(reference_logits.float(), dim=-1)
+    out = F.log_softmax(logits.float(), dim=-1)
+    return float((ref.exp() * (ref - out)).sum(dim=-1).mean())
+
+
+@torch.no_grad()
+def model_logits(model: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x) for x in batches])
+
+
+@torch.no_grad()
+def sensitivity_scores(model: nn.Module, layers: List[Tuple[str, nn.Module]], batches: List[torch.Tensor],
+                       make_replacement: Callable[[nn.Module], nn.Module],
+                       set_layer: Callable[[nn.Module, str, nn.Module], nn.Module],
+                       progress: bool = True) -> List[float]:
+    """KL(original || layer i alone replaced) for every layer i, on the same calibration batches."""
+    from tqdm import tqdm
+
+    reference = model_logits(model, batches)
+    scores = []
+    for path, original in tqdm(layers, desc="sensitivity", unit="layer", disable=not progress, leave=False):
+        set_layer(model, path, make_replacement(original).eval())
+        try:
+            scores.append(kl_to_reference(reference, model_logits(model, batches)))
+        finally:
+            set_layer(model, path, original)
+    return scores
+
+
+def top_k(scores: Sequence[float], keep: int) -> List[int]:
+    """Indices of the k largest scores (ties -> the earlier layer), sorted by index."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    return sorted(order[:keep])
