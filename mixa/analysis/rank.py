@@ -265,7 +265,8 @@ def rank_table(result: dict) -> str:
         rows.append((i, layer["layer"], layer["kind"], layer["tokens"], layer["head_dim"],
                      "-" if kv is None else round(kv, 1), round(_mean(layer["core_rank"]), 1),
                      round(_mean(layer["out_rank"]), 1), layer["full_rank_out"]))
-    head = f"rank = singular values > {result['rtol']:g} x largest; mean over {result['images']} images and heads"
+    head = (f"rank = singular values > {result['rtol']:g} x largest; mean over heads and the "
+            f"{result['images']} images (Swin: their windows)")
     return head + "\n" + table(rows, ["#", "layer", "kind", "N", "d", "KV (dxd)", "core (Nxd)", "out (Nxd)", "full"])
 
 
