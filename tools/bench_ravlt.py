@@ -206,20 +206,31 @@ class PlainRAVLT(nn.Module):
 # Timing
 # ---------------------------------------------------------------------------------------------------------
 def cpu_latency(models: dict, iters: int, warmup: int, size: int) -> dict:
-    """Batch-1 latency (ms): median and best of ``iters``, models interleaved so that load from other
-    processes on the machine hits all of them alike (on a shared CPU the best is the steadier number)."""
+    """Batch-1 latency (ms) over ``iters`` rounds, the models interleaved within each round.
+
+    Reported: median and best wall time; the median speed-up against the baseline paired round by round
+    (robust to load drifting); and, with one torch thread, the median CPU time of this thread, which
+    time-sharing with other processes does not inflate (the steadiest number on a busy machine).
+    """
     x = torch.randn(1, 3, size, size)
-    times = {name: [] for name in models}
+    wall = {name: [] for name in models}
+    cpu = {name: [] for name in models}
     with torch.inference_mode():
         for _ in range(warmup):
             for model in models.values():
                 model(x)
         for _ in range(iters):
             for name, model in models.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.thread_time()
                 model(x)
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: {"median": statistics.median(t), "best": min(t)} for name, t in times.items()}
+                wall[name].append((time.perf_counter() - start) * 1e3)
+                cpu[name].append((time.thread_time() - start_cpu) * 1e3)
+    base = next(n for n in models if n.endswith("(plain NCHW)"))
+    single = torch.get_num_threads() == 1
+    return {name: {"median": statistics.median(t), "best": min(t),
+                   "paired_speedup": statistics.median(b / x for b, x in zip(wall[base], t)),
+                   "cpu_median": statistics.median(cpu[name]) if single else None}
+            for name, t in wall.items()}
 
 
 def cuda_throughput(models: dict, batch: int, warmup: int, iters: int, amp: bool, size: int) -> dict:
@@ -304,8 +315,10 @@ def main(argv=None) -> int:
         print(f"\nCPU eager latency, batch 1, {args.size} px, {torch.get_num_threads()} threads "
               f"({args.cpu_iters} interleaved runs):")
         for name, ms in lat.items():
-            print(f"  {name:34} median {ms['median']:8.1f} ms  best {ms['best']:8.1f} ms   speed-up vs plain: "
-                  f"median {base['median'] / ms['median']:5.2f}x  best {base['best'] / ms['best']:5.2f}x")
+            cpu_part = "" if ms["cpu_median"] is None else \
+                f"  | thread CPU {ms['cpu_median']:7.1f} ms  {base['cpu_median'] / ms['cpu_median']:4.2f}x"
+            print(f"  {name:30} wall: median {ms['median']:7.1f} ms  best {ms['best']:7.1f} ms  "
+                  f"vs plain {base['median'] / ms['median']:4.2f}x (paired {ms['paired_speedup']:4.2f}x){cpu_part}")
     if torch.cuda.is_available():
         results["cuda_device"] = torch.cuda.get_device_name()
         for amp in (False, True):
