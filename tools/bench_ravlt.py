@@ -205,14 +205,14 @@ class PlainRAVLT(nn.Module):
 # ---------------------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------------------
-def cpu_latency(models: dict, iters: int, warmup: int, size: int) -> dict:
+def cpu_latency(models: dict, iters: int, warmup: int, size: int, batch: int = 1) -> dict:
     """Batch-1 latency (ms) over ``iters`` rounds, the models interleaved within each round.
 
     Reported: median and best wall time; the median speed-up against the baseline paired round by round
     (robust to load drifting); and, with one torch thread, the median CPU time of this thread, which
     time-sharing with other processes does not inflate (the steadiest number on a busy machine).
     """
-    x = torch.randn(1, 3, size, size)
+    x = torch.randn(batch, 3, size, size)
     wall = {name: [] for name in models}
     cpu = {name: [] for name in models}
     with torch.inference_mode():
@@ -278,6 +278,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-iters", type=int, default=10)
     p.add_argument("--cpu-warmup", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--cpu-batch", type=int, default=1, help="CPU batch size (default 1)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--gpu-warmup", type=int, default=50)
     p.add_argument("--gpu-iters", type=int, default=30)
@@ -309,10 +310,10 @@ def main(argv=None) -> int:
 
     results = {"max_abs_logit_diff": diff, "torch": torch.__version__, "threads": torch.get_num_threads()}
     if not args.no_cpu:
-        lat = cpu_latency(models, args.cpu_iters, args.cpu_warmup, args.size)
-        results["cpu_batch1_ms"] = lat
+        lat = cpu_latency(models, args.cpu_iters, args.cpu_warmup, args.size, args.cpu_batch)
+        results[f"cpu_batch{args.cpu_batch}_ms"] = lat
         base = lat[f"{args.model} (plain NCHW)"]
-        print(f"\nCPU eager latency, batch 1, {args.size} px, {torch.get_num_threads()} threads "
+        print(f"\nCPU eager latency, batch {args.cpu_batch}, {args.size} px, {torch.get_num_threads()} threads "
               f"({args.cpu_iters} interleaved runs):")
         for name, ms in lat.items():
             cpu_part = "" if ms["cpu_median"] is None else \
