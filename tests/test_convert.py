@@ -185,6 +185,14 @@ def test_window_size_14_resizes_windows_and_bias_tables(tmp_path):
     assert torch.equal(mixa.load(tmp_path / "w14")(x), mixed(x))
 
 
+def test_patch_size_overrides_a_patch_size_given_at_build_time(tmp_path):
+    model, _ = tiny("deit")                                   # built with patch_size=8, img_size=32
+    converted = mixa.convert(model, keep=4, attn="relu", patch_size=4)
+    assert converted.patch_embed.proj.weight.shape[-1] == 4 and converted.pos_embed.shape[1] == 1 + 64
+    mixa.save(converted, tmp_path / "p4")
+    assert mixa.load(tmp_path / "p4").patch_embed.proj.weight.shape[-1] == 4
+
+
 def test_already_converted_model_is_rejected():
     model, _ = tiny("deit")
     with pytest.raises(UsageError, match="already converted"):
