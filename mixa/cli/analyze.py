@@ -19,7 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a saved mixa model directory, a timm name / alias (deit_s, swin_t, ...) or ravlt_t/s/b/l")
     r.add_argument("--data", required=True, metavar="DIR",
                    help="ImageFolder directory (one sub-folder per class; DIR/val is used when present)")
-    r.add_argument("--images", type=int, default=64, metavar="N", help="images to analyse (default 64)")
+    r.add_argument("--images", type=int, default=64, metavar="N",
+                   help="images to analyse, drawn in a fixed shuffled order (default 64)")
     r.add_argument("--batch-size", type=int, default=16)
     r.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
     r.add_argument("--rtol", type=float, default=None,
@@ -43,7 +44,9 @@ def run(args: argparse.Namespace) -> int:
     from mixa.io import write_json
 
     model = load_model(args)
-    loader = eval_loader(args.data, model, batch_size=min(args.batch_size, args.images), workers=args.workers)
+    # shuffled (fixed seed): the first N images of an ImageFolder would all be one class
+    loader = eval_loader(args.data, model, batch_size=min(args.batch_size, args.images), workers=args.workers,
+                         shuffle=True, seed=0)
     result = rank_analysis(model, loader, rtol=args.rtol or DEFAULT_RTOL, max_images=args.images,
                            progress=not args.quiet)
     result = {"model": args.model, "data": str(args.data), **result}
