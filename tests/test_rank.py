@@ -2,7 +2,6 @@
 finding on a tiny model (softmax output near full rank, plain linear attention lower)."""
 import json
 
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mixa  # noqa: E402,F401  (registers ravlt_*)
 import timm  # noqa: E402
-from mixa.layers import rope_2d_tables, rope_angles  # noqa: E402
+from mixa.layers import rope_angles  # noqa: E402
 
 PAPER = {"ravlt_t": (14.9, 2.4), "ravlt_s": (25.6, 4.6), "ravlt_b": (48.2, 9.9), "ravlt_l": (95.2, 16.0)}
 

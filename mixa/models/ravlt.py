@@ -24,12 +24,9 @@ from ..attention import functional as AF
 from ..attention.registry import get_attention_kind
 from ..layers import PointwiseLinear, RoPE2d
 
-try:
-    from timm.layers import DropPath, trunc_normal_
-    from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-    from timm.models._features import feature_take_indices
-except ImportError:  # pragma: no cover - timm < 1.0 is not supported
-    raise
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 
 __all__ = ["RAVLT", "RAVLTAttention", "RAVLTBlock", "checkpoint_filter_fn", "TRAIN_DROP_PATH"]
 
