@@ -268,7 +268,6 @@ def test_unreadable_images_are_skipped_and_counted(world, tmp_path):
     assert result["skipped_images"] >= 2 and result["epochs_done"] == 1
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_gloo(world, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
