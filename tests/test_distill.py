@@ -229,6 +229,34 @@ def test_resume_is_bit_exact(world, tmp_path):
     assert not torch.equal(_weights(other / "last")["head.weight"], a["head.weight"])
 
 
+def test_kill_inside_an_epoch_resumes_from_the_step_checkpoint(world, tmp_path, monkeypatch):
+    """A run killed during step 3 of its first epoch resumes from the step-2 checkpoint and ends with the
+    same weights as a run never interrupted (workers=0: the augmentation RNG is the restored one)."""
+    straight = tmp_path / "straight"
+    distill(world / "student", world / "data", straight, epochs=1, save_every_steps=2, **FAST)
+    killed = tmp_path / "killed"
+    original_step = DistillStep._optimizer_step
+
+    def dying_step(self):
+        if self.step == 2:
+            raise KeyboardInterrupt  # the kill, after the checkpoint of step 2 was written
+        original_step(self)
+
+    monkeypatch.setattr(DistillStep, "_optimizer_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        distill(world / "student", world / "data", killed, epochs=1, save_every_steps=2, **FAST)
+    monkeypatch.setattr(DistillStep, "_optimizer_step", original_step)
+    state = torch.load(killed / "last" / "train_state.pt", weights_only=True)
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 2, 2)
+    distill(world / "student", world / "data", killed, resume=True, **FAST)
+    a, b = _weights(straight / "last"), _weights(killed / "last")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows_a = json.loads((straight / "metrics.jsonl").read_text())
+    rows_b = json.loads((killed / "metrics.jsonl").read_text())
+    assert rows_a["train_loss"] == pytest.approx(rows_b["train_loss"], rel=1e-6)
+
+
 def test_unreadable_images_are_skipped_and_counted(world, tmp_path):
     import shutil
 
@@ -240,7 +268,6 @@ def test_unreadable_images_are_skipped_and_counted(world, tmp_path):
     assert result["skipped_images"] >= 2 and result["epochs_done"] == 1
 
 
-@pytest.mark.slow
 def test_torchrun_two_processes_gloo(world, tmp_path):
     run = tmp_path / "run"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

@@ -33,13 +33,15 @@ def add_arguments(p) -> None:
     g.add_argument("--smoothing", type=float, help="label smoothing")
     g.add_argument("--mixup", type=float, help="Mixup alpha (0: off)")
     g.add_argument("--cutmix", type=float, help="CutMix alpha (0: off)")
+    g.add_argument("--save-every-steps", type=int, metavar="N",
+                   help="also checkpoint RUN/last every N optimiser steps inside an epoch (0: epoch ends only)")
     g.add_argument("--ema", type=_optional_bool, metavar="BOOL", help="keep an EMA of the weights (RUN/ema)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 OVERRIDES = ("epochs", "warmup_epochs", "batch_size", "accum_steps", "lr", "weight_decay", "clip_grad", "seed",
-             "workers", "amp", "kd", "kd_weight", "kd_temperature", "smoothing", "mixup", "cutmix", "ema")
+             "workers", "amp", "kd", "kd_weight", "kd_temperature", "smoothing", "mixup", "cutmix", "ema", "save_every_steps")
 
 
 def run(args) -> int:

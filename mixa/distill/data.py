@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from torch.utils.data.distributed import DistributedSampler
 from torch.utils.data import DataLoader, Sampler
 
 from ..data import eval_transform
@@ -88,14 +89,26 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler whose next epoch can start part-way (after a mid-epoch checkpoint): the order
+    is the epoch's usual permutation, minus its first ``skip`` indices."""
+
+    skip = 0
+
+    def __iter__(self):
+        start, self.skip = self.skip, 0
+        return iter(list(super().__iter__())[start:])
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip
+
+
 def train_loader(data_dir, model, settings: Dict[str, Any], batch_size: int, rank: int = 0,
                  world: int = 1) -> Tuple[DataLoader, SafeImageFolder]:
     """Shuffled, sharded, drop-last loader. Call ``set_train_epoch(loader, epoch)`` before each epoch:
     the order and the workers' augmentation seeds are functions of (seed, epoch, rank) only."""
-    from torch.utils.data.distributed import DistributedSampler
-
     dataset = SafeImageFolder(split_dir(data_dir, "train"), train_transform(model, settings))
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
                                  seed=int(settings["seed"]), drop_last=True)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=settings["workers"],
                         drop_last=True, pin_memory=torch.cuda.is_available(), generator=torch.Generator())
@@ -103,9 +116,11 @@ def train_loader(data_dir, model, settings: Dict[str, Any], batch_size: int, ran
     return loader, dataset
 
 
-def set_train_epoch(loader: DataLoader, epoch: int) -> None:
+def set_train_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> None:
+    """Prepare ``epoch``; ``skip_batches`` resumes it after that many batches (checkpoint inside an epoch)."""
     seed, rank = loader.mixa_seed
     loader.sampler.set_epoch(epoch)
+    loader.sampler.skip = skip_batches * loader.batch_size
     loader.generator.manual_seed((seed * 1_000_003 + epoch * 1_009 + rank) % (2 ** 63))
 
 

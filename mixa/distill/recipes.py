@@ -47,6 +47,7 @@ DEFAULTS: Dict[str, Any] = {
     "seed": 0,
     "workers": 8,
     "eval_batch_size": None,  # null: per-process batch
+    "save_every_steps": 500,  # also write RUN/last every N optimiser steps inside an epoch; 0: epoch ends only
 }
 
 AMP_CHOICES = ("auto", "bf16", "fp16", "none")

@@ -552,9 +552,13 @@ def _run(student_dir, data_dir, run: Path, teacher, teacher_checkpoint, settings
 
     history: List[Dict[str, Any]] = []
     start_epoch, best = 0, -1.0
+    resume_batch, resume_sums = 0, None
     if state is not None:
         stepper.load_state_dict(state)
         start_epoch, best, history = int(state["epoch"]), float(state["best_top1"]), list(state["metrics"])
+        resume_batch = int(state.get("batch", 0))  # > 0: the checkpoint was written inside an epoch
+        partials = state.get("partial_sums") or []
+        resume_sums = partials[dist.rank] if len(partials) == world else None
         rngs = state["rng"]
         if len(rngs) == world:
             _set_rng_state(rngs[dist.rank])
@@ -570,13 +574,16 @@ def _run(student_dir, data_dir, run: Path, teacher, teacher_checkpoint, settings
 
     end_epoch = s["epochs"] if stop_after is None else min(s["epochs"], start_epoch + int(stop_after))
     row: Dict[str, Any] = history[-1] if history else {}
+    batches_per_epoch = len(train_dl)
+    every = int(s.get("save_every_steps") or 0)
     for epoch in range(start_epoch, end_epoch):
-        D.set_train_epoch(train_dl, epoch)
-        sums = [0.0] * 5  # loss, ce, kd, batches, skipped
-        bar = tqdm(total=len(train_dl), desc=f"epoch {epoch + 1}/{s['epochs']}", disable=not (progress and dist.main),
-                   leave=False)
+        first = resume_batch if epoch == start_epoch else 0
+        D.set_train_epoch(train_dl, epoch, skip_batches=first)
+        sums = list(resume_sums) if first and resume_sums else [0.0] * 5  # loss, ce, kd, batches, skipped
+        bar = tqdm(total=batches_per_epoch, initial=first, desc=f"epoch {epoch + 1}/{s['epochs']}",
+                   disable=not (progress and dist.main), leave=False)
         t0, seen = time.perf_counter(), 0
-        for images, target, skipped in train_dl:
+        for batch, (images, target, skipped) in enumerate(train_dl, start=first):
             images, target = images.to(dist.device, non_blocking=True), target.to(dist.device, non_blocking=True)
             if mixup is not None:
                 images, target = mixup(images, target)
@@ -591,6 +598,14 @@ def _run(student_dir, data_dir, run: Path, teacher, teacher_checkpoint, settings
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{stepper.current_lr():.2e}",
                             img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
+            stepped = (batch + 1) % accum == 0
+            if every and stepped and stepper.step % every == 0 and batch + 1 < batches_per_epoch:
+                # A kill inside a long epoch loses at most `every` steps: RUN/last resumes here.
+                rngs, partials = dist.gather(_rng_state()), dist.gather(sums)
+                if dist.main:
+                    save_checkpoint(run, "last", stepper.model, {
+                        "version": STATE_VERSION, "epoch": epoch, "batch": batch + 1, "partial_sums": partials,
+                        "best_top1": best, "metrics": history, "settings": s, "rng": rngs, **stepper.state_dict()})
         bar.close()
         train_time = time.perf_counter() - t0
         sums = dist.sum(sums)
