@@ -47,25 +47,26 @@ def test_packaged_teacher_reaches_its_accuracy(fresh_val):
 
 
 @pytest.fixture(scope="module")
-def fresh_val_1000():
-    return synthetic.SyntheticShapes("val", 1000, seed=0, offset=5000).tensors()
+def fresh_val_500():
+    return synthetic.SyntheticShapes("val", 500, seed=0, offset=5000).tensors()
 
 
 @pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
-def test_replacing_attention_without_finetuning_costs_points(kind, fresh_val_1000):
+def test_replacing_attention_without_finetuning_costs_points(kind, fresh_val_500):
     """The task needs attention. Keeping softmax in 6 of 12 evenly spaced layers, untrained linear
     attention in the others, loses about 10 points or more before distillation (measured on these
-    1000 images: relu 10.1, stella 16.9, rala 11.0), while keeping the 6 layers that sensitivity
-    selection picks loses far less (the teacher's work is done in its first blocks)."""
-    x, y = fresh_val_1000
+    500 images: relu 10.8, stella 18.6, rala 11.4), while keeping the 6 layers that sensitivity
+    selection picks loses far less (0.6 / 0.2 / 2.0: the teacher's work is done in its first blocks)."""
+    x, y = fresh_val_500
     teacher = load_teacher()
     base = _top1(teacher, x, y)
     uniform = mixa.convert(teacher, keep=6, attn=kind, select="uniform", progress=False)
-    assert base - _top1(uniform, x, y) >= 9.0
-    calib = list(synthetic.SyntheticShapes("calib", 128, seed=0).tensors()[0].split(64))
-    chosen = mixa.convert(teacher, keep=6, attn=kind, select="sensitivity", calib=calib, calib_batches=None,
+    uniform_top1 = _top1(uniform, x, y)
+    assert base - uniform_top1 >= 9.0
+    calib = synthetic.SyntheticShapes("calib", 64, seed=0).tensors()[0]
+    chosen = mixa.convert(teacher, keep=6, attn=kind, select="sensitivity", calib=[calib], calib_batches=None,
                           progress=False)
-    assert _top1(chosen, x, y) > _top1(uniform, x, y)
+    assert _top1(chosen, x, y) > uniform_top1 + 5.0
 
 
 def test_quickstart_end_to_end_tiny(tmp_path):
