@@ -2,7 +2,7 @@
 original, ONNX Runtime on CPU, side by side in one process, per resolution; and INT8 on top.
 
     python benchmarks/bench_edge.py                                   # deit_s, keep 6, 224/384/512/1024
-    python benchmarks/bench_edge.py --res 224 --int8 --repeat 30      # + INT8 (dynamic) of each kind
+    python benchmarks/bench_edge.py --res 224 --int8 --repeat 30      # + INT8 of each kind (--int8-mode)
 
 Variants at one resolution are timed round-robin (one call each per round) so that load from other
 processes hits them alike. ``MAC ratio`` = MACs(original) / MACs(variant): the speed-up the MAC count
@@ -58,7 +58,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeat", type=int, default=20, help="rounds per resolution (default 20)")
     p.add_argument("--budget", type=float, default=60.0, help="seconds per resolution before stopping early")
-    p.add_argument("--int8", action="store_true", help="add INT8 (dynamic) variants at the first resolution")
+    p.add_argument("--int8", action="store_true", help="add INT8 variants at the first resolution")
+    p.add_argument("--int8-mode", choices=("dynamic", "static"), default="dynamic",
+                   help="static calibrates on 8 random inputs here: fine for speed, not for accuracy")
     p.add_argument("--pretrained", action="store_true")
     args = p.parse_args()
 
@@ -83,8 +85,9 @@ def main() -> int:
                 macs = {row[0]: row[1] for row in rows}
                 for label in [v[0] for v in variants]:
                     int8 = Path(work) / f"{label.replace(' ', '_').replace('=', '')}_{res}.int8.onnx"
-                    quantize_onnx(files[label], int8, mode="dynamic")
                     rng = np.random.default_rng(0)
+                    calib = [rng.standard_normal((1, 3, res, res), dtype=np.float32) for _ in range(8)]
+                    quantize_onnx(files[label], int8, mode=args.int8_mode, calib_batches=calib)
                     same, total = agreement(files[label], int8,
                                             [rng.standard_normal((1, 3, res, res), dtype=np.float32)
                                              for _ in range(32)])

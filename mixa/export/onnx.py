@@ -58,7 +58,7 @@ def _torchscript_export(model, example, path, opset, dynamic_batch):
 def _dynamo_export(model, example, path, opset, dynamic_batch):
     if "dynamo" not in inspect.signature(torch.onnx.export).parameters:
         raise UsageError(f"--exporter dynamo needs torch >= 2.5 (this is {torch.__version__})")
-    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic_batch else None
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset,
@@ -130,7 +130,8 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     model = model.to("cpu", torch.float32).eval()
     meta = {"mixa.params": count_params(model), "mixa.macs": count_macs(model, input_size),
             "mixa.input_size": "x".join(map(str, input_size)), **(metadata or {})}
-    example = torch.randn(1, *input_size)
+    # Traced at batch 2 when the batch is dynamic (torch.export specialises a dimension of size 1).
+    example = torch.randn(2 if dynamic_batch else 1, *input_size)
     path = Path(path)
     result = ExportResult(path, input_size, opset, exporter, dynamic_batch)
     with atomic_path(path) as tmp:
@@ -146,6 +147,6 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
         _add_metadata(tmp, meta)
         if verify:
             result.max_abs_diff, result.tolerance = verify_onnx(tmp, model, input_size,
-                                                                batch=2 if dynamic_batch else 1, rtol=rtol)
+                                                                batch=3 if dynamic_batch else 1, rtol=rtol)
         result.op_counts = op_counts(tmp)
     return result
