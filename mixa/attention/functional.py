@@ -3,7 +3,7 @@
 Every core takes q, k, v of shape (B, heads, N, d) -- the outputs of the layer's q/k/v projections after
 the head split, *before* any kernel -- applies its own kernel and returns (B, heads, N, d).
 
-The linear cores never form an N x N tensor (cost O(N d^2)) and always reduce in fp32 with autocast
+The linear cores never form an N x N tensor (cost O(N d^2)) and reduce in fp32 (fp64 stays fp64) with autocast
 switched off, whatever the input dtype; the result is cast back to the input dtype with saturation, so
 an fp16/bf16 caller never receives inf or NaN (see ``_saturating_cast``).
 
@@ -37,6 +37,12 @@ def _autocast_off(device_type: str):
     return torch.autocast(device_type=device_type, enabled=False)
 
 
+def _wide(*tensors: Tensor):
+    """At least fp32 (fp64 stays fp64) for the reductions."""
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    return [t.to(dtype) for t in tensors]
+
+
 def _saturating_cast(x: Tensor, dtype: torch.dtype) -> Tensor:
     """Cast an fp32 result back to ``dtype``, clamping to its finite range instead of overflowing.
 
@@ -45,7 +51,7 @@ def _saturating_cast(x: Tensor, dtype: torch.dtype) -> Tensor:
     """
     if dtype == x.dtype:
         return x
-    if dtype.is_floating_point:
+    if dtype.is_floating_point and torch.finfo(dtype).max < torch.finfo(x.dtype).max:
         limit = torch.finfo(dtype).max
         x = x.clamp(-limit, limit)
     return x.to(dtype)
@@ -55,7 +61,7 @@ def _key_weights(key_mask: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
     """key_mask (B?, H?, N) -> fp32 (B?, H?, N, 1) weights, or None."""
     if key_mask is None:
         return None
-    m = key_mask.to(device=like.device, dtype=torch.float32)
+    m = key_mask.to(device=like.device, dtype=like.dtype)
     while m.dim() < 3:
         m = m.unsqueeze(0)
     return m.unsqueeze(-1)
@@ -80,7 +86,8 @@ def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = RELU_
     """
     dtype = v.dtype
     with _autocast_off(q.device.type):
-        q, k, v = F.relu(q.float()), F.relu(k.float()), v.float()
+        q, k, v = _wide(q, k, v)
+        q, k = F.relu(q), F.relu(k)
         w = _key_weights(key_mask, k)
         if w is not None:
             k = k * w
@@ -100,7 +107,8 @@ def stella_attention(q: Tensor, k: Tensor, v: Tensor, *, key_mask: Optional[Tens
     dtype = v.dtype
     n, d = k.shape[-2], q.shape[-1]
     with _autocast_off(q.device.type):
-        q, k, v = F.relu(q.float()), F.relu(k.float()), v.float()
+        q, k, v = _wide(q, k, v)
+        q, k = F.relu(q), F.relu(k)
         w = _key_weights(key_mask, k)
         if w is not None:
             k = k * w
@@ -132,7 +140,8 @@ def rala_attention(q: Tensor, k: Tensor, v: Tensor, *, rope: Optional[Tuple[Tens
     dtype = v.dtype
     n, d = k.shape[-2], q.shape[-1]
     with _autocast_off(q.device.type):
-        q, k, v = F.elu(q.float()) + 1.0, F.elu(k.float()) + 1.0, v.float()
+        q, k, v = _wide(q, k, v)
+        q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
         w = _key_weights(key_mask, k)
         count = _token_count(w, n)
         if w is None:

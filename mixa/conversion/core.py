@@ -45,7 +45,7 @@ def _resized(model: nn.Module, patch_size: Optional[int], window_size: Optional[
         raise UsageError("--window-size applies to Swin models; use --patch-size for ViT/DeiT")
     base = _base_record(model)
     resize = {"patch_size": patch_size} if patch_size is not None else {"window_size": window_size}
-    target = create_model(base["model"], pretrained=False, **base["kwargs"], **resize)
+    target = create_model(base["model"], pretrained=False, **{**base["kwargs"], **resize})
     adapt = importlib.import_module(type(model).__module__).checkpoint_filter_fn
     try:
         target.load_state_dict(adapt(model.state_dict(), target), strict=True)
@@ -197,7 +197,7 @@ def build_from_config(cfg: Dict[str, Any]) -> nn.Module:
     """The module tree described by a saved config, with random weights (mixa.io.load fills them)."""
     base = cfg["base"]
     resize = {k: cfg[k] for k in ("patch_size", "window_size") if cfg.get(k) is not None}
-    model = create_model(base["model"], pretrained=False, **base["kwargs"], **resize)
+    model = create_model(base["model"], pretrained=False, **{**base["kwargs"], **resize})
     layers = dict(attention_layers(model)) if cfg["layers"] else {}
     if cfg["layers"] and len(layers) != len(cfg["layers"]):
         raise UsageError(f"config lists {len(cfg['layers'])} attention layers, {base['model']} has {len(layers)}")

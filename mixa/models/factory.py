@@ -1,8 +1,10 @@
 """Building the base timm models: short aliases, pretrained weights, local checkpoints, offline errors."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import socket
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -89,6 +91,39 @@ def load_checkpoint_into(model, path: os.PathLike | str) -> None:
                         f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})")
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except ImportError:
+        host = "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _local_cache_only_when_offline():
+    """Without a route to the hub, ask huggingface_hub for its local cache only: a cached download still
+    loads, and a missing one fails at once instead of after a minute of retries."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        yield
+        return
+    previous = constants.HF_HUB_OFFLINE
+    if not previous and not _hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
 def create_model(name: str, *, pretrained: bool = True, checkpoint: Optional[str] = None,
                  num_classes: Optional[int] = None, **kwargs):
     """A timm model by name or alias, with weights from ``checkpoint``, the hub, or random init.
@@ -108,12 +143,18 @@ def create_model(name: str, *, pretrained: bool = True, checkpoint: Optional[str
         load_checkpoint_into(model, checkpoint)
     elif pretrained:
         try:
-            pretrained_model = timm.create_model(full, pretrained=True, **kwargs)
+            with _local_cache_only_when_offline():
+                pretrained_model = timm.create_model(full, pretrained=True, **kwargs)
         except Exception as err:
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise MixaError(f"could not get pretrained weights for {full} ({reason[:160]}); offline? "
+            reason = (str(err).split(". ")[0] or type(err).__name__)[:120]
+            raise MixaError(f"could not get pretrained weights for {full} ({reason}); offline? "
                             f"pass --checkpoint PATH (a local .pth/.safetensors) or --no-pretrained") from None
         model = pretrained_model
+    # timm leaves pretrained_cfg at the default resolution when img_size is overridden; the data pipeline
+    # (resolve_data_config) must follow the model's real input size.
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if img_size is not None:
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, *tuple(img_size))}
     # What rebuilds this model offline (mixa.save records it; the distillation teacher is built from it).
     model.mixa_base = {"model": full, "kwargs": kwargs,
                        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,

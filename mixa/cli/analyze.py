@@ -1,0 +1,73 @@
+"""mixa analyze: analyses of a model's attention layers on real images."""
+from __future__ import annotations
+
+import argparse
+
+from ._common import add_model_source_arguments, model_source_kwargs
+
+HELP = "analyse attention layers on real images (rank: numerical rank of KV buffers and outputs per head)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
+    r = sub.add_parser("rank", help="numerical rank per layer and head of the KV buffer (d x d) and of the "
+                                    "attention output (N x d), as in the RALA paper's Figs. 2/4/5/8",
+                       description="Numerical rank per layer and head of the KV buffer (d x d) and of the "
+                                   "attention output (N x d) on real images. Rank = singular values above "
+                                   "RTOL times the largest.")
+    r.add_argument("model", metavar="MODEL",
+                   help="a saved mixa model directory, a timm name / alias (deit_s, swin_t, ...) or ravlt_t/s/b/l")
+    r.add_argument("--data", required=True, metavar="DIR",
+                   help="ImageFolder directory (one sub-folder per class; DIR/val is used when present)")
+    r.add_argument("--images", type=int, default=64, metavar="N",
+                   help="images to analyse, drawn in a fixed shuffled order (default 64)")
+    r.add_argument("--batch-size", type=int, default=16)
+    r.add_argument("--workers", type=int, default=0, help="data-loading processes (default 0)")
+    r.add_argument("--rtol", type=float, default=None,
+                   help="relative tolerance: a singular value counts if > RTOL x the largest (default 1e-2)")
+    r.add_argument("--json", metavar="PATH", help="write the per-layer, per-head results as JSON")
+    r.add_argument("--plot", metavar="PATH", help="write a plot (.png/.pdf/.svg; needs the plot extra)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_source_arguments(r)
+
+
+def run(args: argparse.Namespace) -> int:
+    from mixa.errors import UsageError
+
+    if args.images < 1 or args.batch_size < 1:
+        raise UsageError("--images and --batch-size must be positive")
+    if args.rtol is not None and not 0 < args.rtol < 1:
+        raise UsageError("--rtol must be between 0 and 1")
+
+    from mixa.analysis import DEFAULT_RTOL, plot_ranks, rank_analysis, rank_table
+    from mixa.data import eval_loader
+    from mixa.io import write_json
+
+    model = load_model(args)
+    # shuffled (fixed seed): the first N images of an ImageFolder would all be one class
+    loader = eval_loader(args.data, model, batch_size=min(args.batch_size, args.images), workers=args.workers,
+                         shuffle=True, seed=0)
+    result = rank_analysis(model, loader, rtol=args.rtol or DEFAULT_RTOL, max_images=args.images,
+                           progress=not args.quiet)
+    result = {"model": args.model, "data": str(args.data), **result}
+    print(rank_table(result))
+    if args.json:
+        write_json(args.json, result)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_ranks(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def load_model(args: argparse.Namespace):
+    """A saved mixa directory, or a model built by name with --checkpoint / --no-pretrained."""
+    from mixa.errors import UsageError
+    from mixa.io import is_model_dir, load
+    from mixa.models import create_model
+
+    if is_model_dir(args.model):
+        if args.checkpoint or args.num_classes or args.model_arg:
+            raise UsageError("--checkpoint/--num-classes/--model-arg apply to model names, not saved directories")
+        return load(args.model).eval()
+    return create_model(args.model, **model_source_kwargs(args)).eval()

@@ -1,0 +1,121 @@
+"""The convert / info commands: reports, checkpoints, and one-line errors with the right exit codes."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mixa
+from mixa.cli import main
+from mixa.models import create_model
+
+TINY = ["convert", "--model", "deit_t", "--model-arg", "depth=4", "--model-arg", "embed_dim=32", "--model-arg", "num_heads=2",
+        "--model-arg", "img_size=32", "--model-arg", "patch_size=8", "--num-classes", "3"]
+
+
+def run(args, capsys):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def tiny_images(tmp_path):
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for c in range(3):
+        (tmp_path / "calib" / f"class{c}").mkdir(parents=True)
+        for i in range(4):
+            pixels = (torch.rand(32, 32, 3, generator=gen) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "calib" / f"class{c}" / f"{i}.png")
+    (tmp_path / "calib" / "class0" / "broken.png").write_bytes(b"not a png")
+    return tmp_path / "calib"
+
+
+def test_convert_with_calibration_report_and_info(tmp_path, tiny_images, capsys):
+    out_dir = tmp_path / "model"
+    code, out, err = run(TINY + ["--no-pretrained", "--keep", "2", "--attn", "stella", "--calib-data",
+                                 str(tiny_images), "--calib-batches", "1", "--output", str(out_dir),
+                                 "--json", str(tmp_path / "r.json")], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["selection"] == "sensitivity"
+    assert sum(l["kept"] for l in report["layers"]) == 2
+    kept_by_score = sorted(sorted(range(4), key=lambda i: -report["layers"][i]["score"])[:2])
+    assert [l["index"] for l in report["layers"] if l["kept"]] == kept_by_score
+    assert 0 <= report["agreement"]["top1_agreement"] <= 100 and report["agreement"]["images"] == 12
+    assert report["macs_after"] < report["macs_before"] or report["macs_after"] > 0
+    assert "agreement with the original" in out and "sensitivity" in out
+    model = mixa.load(out_dir)
+    assert mixa.attention_kinds(model).count("softmax") == 2
+    code, out, _ = run(["info", str(out_dir)], capsys)
+    assert code == 0 and "stella" in out and "sensitivity" in out and "deit_tiny_patch16_224" in out
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_checkpoint_is_loaded(tmp_path, suffix, capsys):
+    source = create_model("deit_tiny_patch16_224", pretrained=False, depth=4, embed_dim=32, num_heads=2,
+                          img_size=32, patch_size=8, num_classes=3)
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pth":
+        torch.save({"model": source.state_dict()}, path)       # the usual {"model": ...} wrapper
+    else:
+        from safetensors.torch import save_file
+        save_file(source.state_dict(), str(path))
+    args = [a for a in TINY] + ["--checkpoint", str(path), "--keep", "4", "--output", str(tmp_path / "m")]
+    code, _, err = run(args, capsys)
+    assert code == 0, err
+    loaded = mixa.load(tmp_path / "m")
+    assert torch.equal(loaded.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["base"]["checkpoint"] == str(path.resolve())
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize("case,code,message", [
+    (["convert", "--model", "resnet_9000", "--keep", "1"], 2, "unknown model"),
+    (["convert", "--model", "resnet18", "--no-pretrained", "--keep", "1"], 2, "cannot convert ResNet"),
+    (TINY + ["--no-pretrained", "--keep", "1", "--attn", "performer"], 2, "--attn must be a linear kind"),
+    (TINY + ["--no-pretrained", "--keep", "9"], 2, "--keep must be in [0, 4]"),
+    (TINY + ["--no-pretrained", "--select", "0,7"], 2, "out of range"),
+    (TINY + ["--no-pretrained", "--select", "sometimes"], 2, "--select must be"),
+    (TINY + ["--no-pretrained", "--keep", "2", "--select", "sensitivity"], 2, "needs calibration data"),
+    (TINY + ["--no-pretrained", "--patch-size", "14", "--window-size", "14"], 2, "Swin"),
+    (TINY + ["--checkpoint", "missing.pth"], 1, "checkpoint not found"),
+    (TINY + ["--no-pretrained", "--calib-data", "nowhere"], 1, "data directory not found"),
+])
+def test_bad_input_gives_one_line(tmp_path, capsys, case, code, message):
+    got, out, err = run(case + ["--output", str(tmp_path / "o")], capsys)
+    assert got == code
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_corrupt_and_pickled_checkpoints_are_refused(tmp_path, capsys):
+    corrupt = tmp_path / "corrupt.pth"
+    corrupt.write_bytes(b"\x80\x04garbage")
+    code, _, err = run(TINY + ["--checkpoint", str(corrupt), "--output", str(tmp_path / "o")], capsys)
+    assert code == 1 and "cannot read checkpoint" in err
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": Evil()}, evil)
+    code, out, err = run(TINY + ["--checkpoint", str(evil), "--output", str(tmp_path / "o")], capsys)
+    assert code == 1 and "cannot read checkpoint" in err and "pwned" not in out
+
+
+def test_info_on_a_non_model_dir(tmp_path, capsys):
+    code, _, err = run(["info", str(tmp_path)], capsys)
+    assert code == 1 and "not a mixa model directory" in err
+
+
+def test_offline_hub_fails_fast_with_advice_and_no_traceback(tmp_path):
+    env_cmd = [sys.executable, "-m", "mixa", "convert", "--model", "deit_t", "--keep", "2",
+               "--output", str(tmp_path / "o")]
+    proc = subprocess.run(env_cmd, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "HF_ENDPOINT": "https://hub.invalid"})
+    assert proc.returncode == 1
+    assert "--checkpoint" in proc.stderr and "--no-pretrained" in proc.stderr
+    assert "Traceback" not in proc.stderr
