@@ -144,6 +144,10 @@ class MixAttention(nn.Module):
             y = y * self.gate(x)
         return self.proj_drop(self.proj(y))
 
+    def set_window_size(self, window_size) -> None:
+        """Swin's ``set_input_size`` calls this on every block's attention: a linear core has no
+        relative-position table to resize, and LePE reads the window from the token count."""
+
     def attention_macs(self, x: Tensor) -> int:
         """MACs of the core (the projections, gate and LePE are counted as the layers they are)."""
         b, n, _ = x.shape

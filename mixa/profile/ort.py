@@ -1,0 +1,106 @@
+"""Timing an .onnx file with ONNX Runtime. Imports numpy and onnxruntime only (and mixa's torch-free
+modules), so it runs on a board without torch: ``python -m mixa profile model.onnx``."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ..errors import MixaError, UsageError
+
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MixaError("profiling an .onnx file needs onnxruntime: pip install onnxruntime") from None
+    return onnxruntime
+
+
+def session(path: os.PathLike | str, threads: Optional[int] = None, providers: Optional[List[str]] = None):
+    """An InferenceSession with ``threads`` intra-op threads (None: onnxruntime's default), sequential
+    execution and every graph optimisation."""
+    ort = _ort()
+    path = Path(path)
+    if not path.is_file():
+        raise MixaError(f"{path}: no such file")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+    except Exception as err:
+        raise MixaError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0][:300]}") from None
+
+
+def metadata(sess) -> Dict[str, str]:
+    return dict(sess.get_modelmeta().custom_metadata_map)
+
+
+def input_for(sess, batch: int, resolution: Optional[int]) -> Tuple[Dict[str, np.ndarray], int]:
+    """A random input of ``batch`` x C x ``resolution``^2 that fits the file, and the resolution used.
+
+    Fixed dimensions that disagree with the request are a UsageError naming what the file takes."""
+    (spec,) = sess.get_inputs()
+    shape = list(spec.shape)
+    if len(shape) != 4:
+        raise UsageError(f"expected an image model with one (B, C, H, W) input; {spec.name} has shape {shape}")
+    b, c, h, w = shape
+    if isinstance(b, int) and b != batch:
+        raise UsageError(f"this .onnx file takes batch {b} only; use --batch {b} or export with --dynamic-batch")
+    if not isinstance(h, int) or not isinstance(w, int):
+        if resolution is None:
+            raise UsageError("this .onnx file has a dynamic image size: pass --res")
+        h = w = resolution
+    elif resolution is not None and (h, w) != (resolution, resolution):
+        raise UsageError(f"wrong input size: this .onnx file takes {h}x{w} images, not {resolution}x{resolution} "
+                         f"(re-export with mixa export --input-size {resolution})")
+    if h != w:
+        raise UsageError(f"only square inputs are supported; the file takes {h}x{w}")
+    dtype = _NUMPY_TYPES.get(spec.type)
+    if dtype is None:
+        raise UsageError(f"unsupported input type {spec.type}")
+    x = np.random.default_rng(0).standard_normal((batch, c if isinstance(c, int) else 3, h, w)).astype(dtype)
+    return {spec.name: x}, h
+
+
+def time_session(sess, feed: Dict[str, np.ndarray], warmup: int, repeat: int, progress=None) -> List[float]:
+    """Per-call wall time (seconds) of ``repeat`` runs after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - start)
+        if progress is not None:
+            progress.update(1)
+    return times
+
+
+def profile_file(path: os.PathLike | str, *, threads: Optional[int], batch: int, resolution: Optional[int],
+                 warmup: int, repeat: int, label: Optional[str] = None, params: Optional[int] = None,
+                 macs_per_image: Optional[int] = None, progress=None) -> Dict[str, Any]:
+    """One record for an .onnx file. Params/MACs come from the arguments or from the metadata that
+    ``mixa export`` writes into the file (null for files from elsewhere)."""
+    from .records import make_record
+
+    sess = session(path, threads)
+    feed, res = input_for(sess, batch, resolution)
+    meta = metadata(sess)
+    if params is None and "mixa.params" in meta:
+        params = int(meta["mixa.params"])
+    if macs_per_image is None and "mixa.macs" in meta:
+        macs_per_image = int(meta["mixa.macs"])
+    times = time_session(sess, feed, warmup, repeat, progress)
+    return make_record(target=label or str(path), runtime="ort", device="cpu", threads=threads, batch=batch,
+                       resolution=res, params=params,
+                       macs=None if macs_per_image is None else macs_per_image * batch, seconds=times)

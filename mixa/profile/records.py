@@ -1,0 +1,151 @@
+"""Profiling records, the environment they were measured in, and how they are shown (table, CSV, JSON,
+plot). Needs numpy only (matplotlib for plots)."""
+from __future__ import annotations
+
+import csv
+import os
+import platform
+from importlib import metadata
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import MixaError
+
+LIBRARIES = ("mixa", "numpy", "onnxruntime", "onnx", "torch", "timm")
+
+
+def latency_stats(seconds: Sequence[float]) -> Dict[str, float]:
+    """median / mean / p90 / p99 / min of per-call latencies, in milliseconds."""
+    ms = np.asarray(seconds, dtype=np.float64) * 1e3
+    if ms.size == 0:
+        raise ValueError("no timings")
+    return {"median": float(np.median(ms)), "mean": float(ms.mean()), "p90": float(np.percentile(ms, 90)),
+            "p99": float(np.percentile(ms, 99)), "min": float(ms.min())}
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo: x86 'model name', ARM 'Hardware' / 'Model'), else
+    what platform knows."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and value.strip():
+                    fields.setdefault(key.strip().lower(), value.strip())
+    except OSError:
+        pass
+    for key in ("model name", "cpu model", "hardware", "model"):
+        if key in fields and not fields[key].isdigit():
+            return fields[key]
+    return platform.processor() or platform.machine()
+
+
+def environment() -> Dict[str, Any]:
+    """CPU, OS and library versions (read from package metadata: nothing is imported)."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    if versions["mixa"] is None:  # run from a source tree, not installed
+        from .. import __version__
+
+        versions["mixa"] = __version__
+    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "os": platform.platform(), "python": platform.python_version(), "versions": versions}
+
+
+def make_record(*, target: str, runtime: str, device: str, threads: Optional[int], batch: int, resolution: int,
+                params: Optional[int], macs: Optional[int], seconds: Sequence[float],
+                env: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """One measurement. ``macs`` are for the whole batch; ``images_per_s`` = batch / median latency."""
+    latency = latency_stats(seconds)
+    return {"target": target, "runtime": runtime, "device": device, "threads": threads, "batch": batch,
+            "resolution": resolution, "params": params, "macs": macs, "latency_ms": latency,
+            "images_per_s": batch / (latency["median"] / 1e3), "environment": env or environment()}
+
+
+def _giga(value: Optional[int]) -> str:
+    return "-" if value is None else f"{value / 1e9:.3f}"
+
+
+def format_table(records: List[Dict[str, Any]]) -> str:
+    """A fixed-width table, one row per record; ``speed-up`` is relative to the first record with the same
+    runtime/device/threads/batch/resolution (the first target given, or the original under --compare)."""
+    headers = ["target", "runtime", "device", "thr", "batch", "res", "params M", "GMACs", "median ms",
+               "p90 ms", "min ms", "img/s", "speed-up"]
+    first: Dict[tuple, float] = {}
+    rows = []
+    for r in records:
+        key = (r["runtime"], r["device"], r["threads"], r["batch"], r["resolution"])
+        base = first.setdefault(key, r["latency_ms"]["median"])
+        lat = r["latency_ms"]
+        rows.append([r["target"], r["runtime"], r["device"], str(r["threads"] or "-"), str(r["batch"]),
+                     str(r["resolution"]), "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}",
+                     _giga(r["macs"]), f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{lat['min']:.2f}",
+                     f"{r['images_per_s']:.1f}", f"{base / lat['median']:.2f}x"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+CSV_FIELDS = ["target", "runtime", "device", "threads", "batch", "resolution", "params", "macs",
+              "latency_median_ms", "latency_mean_ms", "latency_p90_ms", "latency_p99_ms", "latency_min_ms",
+              "images_per_s", "cpu", "versions"]
+
+
+def write_csv(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
+    from ..io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        for r in records:
+            row = {k: r[k] for k in CSV_FIELDS if k in r}
+            row.update({f"latency_{k}_ms": v for k, v in r["latency_ms"].items()})
+            row["cpu"] = r["environment"]["cpu"]
+            row["versions"] = " ".join(f"{k}={v}" for k, v in r["environment"]["versions"].items() if v)
+            writer.writerow(row)
+
+
+def write_json(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
+    from ..io import write_json as _write
+
+    _write(path, records)
+
+
+def plot(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
+    """Median latency vs resolution, one line per target (and runtime/threads when those vary)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MixaError("--plot needs matplotlib: pip install 'mixa[plot]'") from None
+    from ..io import atomic_path
+
+    vary = [k for k in ("runtime", "device", "threads", "batch") if len({r[k] for r in records}) > 1]
+    lines: Dict[str, List[tuple]] = {}
+    for r in records:
+        label = " ".join([r["target"], *(f"{k}={r[k]}" for k in vary)])
+        lines.setdefault(label, []).append((r["resolution"], r["latency_ms"]["median"]))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in lines.items():
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+    ax.set_xlabel("input resolution (px)")
+    ax.set_ylabel("median latency (ms)")
+    ax.set_yscale("log")
+    first = records[0]
+    ax.set_title(f"{first['runtime']} on {first['device']} ({first['environment']['cpu']})", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    suffix = os.path.splitext(str(path))[1] or ".png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=suffix.lstrip("."), dpi=120)
+    plt.close(fig)

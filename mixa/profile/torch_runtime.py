@@ -1,0 +1,63 @@
+"""Timing PyTorch models: eager or torch.compile, CPU or CUDA (synchronised), fp32 or AMP."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import List, Optional
+
+import torch
+from torch import nn
+
+from ..errors import MixaError, UsageError
+
+
+def check_device(device: str) -> torch.device:
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise MixaError("--device cuda: no CUDA device is available to this torch "
+                            f"({torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)")
+        return torch.device("cuda")
+    if device != "cpu":
+        raise UsageError(f"unknown device {device!r}; choose cpu or cuda")
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def cpu_threads(threads: Optional[int]):
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def time_model(model: nn.Module, *, batch: int, resolution: int, device: str = "cpu",
+               threads: Optional[int] = None, amp: bool = False, compile: bool = False,
+               warmup: int = 10, repeat: int = 50, progress=None) -> List[float]:
+    """Per-call latency (seconds) of ``model`` on a random batch.
+
+    On CUDA every timed call is bracketed by ``torch.cuda.synchronize()`` so the time covers the kernels,
+    not just their launch; AMP means fp16 autocast there (bf16 on CPU). torch.compile's compilation runs
+    inside the warm-up (at least one call)."""
+    dev = check_device(device)
+    model = model.to(dev).eval()
+    run = torch.compile(model) if compile else model
+    x = torch.randn(batch, 3, resolution, resolution, device=dev)
+    autocast = torch.autocast(dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16,
+                              enabled=amp)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times = []
+    with cpu_threads(threads if dev.type == "cpu" else None), torch.inference_mode(), autocast:
+        for _ in range(max(warmup, 1 if compile else 0)):
+            run(x)
+        sync()
+        for _ in range(repeat):
+            start = time.perf_counter()
+            run(x)
+            sync()
+            times.append(time.perf_counter() - start)
+            if progress is not None:
+                progress.update(1)
+    return times

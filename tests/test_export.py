@@ -1,0 +1,163 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from mixa.errors import MixaError, UsageError
+from mixa.export import agreement, export_onnx, quantize_onnx, verify_onnx
+from mixa.export.targets import at_resolution, trained_size
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _export_helpers import TINY_SIZE, image_folder, tiny_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+KINDS = ["softmax", "relu", "stella", "rala"]
+
+
+def _ort_logits(path, x):
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+
+
+@pytest.mark.parametrize("family", ["vit", "swin"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_export_verifies_every_kind_and_family(tmp_path, family, kind):
+    model = tiny_model(family, kind)
+    size = TINY_SIZE[family]
+    path = tmp_path / "m.onnx"
+    result = export_onnx(model, path, (3, size, size), dynamic_batch=True)
+    assert result.max_abs_diff <= result.tolerance
+    assert "Einsum" not in result.op_counts and result.op_counts["MatMul"] > 0
+    # Independent check at another batch size (the file was traced at batch 1).
+    x = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(_ort_logits(path, x), expected, atol=1e-4, rtol=1e-4)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert int(meta["mixa.params"]) == sum(p.numel() for p in model.parameters())
+
+
+def _square_intermediates(path, n):
+    """Names of graph values whose last two dimensions are n x n (after ONNX shape inference)."""
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    found = []
+    for value in [*proto.graph.value_info, *proto.graph.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        if len(dims) >= 2 and dims[-2:] == [n, n]:
+            found.append(value.name)
+    return found
+
+
+def test_linear_attention_exports_as_matmul_without_n_by_n(tmp_path):
+    n = (32 // 8) ** 2 + 1  # tiny DeiT: 16 patches + class token
+    for kind in ["relu", "stella", "rala"]:
+        path = tmp_path / f"{kind}.onnx"
+        result = export_onnx(tiny_model("vit", kind, keep=0), path, (3, 32, 32))
+        assert "Einsum" not in result.op_counts
+        assert _square_intermediates(path, n) == [], kind
+    # The check sees N x N where it exists: the softmax original has attention maps of that shape.
+    export_onnx(tiny_model("vit"), tmp_path / "softmax.onnx", (3, 32, 32))
+    assert _square_intermediates(tmp_path / "softmax.onnx", n)
+
+
+def test_verification_fails_loudly_on_a_wrong_file(tmp_path):
+    path = tmp_path / "a.onnx"
+    export_onnx(tiny_model("vit", "stella"), path, (3, 32, 32))
+    other = tiny_model("vit", "stella")
+    with torch.no_grad():
+        other.head.bias.add_(1.0)
+    with pytest.raises(MixaError, match="differs from PyTorch"):
+        verify_onnx(path, other, (3, 32, 32))
+
+
+@pytest.mark.parametrize("family,new_size", [("vit", 48), ("swin", 112)])
+def test_export_at_another_input_size(tmp_path, family, new_size):
+    model = tiny_model(family, "rala")
+    resized = at_resolution(model, new_size)
+    assert trained_size(resized) == new_size and trained_size(model) == TINY_SIZE[family]
+    if family == "vit":  # timm resampled the position embedding to the new grid
+        assert resized.pos_embed.shape[1] == (new_size // 8) ** 2 + 1
+    result = export_onnx(resized, tmp_path / "r.onnx", (3, new_size, new_size))
+    assert result.max_abs_diff <= result.tolerance
+    with pytest.raises(UsageError, match="not a multiple"):
+        at_resolution(model, new_size + 2)
+
+
+def test_int8_dynamic_and_static(tmp_path):
+    from mixa.cli.export import _image_batches
+
+    model = tiny_model("vit", "relu")
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, fp32, (3, 32, 32), dynamic_batch=True)
+    data = image_folder(tmp_path / "data")
+    batches = list(_image_batches(data, model, (3, 32, 32), limit=8))
+    assert sum(len(b) for b in batches) == 8 and batches[0].shape[1:] == (3, 32, 32)
+    assert agreement(fp32, fp32, batches) == (8, 8)  # a file agrees with itself on every image
+    for mode, marker in [("dynamic", "DynamicQuantizeLinear"), ("static", "QuantizeLinear")]:
+        int8 = tmp_path / f"m.{mode}.onnx"
+        quantize_onnx(fp32, int8, mode=mode, calib_batches=batches if mode == "static" else None)
+        ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+        assert marker in ops, (mode, ops)
+        same, total = agreement(fp32, int8, batches)
+        assert total == 8 and 0 <= same <= 8
+        # The INT8 file approximates the fp32 one (measured: correlation 0.99 dynamic, 0.91 static).
+        x = np.concatenate(batches)
+        logits = [ort.InferenceSession(str(f)).run(None, {"input": x})[0].ravel() for f in (fp32, int8)]
+        assert np.corrcoef(*logits)[0, 1] > 0.8, mode
+    with pytest.raises(UsageError, match="calibration"):
+        quantize_onnx(fp32, tmp_path / "x.onnx", mode="static")
+
+
+def _cli(capsys, *args):
+    """Run the CLI in-process (as the `mixa` entry point does): (exit code, stdout, stderr)."""
+    from mixa.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    import mixa
+
+    directory = tmp_path_factory.mktemp("models") / "tiny"
+    mixa.save(tiny_model("vit", "stella"), directory)
+    return directory
+
+
+def test_cli_export_with_int8_on_images(tmp_path, capsys, tiny_dir):
+    data = image_folder(tmp_path / "data")
+    out = tmp_path / "tiny.onnx"
+    code, stdout, stderr = _cli(capsys, "export", str(tiny_dir), "--onnx", str(out), "--int8", "--calib-data",
+                                str(data), "--calib-images", "4")
+    assert code == 0, stderr
+    assert "max |ORT - torch|" in stdout and "top-1 agreement INT8 vs fp32: " in stdout
+    assert "/8 = " in stdout  # measured on the 8 images of the folder
+    assert out.is_file() and (tmp_path / "tiny.fp32.onnx").is_file()
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["no/such/dir"], 1, "no such file or directory"),
+    (["not_a_model_xyz", "--no-pretrained"], 2, "unknown model"),
+    (["{tiny}", "--input-size", "36"], 2, "not a multiple"),
+    (["{tiny}", "--int8-mode", "static", "--int8"], 2, "needs --calib-data"),
+    (["{tiny}", "--int8", "--calib-data", "no/such/images"], 2, "directory not found"),
+])
+def test_cli_export_bad_input(tmp_path, capsys, tiny_dir, args, code, message):
+    args = [a.replace("{tiny}", str(tiny_dir)) for a in args]
+    got, _, stderr = _cli(capsys, "export", *args, "--onnx", str(tmp_path / "x.onnx"))
+    assert got == code, stderr
+    assert message in stderr and "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_export_rejects_a_non_onnx_name(tmp_path, capsys, tiny_dir):
+    got, _, stderr = _cli(capsys, "export", str(tiny_dir), "--onnx", str(tmp_path / "x.txt"))
+    assert got == 2 and "must name an .onnx file" in stderr
