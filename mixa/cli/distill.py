@@ -1,4 +1,4 @@
-"""mixa distill: knowledge-distillation fine-tuning of a converted model (see docs/distill.md)."""
+"""mixa distill: knowledge-distillation fine-tuning of a converted model (see README.md, "Distill and evaluate")."""
 HELP = "fine-tune a converted model with knowledge distillation from its original (CPU, GPU, torchrun)"
 
 

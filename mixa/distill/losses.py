@@ -1,6 +1,6 @@
 """Loss maths of knowledge-distillation fine-tuning (pure functions on logits).
 
-Conventions (documented in docs/distill.md):
+Conventions (documented in README.md, "Distill and evaluate"):
 - ``cross_entropy`` takes class indices (label smoothing applied here) or soft targets (rows summing
   to 1, e.g. from Mixup/CutMix, which already carry the smoothing).
 - ``kd_loss``: "soft" is Hinton's KL(teacher_T || student_T) * T^2, averaged over the batch;
