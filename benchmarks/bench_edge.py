@@ -61,6 +61,8 @@ def main() -> int:
     p.add_argument("--int8", action="store_true", help="add INT8 variants at the first resolution")
     p.add_argument("--int8-mode", choices=("dynamic", "static"), default="dynamic",
                    help="static calibrates on 8 random inputs here: fine for speed, not for accuracy")
+    p.add_argument("--int8-weights", choices=("u8", "s8"), default="u8",
+                   help="u8: exact everywhere; s8: faster with VNNI, saturates on x86 without VNNI")
     p.add_argument("--pretrained", action="store_true")
     args = p.parse_args()
 
@@ -87,7 +89,8 @@ def main() -> int:
                     int8 = Path(work) / f"{label.replace(' ', '_').replace('=', '')}_{res}.int8.onnx"
                     rng = np.random.default_rng(0)
                     calib = [rng.standard_normal((1, 3, res, res), dtype=np.float32) for _ in range(8)]
-                    quantize_onnx(files[label], int8, mode=args.int8_mode, calib_batches=calib)
+                    quantize_onnx(files[label], int8, mode=args.int8_mode, calib_batches=calib,
+                                  weights=args.int8_weights)
                     same, total = agreement(files[label], int8,
                                             [rng.standard_normal((1, 3, res, res), dtype=np.float32)
                                              for _ in range(32)])
