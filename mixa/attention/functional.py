@@ -79,6 +79,14 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
+def _relu_features(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]):
+    """The ReLU kernel on widened q and k, masked-out keys zeroed; also the key weights (or None)."""
+    q, k, v = _wide(q, k, v)
+    q, k = F.relu(q), F.relu(k)
+    w = _key_weights(key_mask, k)
+    return q, (k if w is None else k * w), v, w
+
+
 def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = RELU_EPS,
                           key_mask: Optional[Tensor] = None) -> Tensor:
     """ReLU linear attention (EfficientViT / timm LiteMLA):
@@ -86,11 +94,7 @@ def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = RELU_
     """
     dtype = v.dtype
     with _autocast_off(q.device.type):
-        q, k, v = _wide(q, k, v)
-        q, k = F.relu(q), F.relu(k)
-        w = _key_weights(key_mask, k)
-        if w is not None:
-            k = k * w
+        q, k, v, w = _relu_features(q, k, v, key_mask)
         kv = k.transpose(-2, -1) @ v                       # (B, H, d, dv)
         k_sum = k.sum(dim=-2, keepdim=True).transpose(-2, -1)  # (B, H, d, 1)
         out = (q @ kv) / (q @ k_sum + eps)
@@ -107,11 +111,7 @@ def stella_attention(q: Tensor, k: Tensor, v: Tensor, *, key_mask: Optional[Tens
     dtype = v.dtype
     n, d = k.shape[-2], q.shape[-1]
     with _autocast_off(q.device.type):
-        q, k, v = _wide(q, k, v)
-        q, k = F.relu(q), F.relu(k)
-        w = _key_weights(key_mask, k)
-        if w is not None:
-            k = k * w
+        q, k, v, w = _relu_features(q, k, v, key_mask)
         # Normalising the d x d buffer before the second product keeps fp32 far from its range.
         kv = (k.transpose(-2, -1) @ v) / (_token_count(w, n) * math.sqrt(d))
         out = q @ kv
