@@ -62,12 +62,6 @@ def run(args: argparse.Namespace) -> int:
 
 def load_model(args: argparse.Namespace):
     """A saved mixa directory, or a model built by name with --checkpoint / --no-pretrained."""
-    from mixa.errors import UsageError
-    from mixa.io import is_model_dir, load
-    from mixa.models import create_model
+    from mixa.models import load_target
 
-    if is_model_dir(args.model):
-        if args.checkpoint or args.num_classes or args.model_arg:
-            raise UsageError("--checkpoint/--num-classes/--model-arg apply to model names, not saved directories")
-        return load(args.model).eval()
-    return create_model(args.model, **model_source_kwargs(args)).eval()
+    return load_target(args.model, **model_source_kwargs(args))

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mixa.cli._common import add_model_source_arguments, model_source_kwargs
+
 HELP = "export a mixa model directory or timm model to ONNX (verified), optionally INT8"
 
 
@@ -18,8 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                    help="torch exporter (default torchscript: works for every kind and family; dynamo fails on "
                         "Swin with linear layers)")
-    p.add_argument("--no-pretrained", action="store_true", help="random init for a timm name (no download)")
-    p.add_argument("--checkpoint", metavar="PATH", help="local timm-compatible weights for a timm name")
+    add_model_source_arguments(p)
     p.add_argument("--rtol", type=float, default=1e-4,
                    help="verification tolerance: max |ORT - torch| <= RTOL * max(1, max |logits|) (default 1e-4)")
     p.add_argument("--int8", action="store_true",
@@ -78,7 +79,7 @@ def run(args) -> int:
         raise UsageError("--int8-mode static needs --calib-data DIR")
     if args.calib_data and not Path(args.calib_data).is_dir():
         raise UsageError(f"--calib-data: directory not found: {args.calib_data}")
-    label, model = load_model(args.target, pretrained=not args.no_pretrained, checkpoint=args.checkpoint)
+    label, model = load_model(args.target, **model_source_kwargs(args))
     model = at_resolution(model, args.input_size)
     size = trained_size(model)
     input_size = (3, size, size)

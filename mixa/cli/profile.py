@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import List, Optional
 
+from mixa.cli._common import add_model_source_arguments, model_source_kwargs
+
 HELP = "measure latency (ONNX Runtime / PyTorch, CPU / CUDA) of models or .onnx files, vs keep and resolution"
 RUNTIMES = ("ort", "torch", "torch-compile")
 
@@ -45,8 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="convert each model target on the fly keeping softmax in k layers, for each k")
     p.add_argument("--attn", default=None, metavar="KIND",
                    help="linear kind for conversion on the fly (default rala); alone it means --keep-sweep 6")
-    p.add_argument("--no-pretrained", action="store_true", help="random init for timm names (no download)")
-    p.add_argument("--checkpoint", metavar="PATH", help="local timm-compatible weights for timm names")
+    add_model_source_arguments(p)
     p.add_argument("--json", metavar="FILE", help="write the records as a JSON list")
     p.add_argument("--csv", metavar="FILE", help="write the records as CSV")
     p.add_argument("--plot", metavar="FILE.png", help="plot latency vs resolution (needs matplotlib)")
@@ -77,13 +78,13 @@ def _model_variants(args) -> list:
     from mixa import convert
     from mixa.export.targets import load_model
 
-    pretrained = not args.no_pretrained
+    source = model_source_kwargs(args)
     variants = []
     if args.compare:
-        label, model = load_model(args.compare, pretrained, args.checkpoint)
+        label, model = load_model(args.compare, **source)
         variants.append((f"{label} (original)", model))
     for target in args.model_targets:
-        label, model = load_model(target, pretrained, args.checkpoint)
+        label, model = load_model(target, **source)
         if args.keep_sweep is None:
             variants.append((label, model))
             continue

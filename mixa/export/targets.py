@@ -10,18 +10,12 @@ from torch import nn
 from ..errors import MixaError, UsageError
 
 
-def load_model(target: str, pretrained: bool = True, checkpoint: Optional[str] = None) -> Tuple[str, nn.Module]:
-    """(label, model in eval mode) for a saved mixa model directory or a timm name / alias."""
-    from ..io import is_model_dir, load
-    from ..models import create_model
+def load_model(target: str, **source) -> Tuple[str, nn.Module]:
+    """(label, model in eval mode) for a saved mixa model directory or a timm name / alias; ``source`` are
+    ``mixa.models.load_target``'s weight-source options."""
+    from ..models import load_target
 
-    path = Path(target)
-    if is_model_dir(path):
-        return path.name or str(path), load(path)
-    if path.exists() or target.endswith((".onnx", "/")) or "/" in target:
-        raise MixaError(f"{target} is not a saved mixa model directory (needs config.json and model.safetensors)"
-                        if path.exists() else f"{target}: no such file or directory")
-    return target, create_model(target, pretrained=pretrained, checkpoint=checkpoint)
+    return (Path(target).name or target), load_target(target, **source)
 
 
 def trained_size(model: nn.Module) -> int:

@@ -160,3 +160,21 @@ def create_model(name: str, *, pretrained: bool = True, checkpoint: Optional[str
                        "checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
                        "pretrained": bool(pretrained and checkpoint is None)}
     return model.eval()
+
+
+def load_target(target: str, *, pretrained: bool = True, checkpoint: Optional[str] = None,
+                num_classes: Optional[int] = None, **timm_kwargs):
+    """What a command's MODEL argument names: a saved mixa model directory (``mixa.load``) or a timm name /
+    alias (``create_model``), in eval mode. The weight-source options apply to names only."""
+    from ..io import is_model_dir, load
+
+    path = Path(target)
+    if is_model_dir(path):
+        if checkpoint or num_classes or timm_kwargs:
+            raise UsageError("--checkpoint/--num-classes/--model-arg apply to model names, not saved directories")
+        return load(path)
+    if path.exists() or "/" in target or target.endswith(".onnx"):
+        raise MixaError(f"{target} is not a saved mixa model directory (needs config.json and model.safetensors)"
+                        if path.exists() else f"{target}: no such file or directory")
+    return create_model(target, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes,
+                        **timm_kwargs)
