@@ -41,13 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _image_batches(root, model, input_size, limit, batch_size=16):
     """numpy float32 batches of at most ``limit`` images from an ImageFolder, with the model's eval
     transform at ``input_size``."""
-    from timm.data import create_transform, resolve_data_config
     from torch.utils.data import DataLoader
 
-    from mixa.data import SafeImageFolder, collate_skipping_unreadable, resolve_split
+    from mixa.data import SafeImageFolder, collate_skipping_unreadable, eval_transform, resolve_split
 
-    config = {**resolve_data_config(model=model), "input_size": input_size}
-    dataset = SafeImageFolder(resolve_split(root), transform=create_transform(**config, is_training=False))
+    dataset = SafeImageFolder(resolve_split(root), transform=eval_transform(model, input_size))
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skipping_unreadable)
     seen = 0
     for batch in loader:

@@ -47,11 +47,25 @@ def collate_skipping_unreadable(batch):
     return default_collate(batch) if batch else None
 
 
-def eval_transform(model) -> Callable:
-    """timm's eval transform for the model's pretrained_cfg (size, crop, interpolation, mean/std)."""
-    from timm.data import create_transform, resolve_data_config
+def data_config(model, input_size=None) -> dict:
+    """timm's data config for ``model`` (size, crop, interpolation, mean/std). The input size follows the
+    model's real one (a ViT built or resized with another img_size), or ``input_size`` when given."""
+    from timm.data import resolve_data_config
 
-    return create_transform(**resolve_data_config(model=model), is_training=False)
+    cfg = resolve_data_config(model=model)
+    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if input_size is not None:
+        cfg["input_size"] = tuple(input_size)
+    elif img_size is not None:
+        cfg["input_size"] = (cfg["input_size"][0], *tuple(img_size))
+    return cfg
+
+
+def eval_transform(model, input_size=None) -> Callable:
+    """timm's eval transform for ``data_config(model, input_size)``."""
+    from timm.data import create_transform
+
+    return create_transform(**data_config(model, input_size), is_training=False)
 
 
 def eval_loader(root: os.PathLike | str, model, batch_size: int = 32, workers: int = 0,

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 from torch.utils.data import DataLoader, Sampler
 
-from ..data import eval_transform
+from ..data import data_config, eval_transform
 from ..errors import MixaError
 
 
@@ -52,17 +52,6 @@ class SafeImageFolder:
             if sample is not None:
                 return sample[0], sample[1], skipped
         raise MixaError(f"no readable image in {self.folder.root}")
-
-
-def data_config(model) -> Dict[str, Any]:
-    """timm's data config for ``model``; the input size follows the model (e.g. a resized ViT)."""
-    from timm.data import resolve_data_config
-
-    cfg = resolve_data_config(model=model)
-    img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if img_size is not None:
-        cfg["input_size"] = (cfg["input_size"][0], *tuple(img_size))
-    return cfg
 
 
 def train_transform(model, settings: Dict[str, Any]):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .. import io as mio
+from ..data import data_config
 from ..errors import MixaError, UsageError
 from . import data as D
 from .losses import agreement, cross_entropy, distillation_loss, topk_correct
@@ -192,7 +193,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def _renormalizer(student: nn.Module, teacher: nn.Module):
     """Map student-normalised images to the teacher's normalisation (identity when they agree)."""
-    s, t = D.data_config(student), D.data_config(teacher)
+    s, t = data_config(student), data_config(teacher)
     if tuple(s["mean"]) == tuple(t["mean"]) and tuple(s["std"]) == tuple(t["std"]):
         return None
     ms, ss, mt, st = (torch.tensor(v).view(1, -1, 1, 1) for v in (s["mean"], s["std"], t["mean"], t["std"]))
