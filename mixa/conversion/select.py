@@ -53,11 +53,16 @@ def validate_indices(indices: Sequence[int], depth: int) -> List[int]:
     return out
 
 
-def kl_to_reference(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
-    """Mean over samples of KL(softmax(reference) || softmax(logits)), in nats."""
+def kl_per_sample(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(reference) || softmax(logits)) of every sample, in nats (fp32)."""
     ref = F.log_softmax(reference_logits.float(), dim=-1)
     out = F.log_softmax(logits.float(), dim=-1)
-    return float((ref.exp() * (ref - out)).sum(dim=-1).mean())
+    return (ref.exp() * (ref - out)).sum(dim=-1)
+
+
+def kl_to_reference(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
+    """Mean over samples of KL(softmax(reference) || softmax(logits)), in nats."""
+    return float(kl_per_sample(reference_logits, logits).mean())
 
 
 @torch.no_grad()

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..conversion.select import kl_per_sample
+
 KD_KINDS = ("soft", "hard", "none")
 
 
@@ -70,11 +72,8 @@ def distillation_loss(output, target: Tensor, teacher_logits: Optional[Tensor], 
 @torch.no_grad()
 def agreement(student_logits: Tensor, teacher_logits: Tensor) -> Dict[str, Tensor]:
     """Per-batch sums: top-1 matches and KL(teacher || student) at temperature 1."""
-    s, t = student_logits.float(), teacher_logits.float()
-    match = (s.argmax(-1) == t.argmax(-1)).sum()
-    log_s, log_t = F.log_softmax(s, -1), F.log_softmax(t, -1)
-    kl = (log_t.exp() * (log_t - log_s)).sum(-1).sum()
-    return {"match": match, "kl": kl}
+    match = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).sum()
+    return {"match": match, "kl": kl_per_sample(teacher_logits, student_logits).sum()}
 
 
 @torch.no_grad()
