@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from mixa.cli._common import add_model_source_arguments, model_source_kwargs
 

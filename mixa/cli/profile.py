@@ -9,7 +9,7 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import List
 
 from mixa.cli._common import add_model_source_arguments, model_source_kwargs
 

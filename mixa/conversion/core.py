@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
@@ -12,7 +11,7 @@ from torch import nn
 from .. import __version__
 from ..attention import MixAttention, get_attention_kind, list_attention_kinds
 from ..errors import UsageError
-from ..models import create_model, resolve_name
+from ..models import create_model
 from . import select as S
 from .layers import attention_layers, family, layer_kind, linear_layer_for, set_layer
 

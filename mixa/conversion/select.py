@@ -11,7 +11,7 @@ Without calibration data the default strategy is ``uniform`` (documented fallbac
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 from torch import nn
 
-from ..errors import MixaError, UsageError
+from ..errors import UsageError
 
 
 def load_model(target: str, **source) -> Tuple[str, nn.Module]:
