@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..attention import MixAttention, get_attention_kind, list_attention_kinds
+from ..attention import MixAttention, get_attention_kind, list_attention_kinds, list_keep_kinds
 from ..errors import UsageError
 from ..models import create_model
 from . import select as S
@@ -19,7 +19,7 @@ ModelOrName = Union[str, nn.Module]
 CalibData = Union[None, str, os.PathLike, torch.Tensor, Iterable]
 
 # Options of a linear layer that a user may set; everything else is derived from the original layer.
-LAYER_OPTIONS = ("gate", "lepe", "lepe_kernel")
+LAYER_OPTIONS = ("gate", "gate_rank", "lepe", "lepe_kernel")
 
 
 def _base_record(model: nn.Module) -> Dict[str, Any]:
@@ -81,7 +81,7 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
             select: S.Select = None, calib: CalibData = None, calib_batches: Optional[int] = 8,
             patch_size: Optional[int] = None, window_size: Optional[int] = None,
             checkpoint: Optional[str] = None, pretrained: bool = True, num_classes: Optional[int] = None,
-            attn_options: Optional[Dict[str, Any]] = None, progress: bool = True,
+            attn_options: Optional[Dict[str, Any]] = None, keep_kind: str = "softmax", progress: bool = True,
             **timm_kwargs) -> nn.Module:
     """Keep softmax attention in ``keep`` layers and replace every other one with ``attn``.
 
@@ -92,6 +92,10 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
     select: 'first' | 'last' | 'uniform' | 'sensitivity' | list of indices. Default: 'sensitivity' when
         ``calib`` is given, else 'uniform'.
     calib: calibration images (ImageFolder dir, tensor, or iterable of batches), ``calib_batches`` of them.
+    attn_options: options of the linear layers: gate ('linear' | 'lowrank' | 'identity' | 'none', see
+        mixa.layers.gates), gate_rank, lepe (bool), lepe_kernel (odd int).
+    keep_kind: what the kept layers compute: 'softmax' (the pretrained layers as they are) or
+        'relu-quadratic' (MixA's ReLU-based quadratic form, same q/k/v/proj weights; needs fine-tuning).
     The result is the same timm model class (forward, pretrained_cfg unchanged) with MixAttention layers
     whose q/k/v/proj weights are the pretrained ones; ``model.mixa_config`` records the selection.
     """
@@ -103,6 +107,8 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
     unknown = set(options) - set(LAYER_OPTIONS)
     if unknown:
         raise UsageError(f"unknown attention option(s) {sorted(unknown)}; known: {', '.join(LAYER_OPTIONS)}")
+    if keep_kind not in list_keep_kinds():
+        raise UsageError(f"--keep-kind must be one of {', '.join(list_keep_kinds())}; got {keep_kind!r}")
 
     if isinstance(model_or_name, nn.Module):
         if checkpoint is not None or num_classes is not None or timm_kwargs:
@@ -153,9 +159,11 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
     for index, (path, original) in enumerate(layers):
         if index not in kept:
             set_layer(model, path, replacement(original))
+        elif keep_kind != "softmax":
+            set_layer(model, path, linear_layer_for(model, original, keep_kind, {}))
 
     model.mixa_config = {
-        "keep": keep, "attn": attn, "attn_options": options, "patch_size": patch_size,
+        "keep": keep, "attn": attn, "attn_options": options, "keep_kind": keep_kind, "patch_size": patch_size,
         "window_size": window_size,
         "selection": {"strategy": strategy, "kept": kept, "scores": scores,
                       "calib": None if calib is None else {
@@ -187,6 +195,7 @@ def model_config(model: nn.Module) -> Dict[str, Any]:
         "keep": conv.get("keep", len(layers)),
         "attn": conv.get("attn"),
         "attn_options": conv.get("attn_options", {}),
+        "keep_kind": conv.get("keep_kind", "softmax"),
         "selection": conv.get("selection"),
         "layers": layers,
     }
@@ -205,6 +214,6 @@ def build_from_config(cfg: Dict[str, Any]) -> nn.Module:
             set_layer(model, entry["path"], linear_layer_for(model, layers[entry["path"]], entry["kind"],
                                                              entry.get("options", {})))
     model.mixa_base = base
-    model.mixa_config = {k: cfg.get(k) for k in ("keep", "attn", "attn_options", "patch_size", "window_size",
-                                                  "selection")}
+    model.mixa_config = {k: cfg.get(k) for k in ("keep", "attn", "attn_options", "keep_kind", "patch_size",
+                                                  "window_size", "selection")}
     return model.eval()
