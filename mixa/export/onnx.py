@@ -12,6 +12,7 @@ that ``mixa profile model.onnx`` can report them on a board with no torch.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -126,6 +127,31 @@ def _finish(path: Path, meta: Dict[str, str]) -> None:
     onnx.save(proto, str(path))
 
 
+def attention_scopes(model: nn.Module) -> Dict[str, str]:
+    """{ONNX name scope of each attention module: its kind}. torch's TorchScript exporter names a node after
+    the module that made it: ``blocks.2.attn`` -> ``/blocks/blocks.2/attn/`` (a ModuleList entry is named
+    with its list). Stored in the file (``mixa.attention_scopes``) so that INT8 can find each attention's
+    core on a machine without torch (``mixa.export.quantize.core_nodes``)."""
+    from ..attention import MixAttention
+    from ..conversion.layers import attention_layers, layer_kind
+
+    try:
+        layers = attention_layers(model)
+    except MixaError:  # not a DeiT/Swin (e.g. RAVLT): no scopes recorded
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, MixAttention)]
+    scopes = {}
+    for path, module in layers:
+        parts: list = []
+        for part in path.split("."):
+            if part.isdigit() and parts:
+                parts.append(f"{parts[-1]}.{part}")
+            else:
+                parts.append(part)
+        scopes["/" + "/".join(parts) + "/"] = layer_kind(module) if not isinstance(module, MixAttention) \
+            else module.kind
+    return scopes
+
+
 def op_counts(path: os.PathLike | str) -> Dict[str, int]:
     import onnx
 
@@ -178,7 +204,8 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     input_size = tuple(int(s) for s in input_size)
     model = model.to("cpu", torch.float32).eval()
     meta = {"mixa.params": count_params(model), "mixa.macs": count_macs(model, input_size),
-            "mixa.input_size": "x".join(map(str, input_size)), **(metadata or {})}
+            "mixa.input_size": "x".join(map(str, input_size)),
+            "mixa.attention_scopes": json.dumps(attention_scopes(model)), **(metadata or {})}
     # Traced at batch 2 when the batch is dynamic (torch.export specialises a dimension of size 1).
     example = torch.randn(2 if dynamic_batch else 1, *input_size)
     path = Path(path)

@@ -3,13 +3,13 @@ modules), so it runs on a board without torch: ``python -m mixa profile model.on
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import MixaError, UsageError
+from .timing import time_call
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -74,16 +74,7 @@ def input_for(sess, batch: int, resolution: Optional[int]) -> Tuple[Dict[str, np
 
 def time_session(sess, feed: Dict[str, np.ndarray], warmup: int, repeat: int, progress=None) -> List[float]:
     """Per-call wall time (seconds) of ``repeat`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - start)
-        if progress is not None:
-            progress.update(1)
-    return times
+    return time_call(lambda: sess.run(None, feed), warmup=warmup, repeat=repeat, progress=progress)
 
 
 def profile_file(path: os.PathLike | str, *, threads: Optional[int], batch: int, resolution: Optional[int],
