@@ -55,14 +55,14 @@ def input_for(sess, batch: int, resolution: Optional[int]) -> Tuple[Dict[str, np
         raise UsageError(f"expected an image model with one (B, C, H, W) input; {spec.name} has shape {shape}")
     b, c, h, w = shape
     if isinstance(b, int) and b != batch:
-        raise UsageError(f"this .onnx file takes batch {b} only; use --batch {b} or export with --dynamic-batch")
+        raise UsageError(f"this .onnx file takes batch {b} only; use --batch-size {b} or export with --dynamic-batch")
     if not isinstance(h, int) or not isinstance(w, int):
         if resolution is None:
-            raise UsageError("this .onnx file has a dynamic image size: pass --res")
+            raise UsageError("this .onnx file has a dynamic image size: pass --img-size")
         h = w = resolution
     elif resolution is not None and (h, w) != (resolution, resolution):
         raise UsageError(f"wrong input size: this .onnx file takes {h}x{w} images, not {resolution}x{resolution} "
-                         f"(re-export with mixa export --input-size {resolution})")
+                         f"(re-export with mixa export --img-size {resolution})")
     if h != w:
         raise UsageError(f"only square inputs are supported; the file takes {h}x{w}")
     dtype = _NUMPY_TYPES.get(spec.type)
