@@ -128,9 +128,12 @@ def main() -> int:
                    help="ort, executorch or both; ExecuTorch files are made at the INT8 resolutions only, "
                         "for the reduced variant set (its lowering takes minutes per model)")
     p.add_argument("--op-breakdown", action="store_true")
+    p.add_argument("--res", default=None, metavar="PX,...", help="only these resolutions of the suite")
     p.add_argument("--only", default=None, metavar="LABEL,...",
                    help="time only these variants (labels as printed, e.g. 'original,keep6 relu')")
     p.add_argument("--tag", default=None, help="suffix of the result files")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: the thread's CPU time (robust to load from other jobs; 1 thread only)")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="writes <runtimes>.json and <runtimes>.md there (e.g. ort.json, ort.md)")
     args = p.parse_args()
@@ -147,7 +150,7 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment()
     results = {"command": " ".join(sys.argv), "environment": env, "threads": args.threads, "keep": args.keep,
-               "default_gate": default_gate, "suite": args.suite, "tag": args.tag, "runtimes": [r for r in runtimes if r != "executorch" or use_et],
+               "default_gate": default_gate, "suite": args.suite, "tag": args.tag, "clock": args.clock, "runtimes": [r for r in runtimes if r != "executorch" or use_et],
                "rows": [], "op_breakdown": []}
     print(f"CPU: {env['cpu']}; ONNX Runtime {env['versions']['onnxruntime']}, {args.threads} thread(s), batch 1",
           flush=True)
@@ -156,7 +159,7 @@ def main() -> int:
         for label, name, kwargs, resolutions, full_at, int8_at in SUITES[args.suite]:
             original = create_model(name, pretrained=False, **kwargs).eval()
             for res in resolutions:
-                if not use_ort and res not in int8_at:
+                if (not use_ort and res not in int8_at) or (args.res and str(res) not in args.res.split(",")):
                     continue
                 full = res in full_at and use_ort
                 runners, rows = [], []
@@ -198,7 +201,7 @@ def main() -> int:
 
                     set_threads(args.threads)
                 start = time.time()
-                times = round_robin(runners, warmup=2, rounds=args.rounds, budget=args.budget)
+                times = round_robin(runners, warmup=2, rounds=args.rounds, budget=args.budget, clock=args.clock)
                 print(f"\n{label} @{res}: {len(times[0])} rounds in {time.time() - start:.0f} s", flush=True)
                 base = {}
                 for row, t in zip(rows, times):
@@ -249,7 +252,7 @@ def markdown(results: dict) -> str:
              f"CPU: **{env['cpu']}** ({env['cpu_count']} logical CPUs, shared with other jobs), "
              f"{results['threads']} thread(s), batch 1, random-init weights; "
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".", "",
-             "Speed-up = median latency of the original in the same runtime and precision / the variant's, "
+             f"Clock: {results.get('clock', 'wall')} time per call. Speed-up = median latency of the original in the same runtime and precision / the variant's, "
              "all files of one (model, resolution) timed round-robin in one process. MAC ratio = "
              "MACs(original) / MACs(variant). `ok`: speed-up >= MAC ratio.", ""]
     groups = {}
