@@ -154,6 +154,10 @@ def main() -> int:
                "rows": [], "op_breakdown": []}
     print(f"CPU: {env['cpu']}; ONNX Runtime {env['versions']['onnxruntime']}, {args.threads} thread(s), batch 1",
           flush=True)
+    if use_et:  # before any program is loaded: the XNNPACK delegate takes the pool when it is initialised
+        from mixa.export.executorch import set_threads
+
+        set_threads(args.threads)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as work:
         for label, name, kwargs, resolutions, full_at, int8_at in SUITES[args.suite]:
@@ -196,10 +200,6 @@ def main() -> int:
                         rows.append({"model": label, "res": res, "variant": vlabel, "runtime": runtime,
                                      "precision": precision, "macs": macs})
                     print(f"  exported {label} @{res} {vlabel} ({len(files)} files)", file=sys.stderr, flush=True)
-                if use_et:
-                    from mixa.export.executorch import set_threads
-
-                    set_threads(args.threads)
                 start = time.time()
                 times = round_robin(runners, warmup=2, rounds=args.rounds, budget=args.budget, clock=args.clock)
                 print(f"\n{label} @{res}: {len(times[0])} rounds in {time.time() - start:.0f} s", flush=True)
