@@ -38,3 +38,25 @@ def model_source_kwargs(args: argparse.Namespace) -> Dict[str, Any]:
     """The keyword arguments of mixa.models.create_model from the parsed flags."""
     return {"pretrained": args.pretrained, "checkpoint": args.checkpoint, "num_classes": args.num_classes,
             **parse_model_args(args.model_arg)}
+
+
+def workers_arg(text: str):
+    """--workers/-j: 'auto' (min(4, available cores)) or a count >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {text!r}")
+    return value
+
+
+def add_data_loading_arguments(parser: argparse.ArgumentParser, batch_size_help: str,
+                               batch_size_default=None) -> None:
+    """-b/--batch-size, -j/--workers, --no-progress (one spelling for every command that reads images)."""
+    parser.add_argument("-b", "--batch-size", type=int, default=batch_size_default, metavar="N", help=batch_size_help)
+    parser.add_argument("-j", "--workers", type=workers_arg, metavar="N|auto",
+                        help="data-loading processes (default auto: min(4, available cores))")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -6,9 +6,10 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
+from .. import metrics
 from ..macs import count_macs, count_params
 from .layers import attention_layers, layer_kind
-from .select import kl_to_reference, model_logits
+from .select import model_logits
 
 
 def input_size(model: nn.Module):
@@ -18,9 +19,9 @@ def input_size(model: nn.Module):
 @torch.no_grad()
 def agreement(original: nn.Module, converted: nn.Module, batches: List[torch.Tensor]) -> Dict[str, float]:
     """Top-1 match rate (percent) and mean KL(original || converted) on the same images."""
-    ref, out = model_logits(original, batches), model_logits(converted, batches)
-    return {"top1_agreement": float((ref.argmax(-1) == out.argmax(-1)).float().mean() * 100),
-            "mean_kl": kl_to_reference(ref, out), "images": int(ref.shape[0])}
+    sums = metrics.agreement(model_logits(original, batches), model_logits(converted, batches))
+    return {"top1_agreement": 100.0 * sums["match"] / sums["images"], "mean_kl": sums["kl"] / sums["images"],
+            "images": int(sums["images"])}
 
 
 def conversion_report(original: nn.Module, converted: nn.Module,

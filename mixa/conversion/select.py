@@ -14,10 +14,10 @@ import math
 from typing import Callable, Iterable, List, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UsageError
+from ..metrics import kl_per_sample
 
 STRATEGIES = ("first", "last", "uniform", "sensitivity")
 Select = Union[str, Sequence[int], None]
@@ -51,13 +51,6 @@ def validate_indices(indices: Sequence[int], depth: int) -> List[int]:
     if bad:
         raise UsageError(f"layer index {bad[0]} out of range: the model has {depth} attention layers (0..{depth - 1})")
     return out
-
-
-def kl_per_sample(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(reference) || softmax(logits)) of every sample, in nats (fp32)."""
-    ref = F.log_softmax(reference_logits.float(), dim=-1)
-    out = F.log_softmax(logits.float(), dim=-1)
-    return (ref.exp() * (ref - out)).sum(dim=-1)
 
 
 def kl_to_reference(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
