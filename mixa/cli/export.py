@@ -44,11 +44,12 @@ def _image_batches(root, model, input_size, limit, batch_size=16):
     from mixa.data import eval_loader
 
     seen = 0
-    for images, _, skipped in eval_loader(root, model, batch_size=batch_size, input_size=input_size):
-        images = images[skipped == 0][: limit - seen].numpy()  # unreadable files' stand-ins left out
-        if len(images):
-            seen += len(images)
-            yield images
+    for batch in eval_loader(root, model, batch_size=batch_size, input_size=input_size):
+        if batch is None:
+            continue
+        images = batch[0][: limit - seen].numpy()
+        seen += len(images)
+        yield images
         if seen >= limit:
             break
 

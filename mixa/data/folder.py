@@ -1,9 +1,9 @@
 """Image folders (one folder per class, or a flat folder of unlabeled images) and their loaders.
 
 An unreadable file (one PIL cannot open or decode) is passed over: its item is the next readable image,
-with ``skipped`` > 0 saying how many files were passed over. Batches keep their size (Mixup needs even
-batches) and the order stays a function of the index alone. Evaluation drops those stand-ins (the
-stand-in is also seen at its own index). Errors of the transform (augmentation) are bugs, not bad
+with ``skipped`` > 0 saying how many files were passed over. Training batches keep their size (Mixup
+needs even batches) and the order stays a function of the index alone. Evaluation drops the stand-ins
+(``collate_readable``; a stand-in is also seen at its own index). Errors of the transform (augmentation) are bugs, not bad
 files: they propagate.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torchvision.datasets import ImageFolder
 
 from ..errors import MixaError, UsageError
@@ -90,6 +90,16 @@ class SafeImageFolder(ImageFolder):
         raise MixaError(f"no readable image in {self.root}")
 
 
+def collate_readable(samples):
+    """For evaluation: default_collate of the readable samples (stand-ins dropped) as (images, labels,
+    number of unreadable files); None when the whole batch was unreadable."""
+    readable = [(image, label) for image, label, skipped in samples if skipped == 0]
+    if not readable:
+        return None
+    images, labels = default_collate(readable)
+    return images, labels, len(samples) - len(readable)
+
+
 def data_config(model, input_size=None) -> dict:
     """timm's data config for ``model`` (size, crop, interpolation, mean/std). The input size follows the
     model's real one (a ViT built or resized with another img_size), or ``input_size`` when given."""
@@ -114,11 +124,11 @@ def eval_transform(model, input_size=None) -> Callable:
 def eval_loader(root: os.PathLike | str, model, batch_size: int = 32, workers: Union[int, str, None] = 0,
                 split: str = "val", shuffle: bool = False, seed: int = 0, input_size=None,
                 labeled: bool = True) -> DataLoader:
-    """A loader of (images, labels, skipped) over ``root/split`` (or ``root``) with the model's eval
-    transform (at ``input_size`` when given)."""
+    """Batches (images, labels, unreadable count), or None for a batch of unreadable files only, over
+    ``root/split`` (or ``root``) with the model's eval transform (at ``input_size`` when given)."""
     dataset = SafeImageFolder(resolve_split(root, split), transform=eval_transform(model, input_size),
                               labeled=labeled)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=resolve_workers(workers),
-                      generator=generator)
+                      generator=generator, collate_fn=collate_readable)
 

@@ -94,7 +94,8 @@ def set_train_epoch(loader: DataLoader, epoch: int, skip_batches: int = 0) -> No
 def val_loader(data_dir, model, batch_size: int = 64, workers="auto", max_images: Optional[int] = None,
                rank: int = 0, world: int = 1, split: str = "val", labeled: bool = True) -> DataLoader:
     """Loader over ``data_dir/val`` (or a directory of class folders) with the model's eval transform.
-    Items are (image, label, skipped). ``max_images`` keeps a fixed random subset of that many images
+    Items are (image, label, skipped) (stand-ins for unreadable files included: batches keep their size
+    under torchrun, and ``evaluate_loader`` leaves them out). ``max_images`` keeps a fixed random subset of that many images
     (the same every time; the first N files of a class-folder tree would be one class)."""
     dataset = SafeImageFolder(split_dir(data_dir, split) if labeled else resolve_split(data_dir, split),
                               eval_transform(model), labeled=labeled)

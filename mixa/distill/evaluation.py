@@ -42,7 +42,7 @@ def evaluate_loader(model: nn.Module, loader, teacher: Optional[nn.Module] = Non
     to_teacher = renormalizer(unwrap(model), teacher) if teacher is not None else None
     sums = EvalSums()
     for images, target, skipped in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        readable = skipped == 0
+        readable = skipped == 0  # a stand-in for an unreadable file is scored at its own index
         sums.add(skipped=(~readable).sum().item())
         if not readable.all():
             images, target = images[readable], target[readable]
