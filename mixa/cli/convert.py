@@ -14,7 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=int, help="attention layers that keep softmax (default 6, or the count of --select indices)")
     p.add_argument("--attn", default="rala", help="linear kind for the other layers: relu, stella, rala (default rala)")
     p.add_argument("--select", default=None,
-                   help="first | last | uniform | sensitivity | indices like 0,3,5 "
+                   help="first | last | uniform | sensitivity | transfer | indices like 0,3,5 "
                         "(default: sensitivity with --calib-data, else uniform)")
     p.add_argument("--calib-data", metavar="DIR", help="ImageFolder (or DIR/val of the ImageNet layout) for "
                                                         "sensitivity scores and the agreement report")
@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     report = conversion_report(original, converted, batches)
     rows = [(l["index"], l["path"], l["kind"], "keep" if l["kept"] else "replace",
              None if l["score"] is None else f"{l['score']:.4g}") for l in report["layers"]]
-    print(table(rows, ["layer", "module", "kind", "", "sensitivity (KL)"]))
+    score = "transfer (rel. error)" if report["selection"] == "transfer" else "sensitivity (KL)"
+    print(table(rows, ["layer", "module", "kind", "", score]))
     print()
     cost = [("params", human(report["params_before"]), human(report["params_after"]),
              f"{report['params_after'] / report['params_before']:.3f}"),
