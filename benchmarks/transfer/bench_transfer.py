@@ -186,9 +186,10 @@ class Bench:
     def transfer_point(self, student: Path, steps: int, name: str, lr=None) -> dict:
         t0 = time.perf_counter()
         run = self.transfer(student, steps, name, lr)
-        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return {"top1": self.top1(self.mio.load(run)), "images": steps * self.args.transfer_batch,
-                "holdout_error": last["holdout_error"], "seconds": round(time.perf_counter() - t0, 1)}
+                "holdout_error_before": rows[0]["holdout_error"], "holdout_error": rows[-1]["holdout_error"],
+                "seconds": round(time.perf_counter() - t0, 1)}
 
     def step_cost(self, student: Path, rounds: int = 15) -> dict:
         """Seconds per image of one transfer step and of one KD step (same student, teacher and batch of 64),
@@ -385,7 +386,9 @@ def write_report(out: Path, results) -> bool:
     for kind, keep in STUDENTS:
         r = results.get(f"{kind}_k{keep}")
         if r and r.get("transfer"):
-            lines.append(f"| {kind} k={keep} | {r['before']['top1']:.2f} | " + " | ".join(
+            err0 = next(iter(r["transfer"].values())).get("holdout_error_before")
+            lines.append(f"| {kind} k={keep} | {r['before']['top1']:.2f}"
+                         + (f" (err {err0:.3f})" if err0 is not None else "") + " | " + " | ".join(
                 f"{r['transfer'][str(st)]['top1']:.2f} (err {r['transfer'][str(st)]['holdout_error']:.3f})"
                 if str(st) in r["transfer"] else "" for st in s.get("transfer_steps", [])) + " |")
     if results.get("lr_sweep"):
