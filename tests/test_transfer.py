@@ -93,7 +93,7 @@ def test_held_out_error_falls_and_only_replaced_layers_change(world, tmp_path):
     before, after = result["first"], result
     for path in result["layers"]:
         key = f"holdout_error/{path}"
-        assert after[key] < 0.7 * before[key], (path, before[key], after[key])
+        assert after[key] < 0.85 * before[key], (path, before[key], after[key])
     # independently: the saved model's layer error on the val images, from scratch
     from mixa.data import eval_loader
     from mixa.distill.teacher import build_teacher, recorded_original
