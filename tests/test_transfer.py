@@ -164,13 +164,12 @@ def test_torchrun_two_processes_gloo(world, tmp_path):
 
 # ------------------------------------------------------------------------------------------ distill stage
 
-def test_distill_with_a_transfer_stage(world, tmp_path):
-    from mixa.distill import distill
-
+def test_distill_with_a_transfer_stage(world, tmp_path, capsys):
     run = tmp_path / "run"
-    result = distill(world / "student", world / "data", run, recipe="tiny", epochs=1, transfer_steps=3,
-                     progress=False, workers=0)
-    assert result["epochs_done"] == 1
+    code = main(["distill", "-m", str(world / "student"), "--data-dir", str(world / "data"), "--output", str(run),
+                 "--recipe", "tiny", "--epochs", "1", "--transfer-steps", "3", "-j", "0", "--no-progress"])
+    assert code == 0 and "epochs done" in capsys.readouterr().out
+    assert json.loads((run / "run.json").read_text())["settings"]["transfer_steps"] == 3
     stage = json.loads((run / "transfer" / "metrics.jsonl").read_text().splitlines()[-1])
     assert stage["step"] == 3 and mio.is_model_dir(run / "transfer")
     # the distillation started from the transferred layers: its first checkpoint differs from the

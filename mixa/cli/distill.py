@@ -47,11 +47,14 @@ def add_arguments(p) -> None:
     g.add_argument("--save-every-steps", type=int, metavar="N",
                    help="also checkpoint RUN/last every N optimiser steps inside an epoch (0: epoch ends only)")
     g.add_argument("--ema", type=_bool, metavar="BOOL", help="keep an EMA of the weights (RUN/ema)")
+    g.add_argument("--transfer-steps", type=int, metavar="N",
+                   help="first N steps of layer-wise attention transfer (mixa transfer) into RUN/transfer; 0: off")
+    g.add_argument("--transfer-lr", type=float, help="peak lr of that stage")
 
 
 OVERRIDES = ("epochs", "warmup_epochs", "batch_size", "accum_steps", "lr", "weight_decay", "clip_grad", "seed",
              "workers", "amp", "kd", "kd_weight", "kd_temperature", "smoothing", "mixup", "cutmix", "ema",
-             "save_every_steps")
+             "save_every_steps", "transfer_steps", "transfer_lr")
 
 
 def run(args) -> int:
