@@ -37,7 +37,7 @@ def tiny_images(tmp_path):
 def test_convert_with_calibration_report_and_info(tmp_path, tiny_images, capsys):
     out_dir = tmp_path / "model"
     code, out, err = run(TINY + ["--no-pretrained", "--keep", "2", "--attn", "stella", "--calib-data",
-                                 str(tiny_images), "--calib-batches", "1", "--output", str(out_dir),
+                                 str(tiny_images), "--calib-images", "12", "--output", str(out_dir),
                                  "--json", str(tmp_path / "r.json")], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
@@ -50,7 +50,7 @@ def test_convert_with_calibration_report_and_info(tmp_path, tiny_images, capsys)
     assert "agreement with the original" in out and "sensitivity" in out
     model = mixa.load(out_dir)
     assert mixa.attention_kinds(model).count("softmax") == 2
-    code, out, _ = run(["info", str(out_dir)], capsys)
+    code, out, _ = run(["info", "--model", str(out_dir)], capsys)
     assert code == 0 and "stella" in out and "sensitivity" in out and "deit_tiny_patch16_224" in out
 
 
@@ -107,7 +107,7 @@ def test_corrupt_and_pickled_checkpoints_are_refused(tmp_path, capsys):
 
 
 def test_info_on_a_non_model_dir(tmp_path, capsys):
-    code, _, err = run(["info", str(tmp_path)], capsys)
+    code, _, err = run(["info", "--model", str(tmp_path)], capsys)
     assert code == 1 and "not a mixa model directory" in err
 
 
