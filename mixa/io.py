@@ -36,9 +36,14 @@ def normal_permissions(path: PathLike) -> None:
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it over ``path`` (atomic on POSIX).
 
-    A crash leaves the previous file intact and at most a stray ``.tmp`` file.
+    A crash leaves the previous file intact and at most a stray ``.tmp`` file. A target that exists but is
+    not a regular file (``/dev/null``, ``/dev/stdout``, a FIFO) is written in place: renaming over it
+    would replace the device.
     """
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        yield path
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

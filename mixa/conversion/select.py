@@ -14,7 +14,6 @@ import math
 from typing import Callable, Iterable, List, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
