@@ -136,12 +136,15 @@ def read_weights(directory: PathLike, device: str = "cpu") -> Dict[str, torch.Te
 
 def build(cfg: SavedConfig, meta: bool = False) -> nn.Module:
     """The module tree a config describes, with fresh weights (``load`` fills them); on the meta device
-    (shapes only, no memory) with ``meta=True``."""
-    kwargs = dict(cfg.kwargs)
+    (shapes only: no memory, and no draw from the global RNG, so saving mid-training changes nothing)
+    with ``meta=True``."""
     if meta:
-        model = build_on_meta(cfg.architecture, kwargs)
-    else:
-        model = create_model(cfg.architecture, pretrained=False, **kwargs)
+        with torch.device("meta"):
+            return _build(cfg, build_on_meta(cfg.architecture, dict(cfg.kwargs)))
+    return _build(cfg, create_model(cfg.architecture, pretrained=False, **cfg.kwargs))
+
+
+def _build(cfg: SavedConfig, model: nn.Module) -> nn.Module:
     if cfg.converted:
         layers = dict(attention_layers(model))
         if len(layers) != len(cfg.layers):

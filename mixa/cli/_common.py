@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import os
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -37,11 +36,6 @@ def int_list(text: str) -> List[int]:
     if not values or any(v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
     return values
-
-
-def default_workers() -> int:
-    """Data-loading processes: never more than the cores (torch warns, and it only slows things down)."""
-    return min(4, os.cpu_count() or 1)
 
 
 def add_model_argument(parser: argparse.ArgumentParser, help: str = "") -> None:
@@ -108,3 +102,26 @@ def check_output_dir(path: str, overwrite: bool) -> None:
         raise UsageError(f"--output {path} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"--output {path} is not empty; pass --overwrite to replace what it holds")
+
+
+def workers_arg(text: str):
+    """--workers/-j: 'auto' (min(4, available cores)) or a count >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {text!r}")
+    return value
+
+
+def add_data_loading_arguments(parser: argparse.ArgumentParser, batch_size_help: str,
+                               batch_size_default=None) -> None:
+    """-b/--batch-size, -j/--workers, --no-progress (one spelling for every command that reads images)."""
+    parser.add_argument("-b", "--batch-size", type=positive_int, default=batch_size_default, metavar="N",
+                        help=batch_size_help)
+    parser.add_argument("-j", "--workers", type=workers_arg, default=None, metavar="N|auto",
+                        help="data-loading processes (default auto: min(4, available cores))")
+    add_progress_argument(parser)

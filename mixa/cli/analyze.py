@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import (add_model_argument, add_progress_argument, add_report_arguments, default_workers,
-                      model_source_kwargs, positive_int)
+from ._common import (add_data_loading_arguments, add_model_argument, add_report_arguments, model_source_kwargs,
+                      positive_int)
 
 HELP = "analyse attention layers on real images (rank: numerical rank of KV buffers and outputs per head)"
 
@@ -22,13 +22,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ImageFolder directory (one sub-folder per class; DIR/val is used when present)")
     r.add_argument("--num-images", type=positive_int, default=64, metavar="N",
                    help="images to analyse, drawn in a fixed shuffled order (default 64)")
-    r.add_argument("--batch-size", "-b", type=positive_int, default=16)
-    r.add_argument("--workers", "-j", type=int, default=default_workers(),
-                   help="data-loading processes (default: up to 4, never more than the cores)")
+    add_data_loading_arguments(r, "images per batch (default 16)", batch_size_default=16)
     r.add_argument("--rtol", type=float, default=None,
                    help="relative tolerance: a singular value counts if > RTOL x the largest (default 1e-2)")
     add_report_arguments(r, plot=True)
-    add_progress_argument(r)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -41,14 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _image_batches(root, model, input_size, limit, batch_size=16):
     """numpy float32 batches of at most ``limit`` images from an ImageFolder, with the model's eval
     transform at ``input_size``."""
-    from torch.utils.data import DataLoader
+    from mixa.data import eval_loader
 
-    from mixa.data import SafeImageFolder, collate_skipping_unreadable, eval_transform, resolve_split
-
-    dataset = SafeImageFolder(resolve_split(root), transform=eval_transform(model, input_size))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skipping_unreadable)
     seen = 0
-    for batch in loader:
+    for batch in eval_loader(root, model, batch_size=batch_size, input_size=input_size):
         if batch is None:
             continue
         images = batch[0][: limit - seen].numpy()
