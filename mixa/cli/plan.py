@@ -42,8 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="calibration images for the scores, agreement and KL (default 256)")
     p.add_argument("--attn", type=_names, default=["relu", "stella", "rala"], metavar="KIND,...",
                    help="linear kinds to compare (default relu,stella,rala)")
-    p.add_argument("--keep", type=_ints, default=[0, 2, 4, 6, 8], metavar="K,...",
-                   help="softmax layers kept, one row per value and kind (default 0,2,4,6,8)")
+    p.add_argument("--keep", type=_ints, default=None, metavar="K,...",
+                   help="softmax layers kept, one row per value and kind (default 0,2,4,6,8 up to the depth)")
     p.add_argument("--select", default="sensitivity", metavar="STRATEGY",
                    help="sensitivity (default; scores computed once per kind), first, last or uniform")
     p.add_argument("--img-size", type=int, metavar="PX", help="input resolution (default: the model's)")
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-latency-ms must be positive; got {args.max_latency_ms}")
     work_dir = Path(args.work_dir) if args.work_dir else default_work_dir()
     result = plan(args.model, args.calib_data, attn=args.attn, keep=args.keep, select=args.select,
-                  img_size=args.img_size, threads=args.threads, calib_images=args.calib_images, work_dir=work_dir,
+                  resolution=args.img_size, threads=args.threads, calib_images=args.calib_images, work_dir=work_dir,
                   rounds=args.rounds, repeat=args.repeat, progress=args.progress, **model_source_kwargs(args))
     args.depth = result.depth
 

@@ -125,17 +125,17 @@ def _label(model: Union[str, nn.Module]) -> str:
 
 
 def plan(model: Union[str, nn.Module], calib, *, attn: Sequence[str] = DEFAULT_KINDS,
-         keep: Sequence[int] = DEFAULT_KEEP, select: str = "sensitivity", img_size: Optional[int] = None,
+         keep: Optional[Sequence[int]] = None, select: str = "sensitivity", resolution: Optional[int] = None,
          threads: Optional[int] = 1, calib_images: int = 256, work_dir: Optional[os.PathLike | str] = None,
          rounds: int = 5, repeat: int = 20, warmup: int = 5, progress: bool = True, **source) -> Plan:
     """Measure every (kind, k) of ``attn`` x ``keep`` before fine-tuning; rows sorted by latency, the
-    Pareto front marked.
+    Pareto front marked. ``keep`` defaults to the values of DEFAULT_KEEP up to the model's depth.
 
     model: a timm name / alias (built with ``source``: checkpoint, pretrained, num_classes, timm kwargs) or
         a saved mixa model directory (``mixa.models.load_target``), or an unconverted model.
     calib: calibration images (ImageFolder dir, tensor, or iterable of batches); ``calib_images`` of them.
     select: how the k softmax layers are chosen: sensitivity (scores once per kind), first, last, uniform.
-    img_size: input resolution (default: the model's trained size); threads: torch and ORT threads.
+    resolution: input size in px (default: the model's trained size); threads: torch and ORT threads.
     rounds / repeat / warmup: the round-robin latency timing (``time_against``).
     """
     from tqdm import tqdm
@@ -164,8 +164,9 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Sequence[str] = DEFAULT_K
         raise UsageError(f"{label} is already converted ({kinds_now.count('softmax')} of {len(kinds_now)} layers "
                          f"softmax); plan starts from the original model")
     depth = len(kinds_now)
+    keep = [k for k in DEFAULT_KEEP if k <= depth] if keep is None else keep
     kinds, ks = _checked(attn, keep, select, depth)
-    res = img_size or trained_size(model)
+    res = resolution or trained_size(model)
 
     with cpu_threads(threads), torch.no_grad(), tempfile.TemporaryDirectory(prefix="mixa-plan-") as tmp:
         original = at_resolution(model, res).eval()
