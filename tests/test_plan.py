@@ -94,6 +94,10 @@ def test_rows_scores_once_per_kind_and_cache(original, images, tmp_path, monkeyp
     plan(original, images, attn=("relu",), keep=(1,), calib_images=6, work_dir=tmp_path, **FAST)
     assert len(converts.results) == 3 and len(scores.results) == 3
 
+    # the layers mixa convert's own sensitivity selection picks from the same images
+    own = mixa.convert(original, keep=2, attn="rala", calib=str(images), calib_batches=1, progress=False)
+    assert next(r for r in p.rows if (r.kind, r.keep) == ("rala", 2)).kept == own.mixa_config["selection"]["kept"]
+
 
 def _row(kind, keep, latency, agreement, kl=0.1):
     return PlanRow(kind=kind, keep=keep, kept=list(range(keep)), agreement=agreement, kl=kl, params=100 + keep,

@@ -135,5 +135,7 @@ def run(args: argparse.Namespace) -> int:
         print("that is the original model itself: no conversion needed")
     else:
         print(f"build it:\n  {convert_command(args, best)}")
+        if args.img_size:
+            print(f"(measured at {args.img_size} px: export and profile it with --img-size {args.img_size})")
     sys.stdout.flush()
     return 0
