@@ -13,7 +13,7 @@ Target (the benchmark fails when it is not met): Spearman rho >= 0.5 with permut
 
     PYTHONPATH=. python benchmarks/plan/rank_correlation.py                       # the offline benchmark
     PYTHONPATH=. python benchmarks/plan/rank_correlation.py --results benchmarks/proxy/results.json \
-        --model DIR --calib-data DIR
+        --output benchmarks/plan/proxy                                           # the proxy benchmark
 
 Writes OUTPUT/results.json, OUTPUT/RESULTS.md and OUTPUT/plan.png. Plan rows are cached in --work-dir, so a
 killed run resumes.
@@ -98,11 +98,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default="benchmarks/offline/results.json",
                    help="a benchmark's results.json: records with kind, keep, kept, top1_after")
-    p.add_argument("--model", default="mixa/assets/teacher", help="the benchmark's teacher")
+    p.add_argument("--model", default=None,
+                   help="the benchmark's teacher (default: its settings' teacher, else mixa/assets/teacher)")
     p.add_argument("--calib-data", default=None, metavar="DIR",
-                   help="calibration ImageFolder (default: the offline benchmark's calibration images, "
-                        "SyntheticShapes('calib', 256, seed=its data seed))")
-    p.add_argument("--calib-images", type=int, default=256)
+                   help="calibration ImageFolder (default: the benchmark's own calibration images, "
+                        "SyntheticShapes('calib', N, seed=its data seed[, task=its task]))")
+    p.add_argument("--calib-images", type=int, default=None, help="default: the benchmark's, else 256")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--repeat", type=int, default=50)
@@ -115,15 +116,22 @@ def main(argv=None) -> int:
     from mixa.plan import format_table, plan, plan_to_dict, plot
 
     bench = json.loads(Path(args.results).read_text())
-    records = [r for r in bench["records"] if r.get("select", "sensitivity") == "sensitivity" and not r.get("same_as")]
-    seed = bench.get("settings", {}).get("seed", 1)
+    # the (kind, k) rows: sensitivity selection, linear kinds (no control / teacher rows), each once
+    records = [r for r in bench["records"] if r.get("select", "sensitivity") == "sensitivity"
+               and r["kind"] != "softmax" and not r.get("same_as")]
+    bench_settings = bench.get("settings", {})
+    seed, task = bench_settings.get("seed", 1), bench_settings.get("task")
+    args.model = args.model or bench_settings.get("teacher") or "mixa/assets/teacher"
+    args.calib_images = args.calib_images or bench_settings.get("calib_images") or 256
     if args.calib_data:
         calib, calib_text = args.calib_data, args.calib_data
     else:
         from mixa.data.synthetic import SyntheticShapes
 
-        calib = SyntheticShapes("calib", args.calib_images, seed=seed).tensors()[0]
-        calib_text = f"SyntheticShapes('calib', {args.calib_images}, seed={seed})"
+        by_task = {"task": task} if task else {}
+        calib = SyntheticShapes("calib", args.calib_images, seed=seed, **by_task).tensors()[0]
+        calib_text = (f"SyntheticShapes('calib', {args.calib_images}, seed={seed}"
+                      + (f", task={task!r})" if task else ")"))
     kinds = sorted({r["kind"] for r in records})
     ks = sorted({r["keep"] for r in records})
     result = plan(args.model, calib, attn=kinds, keep=ks, threads=args.threads, calib_images=args.calib_images,
@@ -190,12 +198,12 @@ def write_report(out: Path, args, calib_text: str, command: str, result, rows, m
                      f"{pr['latency_ms']:.3f} | {pr['speedup']:.2f}x | {r['top1_after']:.1f} |")
     lines += [
         "", "## Results", "",
-        f"- Spearman rho (plan agreement vs post-KD top-1) over {m['rows']} rows: **{m['spearman_agreement_vs_top1_after']:.2f}**"
+        f"- Spearman rho (plan agreement vs post-KD top-1) over {m['rows']} rows: **{m['spearman_agreement_vs_top1_after']:.3f}**"
         f" (one-sided permutation p = {m['permutation_p']:.3f}); with -KL instead of agreement: "
-        f"{m['spearman_minus_kl_vs_top1_after']:.2f}."]
+        f"{m['spearman_minus_kl_vs_top1_after']:.3f}."]
     if "spearman_benchmark_agreement_before_vs_top1_after" in m:
         lines.append(f"- Cross-check, the benchmark's own pre-KD agreement (its val images) vs post-KD top-1: "
-                     f"{m['spearman_benchmark_agreement_before_vs_top1_after']:.2f}.")
+                     f"{m['spearman_benchmark_agreement_before_vs_top1_after']:.3f}.")
     lines += [
         f"- Post-KD top-1 spans {m['top1_after_range'][0]:.1f}-{m['top1_after_range'][1]:.1f}%"
         + (f"; one standard error of a top-1 on the benchmark's val images is "
