@@ -6,8 +6,9 @@ them. Each configuration is then measured against the original: top-1 agreement 
 calibration images, params, MACs, and ONNX Runtime latency at batch 1 (exported to a temporary file and
 verified by ``mixa.export``, timed round-robin against the original's file in this process).
 
-With ``work_dir`` every finished row (and every kind's scores) is kept in a JSON file named after a hash
-of the model's weights, the calibration images and the settings, so a killed run is rerun cheaply.
+With ``work_dir`` every finished row (and every kind's scores) is kept in a JSON file in a directory named
+after a hash of the model's weights, the calibration images, the selection strategy, the resolution and the
+thread count, so a killed run is rerun cheaply (the timing's rounds / repeat only refine a row: not hashed).
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def _checked(attn: Sequence[str], keep: Sequence[int], select: str, depth: int) 
     from ..attention import list_attention_kinds
 
     linear = list_attention_kinds(linear_only=True)
+    attn = attn.split(",") if isinstance(attn, str) else list(attn)
+    keep = [keep] if isinstance(keep, int) else list(keep)
     kinds = list(dict.fromkeys(attn))
     unknown = [k for k in kinds if k not in linear]
     if unknown or not kinds:
@@ -124,8 +127,8 @@ def _label(model: Union[str, nn.Module]) -> str:
     return getattr(model, "mixa_base", {}).get("model") or type(model).__name__
 
 
-def plan(model: Union[str, nn.Module], calib, *, attn: Sequence[str] = DEFAULT_KINDS,
-         keep: Optional[Sequence[int]] = None, select: str = "sensitivity", resolution: Optional[int] = None,
+def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]] = DEFAULT_KINDS,
+         keep: Union[None, int, Sequence[int]] = None, select: str = "sensitivity", resolution: Optional[int] = None,
          threads: Optional[int] = 1, calib_images: int = 256, work_dir: Optional[os.PathLike | str] = None,
          rounds: int = 5, repeat: int = 20, warmup: int = 5, progress: bool = True, **source) -> Plan:
     """Measure every (kind, k) of ``attn`` x ``keep`` before fine-tuning; rows sorted by latency, the
@@ -164,7 +167,8 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Sequence[str] = DEFAULT_K
         raise UsageError(f"{label} is already converted ({kinds_now.count('softmax')} of {len(kinds_now)} layers "
                          f"softmax); plan starts from the original model")
     depth = len(kinds_now)
-    keep = [k for k in DEFAULT_KEEP if k <= depth] if keep is None else keep
+    if keep is None:
+        keep = [k for k in DEFAULT_KEEP if k <= depth]
     kinds, ks = _checked(attn, keep, select, depth)
     res = resolution or trained_size(model)
 
