@@ -1,6 +1,5 @@
 """mixa plan: rows for every (kind, k), scores once per kind, the cache, the Pareto front, budgets, file formats
 and the command line."""
-import json
 import shlex
 
 import pytest

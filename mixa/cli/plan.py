@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import sys
 from pathlib import Path
 from typing import List
 
@@ -137,5 +136,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"build it:\n  {convert_command(args, best)}")
         if args.img_size:
             print(f"(measured at {args.img_size} px: export and profile it with --img-size {args.img_size})")
-    sys.stdout.flush()
     return 0
