@@ -14,10 +14,11 @@ import math
 from typing import Callable, Iterable, List, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from ..errors import UsageError
+from ..metrics import kl_per_sample
 
 STRATEGIES = ("first", "last", "uniform", "sensitivity")
 Select = Union[str, Sequence[int], None]
@@ -53,13 +54,6 @@ def validate_indices(indices: Sequence[int], depth: int) -> List[int]:
     return out
 
 
-def kl_per_sample(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(reference) || softmax(logits)) of every sample, in nats (fp32)."""
-    ref = F.log_softmax(reference_logits.float(), dim=-1)
-    out = F.log_softmax(logits.float(), dim=-1)
-    return (ref.exp() * (ref - out)).sum(dim=-1)
-
-
 def kl_to_reference(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
     """Mean over samples of KL(softmax(reference) || softmax(logits)), in nats."""
     return float(kl_per_sample(reference_logits, logits).mean())
@@ -77,7 +71,6 @@ def sensitivity_scores(model: nn.Module, layers: List[Tuple[str, nn.Module]], ba
                        set_layer: Callable[[nn.Module, str, nn.Module], nn.Module],
                        progress: bool = True) -> List[float]:
     """KL(original || layer i alone replaced) for every layer i, on the same calibration batches."""
-    from tqdm import tqdm
 
     reference = model_logits(model, batches)
     scores = []
