@@ -7,20 +7,10 @@ import os
 import shlex
 from pathlib import Path
 from typing import List
-
-from mixa.cli._common import add_model_source_arguments, model_source_kwargs
+from mixa.cli._common import (add_model_argument, add_progress_argument, add_report_arguments, int_list,
+                              model_source_kwargs, positive_int)
 
 HELP = "choose k and the linear kind: agreement, MACs and latency of every (kind, k) before fine-tuning"
-
-
-def _ints(text: str) -> List[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    return values
 
 
 def _names(text: str) -> List[str]:
@@ -32,35 +22,34 @@ def default_work_dir() -> Path:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True, metavar="NAME|DIR",
-                   help="the original model: a timm name/alias (deit_s, swin_t, ...) or a saved mixa model dir")
-    add_model_source_arguments(p)
+    add_model_argument(p, help="the original model: a timm name / alias (deit_s, swin_t, ...) or a saved mixa "
+                               "model directory (e.g. a trained teacher)")
     p.add_argument("--calib-data", required=True, metavar="DIR",
                    help="calibration images: an ImageFolder (or DIR/val of the ImageNet layout)")
-    p.add_argument("--calib-images", type=int, default=256, metavar="N",
+    p.add_argument("--calib-images", type=positive_int, default=256, metavar="N",
                    help="calibration images for the scores, agreement and KL (default 256)")
     p.add_argument("--attn", type=_names, default=["relu", "stella", "rala"], metavar="KIND,...",
                    help="linear kinds to compare (default relu,stella,rala)")
-    p.add_argument("--keep", type=_ints, default=None, metavar="K,...",
+    p.add_argument("--keep", type=int_list, default=None, metavar="K,...",
                    help="softmax layers kept, one row per value and kind (default 0,2,4,6,8 up to the depth)")
     p.add_argument("--select", default="sensitivity", metavar="STRATEGY",
                    help="sensitivity (default; scores computed once per kind), first, last or uniform")
-    p.add_argument("--img-size", type=int, metavar="PX", help="input resolution (default: the model's)")
-    p.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads for torch and ORT (default 1)")
-    p.add_argument("--rounds", type=int, default=5, metavar="N",
+    p.add_argument("--img-size", type=positive_int, metavar="PX", help="input resolution (default: the model's)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="CPU threads for torch and ORT (default 1)")
+    p.add_argument("--rounds", type=positive_int, default=5, metavar="N",
                    help="round-robin latency rounds per configuration against the original (default 5)")
-    p.add_argument("--repeat", type=int, default=20, metavar="N", help="timed calls per model per round (default 20)")
+    p.add_argument("--repeat", type=positive_int, default=20, metavar="N",
+                   help="timed calls per model per round (default 20)")
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--max-latency-ms", type=float, metavar="X",
                         help="name the most faithful configuration no slower than X ms")
     budget.add_argument("--min-agreement", type=float, metavar="Y",
                         help="name the fastest configuration with at least Y%% top-1 agreement")
-    p.add_argument("--json", metavar="FILE", help="write the plan (every row, settings, environment) as JSON")
-    p.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
-    p.add_argument("--plot", metavar="FILE.png", help="plot latency vs agreement (needs matplotlib)")
+    add_report_arguments(p, csv=True, plot=True)
     p.add_argument("--work-dir", metavar="DIR", default=None,
                    help=f"cache of finished rows, so a killed run reruns cheaply (default {default_work_dir()})")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    add_progress_argument(p)
 
 
 def convert_command(args: argparse.Namespace, row) -> str:

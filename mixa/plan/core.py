@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -57,15 +56,7 @@ def _calibration(calib, model: nn.Module, images: int) -> List[torch.Tensor]:
 
     if images < 1:
         raise UsageError(f"--calib-images must be >= 1; got {images}")
-    batch = min(32, images)
-    batches = calibration_batches(calib, model, math.ceil(images / batch), batch_size=batch)
-    out, left = [], images
-    for b in batches:
-        if left <= 0:
-            break
-        out.append(b[:left])
-        left -= len(out[-1])
-    return out
+    return calibration_batches(calib, model, images=images)
 
 
 def _fingerprint(model: nn.Module, batches: List[torch.Tensor], settings: Dict[str, Any]) -> str:
@@ -124,7 +115,8 @@ def time_against(reference_path: os.PathLike | str, path: os.PathLike | str, *, 
 def _label(model: Union[str, nn.Module]) -> str:
     if isinstance(model, str):
         return model
-    return getattr(model, "mixa_base", {}).get("model") or type(model).__name__
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return (cfg.get("architecture") if isinstance(cfg, dict) else None) or type(model).__name__
 
 
 def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]] = DEFAULT_KINDS,
@@ -135,7 +127,7 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
     Pareto front marked. ``keep`` defaults to the values of DEFAULT_KEEP up to the model's depth.
 
     model: a timm name / alias (built with ``source``: checkpoint, pretrained, num_classes, timm kwargs) or
-        a saved mixa model directory (``mixa.models.load_target``), or an unconverted model.
+        a saved mixa model directory (``mixa.saved.load_target``), or an unconverted model.
     calib: calibration images (ImageFolder dir, tensor, or iterable of batches); ``calib_images`` of them.
     select: how the k softmax layers are chosen: sensitivity (scores once per kind), first, last, uniform.
     resolution: input size in px (default: the model's trained size); threads: torch and ORT threads.
@@ -145,13 +137,14 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
 
     from .. import convert
     from ..conversion import attention_kinds
-    from ..conversion.select import kl_to_reference, model_logits, top_k
+    from ..conversion.select import model_logits, top_k
     from ..export import export_onnx
     from ..export.targets import at_resolution, trained_size
     from ..macs import count_macs, count_params
-    from ..models import load_target
+    from ..metrics import agreement
     from ..profile.records import environment
     from ..profile.torch_runtime import cpu_threads
+    from ..saved import load_target
 
     if min(rounds, repeat) < 1 or warmup < 0:
         raise UsageError("rounds and repeat must be >= 1, warmup >= 0")
@@ -191,9 +184,9 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
             path = export_onnx(converted, Path(tmp) / "row.onnx", size).path
             timing = time_against(original_onnx[0], path, threads=threads, rounds=rounds, repeat=repeat,
                                   warmup=warmup)
-            return {"agreement": float((logits.argmax(-1) == reference.argmax(-1)).float().mean() * 100),
-                    "kl": kl_to_reference(reference, logits), "params": count_params(converted),
-                    "macs": count_macs(converted, size), **timing}
+            faithful = agreement(reference, logits)
+            return {"agreement": faithful["top1_agreement"], "kl": faithful["mean_kl"],
+                    "params": count_params(converted), "macs": count_macs(converted, size), **timing}
 
         measured: Dict[tuple, Dict[str, Any]] = {}  # k = depth is the original for every kind: timed once
         entries = []
@@ -204,7 +197,7 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
                 cached = cache.get(f"scores_{kind}")
                 if cached is None:
                     probe = convert(original, keep=1, attn=kind, select="sensitivity", calib=batches,
-                                    calib_batches=None, progress=progress)
+                                    calib_images=None, progress=progress)
                     cached = {"scores": probe.mixa_config["selection"]["scores"]}
                     cache.put(f"scores_{kind}", cached)
                 scores = cached["scores"]
