@@ -73,7 +73,7 @@ def test_rows_scores_once_per_kind_and_cache(original, images, tmp_path, monkeyp
     converted = mixa.convert(original, attn="relu", select=row.kept, progress=False)
     from mixa.data import eval_loader
 
-    x = torch.cat([b for b, _ in eval_loader(images, original)])
+    x = torch.cat([batch[0] for batch in eval_loader(images, original) if batch is not None])
     with torch.no_grad():
         same = (original(x).argmax(-1) == converted(x).argmax(-1)).float().mean().item() * 100
     assert row.agreement == pytest.approx(same)
