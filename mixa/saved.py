@@ -39,7 +39,7 @@ WEIGHTS_NAME = "model.safetensors"
 FORMAT = "mixa-model/2"
 READABLE_FORMATS = ("mixa-model/1", FORMAT)
 # Options of a replaced attention layer that rebuild it (MixAttention.options minus what the timm layer gives).
-LAYER_OPTIONS = ("gate", "lepe", "lepe_kernel")
+LAYER_OPTIONS = ("gate", "gate_rank", "lepe", "lepe_kernel")
 
 
 @dataclass
@@ -71,6 +71,7 @@ class SavedConfig:
     keep: Optional[int] = None              # conversion: softmax layers kept (None: not converted)
     attn: Optional[str] = None              # conversion: the linear kind
     attn_options: Dict[str, Any] = field(default_factory=dict)
+    keep_kind: str = "softmax"              # conversion: what the kept layers compute (softmax, relu-quadratic)
     patch_size: Optional[int] = None        # conversion: patch size the original was resampled to
     window_size: Optional[int] = None       # conversion: Swin window size the original was resized to
     selection: Optional[Dict[str, Any]] = None  # conversion: strategy, kept, scores, calib
@@ -162,7 +163,7 @@ def _attach(model: nn.Module, cfg: SavedConfig) -> None:
     if cfg.converted:
         model.mixa_original = cfg.original
         model.mixa_config = {"keep": cfg.keep, "attn": cfg.attn, "attn_options": cfg.attn_options,
-                             "patch_size": cfg.patch_size, "window_size": cfg.window_size, "selection": cfg.selection}
+                             "keep_kind": cfg.keep_kind, "patch_size": cfg.patch_size, "window_size": cfg.window_size, "selection": cfg.selection}
 
 
 def load(directory: PathLike, device: str = "cpu") -> nn.Module:
@@ -208,7 +209,7 @@ def config_of(model: nn.Module) -> SavedConfig:
     arch, kwargs = rebuild_record(model)
     try:
         layers = [{"path": path, "kind": layer_kind(m),
-                   **({"options": {k: m.options[k] for k in LAYER_OPTIONS}} if layer_kind(m) != "softmax" else {})}
+                   **({"options": {k: m.options.get(k) for k in LAYER_OPTIONS}} if layer_kind(m) != "softmax" else {})}
                   for path, m in attention_layers(model)]
     except UsageError:  # a family mixa does not convert (e.g. ravlt_*) is saved as it is
         layers = []
@@ -217,6 +218,7 @@ def config_of(model: nn.Module) -> SavedConfig:
         architecture=arch, kwargs=kwargs, original=original_of(model), layers=layers,
         num_classes=getattr(model, "num_classes", None),
         keep=conversion.get("keep"), attn=conversion.get("attn"), attn_options=conversion.get("attn_options") or {},
+        keep_kind=conversion.get("keep_kind") or "softmax",
         patch_size=conversion.get("patch_size"), window_size=conversion.get("window_size"),
         selection=conversion.get("selection"))
 

@@ -63,7 +63,7 @@ def test_onnx_profiling_needs_no_torch(tmp_path, tiny_onnx):
     assert probe.returncode != 0 and log.read_text() == "torch\n"
     log.unlink()
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "mixa", "profile", str(tiny_onnx), "--batch", "2",
+    proc = subprocess.run([sys.executable, "-m", "mixa", "profile", str(tiny_onnx), "--batch-size", "2",
                            "--threads", "1,2", "--warmup", "1", "--repeat", "3", "--json", str(out),
                            "--csv", str(tmp_path / "r.csv")],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -93,7 +93,7 @@ def test_profile_model_dir_torch_and_ort_with_macs(tmp_path, capsys):
     mixa.save(model, tmp_path / "tiny")
     out = tmp_path / "r.json"
     for runtime in ("torch", "ort"):
-        code = main(["profile", str(tmp_path / "tiny"), "--runtime", runtime, "--res", "32,48", "--warmup", "0",
+        code = main(["profile", str(tmp_path / "tiny"), "--runtime", runtime, "--img-size", "32,48", "--warmup", "0",
                      "--repeat", "2", "--json", str(out)])
         assert code == 0, capsys.readouterr().err
         records = json.loads(out.read_text())
@@ -125,8 +125,8 @@ def test_keep_sweep_and_compare(tmp_path, capsys):
 
 @pytest.mark.parametrize("args,code,message", [
     (["missing.onnx"], 2, "no such file"),
-    (["{onnx}", "--res", "64"], 2, "wrong input size"),
-    (["{onnx}", "--runtime", "torch"], 2, "runs with --runtime ort only"),
+    (["{onnx}", "--img-size", "64"], 2, "wrong input size"),
+    (["{onnx}", "--runtime", "torch"], 2, "files run with their own runtime"),
     (["{onnx}", "--runtime", "tensorrt"], 2, "invalid choice"),
     (["{onnx}", "--threads", "1,x"], 2, "comma-separated"),
     (["{onnx}", "--keep-sweep", "0,6"], 2, "give a model name or directory"),

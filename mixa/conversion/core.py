@@ -9,7 +9,7 @@ from typing import Any, Dict, Iterable, List, Optional, Union
 import torch
 from torch import nn
 
-from ..attention import MixAttention, get_attention_kind, list_attention_kinds
+from ..attention import MixAttention, get_attention_kind, list_attention_kinds, list_keep_kinds
 from ..data import eval_loader
 from ..errors import UsageError
 from ..models import create_model
@@ -69,7 +69,7 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
             select: S.Select = None, calib: CalibData = None, calib_images: Optional[int] = 256,
             patch_size: Optional[int] = None, window_size: Optional[int] = None,
             checkpoint: Optional[str] = None, pretrained: bool = True, num_classes: Optional[int] = None,
-            attn_options: Optional[Dict[str, Any]] = None, progress: bool = True,
+            attn_options: Optional[Dict[str, Any]] = None, keep_kind: str = "softmax", progress: bool = True,
             **timm_kwargs) -> nn.Module:
     """Keep softmax attention in ``keep`` layers and replace every other one with ``attn``.
 
@@ -80,6 +80,10 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
     select: 'first' | 'last' | 'uniform' | 'sensitivity' | list of indices. Default: 'sensitivity' when
         ``calib`` is given, else 'uniform'.
     calib: calibration images (ImageFolder dir, tensor, or iterable of batches), at most ``calib_images``.
+    attn_options: options of the linear layers: gate ('linear' | 'lowrank' | 'identity' | 'none', see
+        mixa.layers.gates), gate_rank, lepe (bool), lepe_kernel (odd int).
+    keep_kind: what the kept layers compute: 'softmax' (the pretrained layers as they are) or
+        'relu-quadratic' (MixA's ReLU-based quadratic form, same q/k/v/proj weights; needs fine-tuning).
     The result is the same timm model class (forward, pretrained_cfg unchanged) with MixAttention layers
     whose q/k/v/proj weights are the pretrained ones; ``model.mixa_config`` records the selection.
     """
@@ -91,6 +95,8 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
     unknown = set(options) - set(LAYER_OPTIONS)
     if unknown:
         raise UsageError(f"unknown attention option(s) {sorted(unknown)}; known: {', '.join(LAYER_OPTIONS)}")
+    if keep_kind not in list_keep_kinds():
+        raise UsageError(f"--keep-kind must be one of {', '.join(list_keep_kinds())}; got {keep_kind!r}")
 
     if isinstance(model_or_name, nn.Module):
         if checkpoint is not None or num_classes is not None or timm_kwargs:
@@ -141,10 +147,12 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
     for index, (path, original) in enumerate(layers):
         if index not in kept:
             set_layer(model, path, replacement(original))
+        elif keep_kind != "softmax":
+            set_layer(model, path, linear_layer_for(model, original, keep_kind, {}))
 
     model.mixa_original = converted_from
     model.mixa_config = {
-        "keep": keep, "attn": attn, "attn_options": options, "patch_size": patch_size,
+        "keep": keep, "attn": attn, "attn_options": options, "keep_kind": keep_kind, "patch_size": patch_size,
         "window_size": window_size,
         "selection": {"strategy": strategy, "kept": kept, "scores": scores,
                       "calib": None if calib is None else {
@@ -152,4 +160,3 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
                           "batches": len(batches), "images": sum(len(b) for b in batches)}},
     }
     return model.eval()
-

@@ -56,7 +56,8 @@ def set_layer(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
 
 
 def linear_layer_for(model: nn.Module, original: nn.Module, kind: str, options: dict) -> MixAttention:
-    """The MixAttention that replaces ``original`` (a timm attention layer of ``model``)."""
+    """The MixAttention of ``kind`` (a linear kind, or relu-quadratic for a kept layer) that replaces
+    ``original`` (a timm attention layer of ``model``)."""
     try:
         return MixAttention.from_timm(original, kind, num_prefix_tokens=num_prefix_tokens(model), **options)
     except ValueError as err:
