@@ -1,8 +1,11 @@
-"""A procedurally generated image-classification task that needs global spatial reasoning.
+"""Procedurally generated image-classification tasks that need global spatial reasoning.
 
-Every image holds five red or blue *key* objects and two green or yellow distractors, all of random
-shapes, on a noisy background; no object crosses the image's vertical or horizontal midline. The label
-combines three counts over the whole image, each over the five key objects (distractors never count):
+Two tasks, by name (``TASKS``; ``get_task(name)``):
+
+``shapes`` (32x32; the quick start's first task). Every image holds five red or blue *key* objects and
+two green or yellow distractors, all of random shapes, on a noisy background; no object crosses the
+image's vertical or horizontal midline. The label combines three counts over the whole image, each over
+the five key objects (distractors never count):
 
 - do most key objects lie in the left or the right half,
 - do most lie in the top ("above") or the bottom ("below") half,
@@ -12,13 +15,21 @@ so 8 classes, named ``{left|right}_{above|below}_{blues|reds}``; class index =
 ``4 * right + 2 * below + reds``, which is also the sorted order of the names, so an ImageFolder of
 the task (classes sorted by folder name) has exactly these indices.
 
-No patch decides the label: every object anywhere in the image counts, and distractors must be told
+``relations`` (64x64: 256 tokens for a ViT at patch 4, the proxy benchmark's task). Seven red or blue
+key objects (at least one of each) and three green or yellow distractors anywhere in the image. The
+label compares the two colour groups: is the red group's centroid left or right of the blue group's,
+above or below it, and are there more reds or more blues; 8 classes
+``{redleft|redright}_{redabove|redbelow}_{blues|reds}``, index ``4 * right + 2 * below + reds``
+(again the sorted order). Centroids closer than ``RELATIONS_MARGIN`` px on an axis are redrawn.
+
+No patch decides a label: every object anywhere in the image counts, and distractors must be told
 apart from key objects first. Aggregating over the whole image is the job of attention, so replacing
-attention layers hurts until the model is fine-tuned, which is what the quick start shows.
+attention layers hurts until the model is fine-tuned.
 
 Sample ``i`` of a split is drawn from its own generator seeded with ``(seed, split, i)``, so a dataset is
 deterministic, order-independent and needs no storage: it is served in memory (:class:`SyntheticShapes`,
-a torch ``Dataset``) or written once as an ImageFolder (:func:`write_image_folder`).
+a torch ``Dataset``) or written once as an ImageFolder (:func:`write_image_folder`, or the command line
+``python -m mixa.data.synthetic --task relations --output DIR --train N --val N --seed S``).
 """
 from __future__ import annotations
 
@@ -325,3 +336,49 @@ def write_image_folder(root: Union[str, os.PathLike], seed: int = 0,
 
 def class_names(task: str = DEFAULT_TASK) -> List[str]:
     return list(get_task(task).classes)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m mixa.data.synthetic``: write a task as an ImageFolder (OUTPUT/train, OUTPUT/val)."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="python -m mixa.data.synthetic",
+                                description="Write a synthetic task as an ImageFolder: OUTPUT/{train,val}/CLASS/*.png")
+    p.add_argument("--task", default=DEFAULT_TASK, choices=list_tasks())
+    p.add_argument("--output", required=True, metavar="DIR")
+    p.add_argument("--train", type=int, default=2000, metavar="N", help="training images (default 2000)")
+    p.add_argument("--val", type=int, default=1000, metavar="N", help="validation images (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="complete an interrupted write into OUTPUT")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUTPUT (files already "
+                                                             "there with the same names are kept)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--debug", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.output)
+    try:
+        if args.train < 0 or args.val < 0 or args.train + args.val == 0:
+            raise ValueError("--train and --val must be >= 0, and not both 0")
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--output {out} exists and is not a directory")
+        if out.is_dir() and any(out.iterdir()) and not (args.resume or args.overwrite):
+            raise ValueError(f"--output {out} is not empty (pass --resume to complete it, or --overwrite)")
+        sizes = {split: n for split, n in (("train", args.train), ("val", args.val)) if n}
+        write_image_folder(out, seed=args.seed, sizes=sizes, progress=args.progress, task=args.task)
+    except ValueError as err:
+        if args.debug:
+            raise
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if args.debug:
+            raise
+        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.task}: {', '.join(f'{k} {v}' for k, v in sizes.items())} images (seed {args.seed}) in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
