@@ -40,7 +40,7 @@ STAGES = ("data", "teacher", "convert", "distill", "eval", "export", "profile")
 # KD fine-tuning settings for the synthetic tasks (also every row of benchmarks/proxy). No augmentation:
 # a flip or crop changes the answer (left/right, above/below), colour jitter can change the colours.
 RECIPE: Dict[str, Any] = {
-    "epochs": 3,
+    "epochs": 2,
     "warmup_epochs": 0,
     "batch_size": 64,
     "lr": 5.0e-4,
@@ -63,7 +63,7 @@ RECIPE: Dict[str, Any] = {
     "cutmix": 0.0,
     "workers": 0,
 }
-DEFAULT_SIZES = {"train": 6000, "val": 1000}
+DEFAULT_SIZES = {"train": 3000, "val": 1000}
 
 
 def load_teacher(directory: Path = TEACHER_DIR):
@@ -107,7 +107,7 @@ def quickstart(output="mixa-quickstart", attn: str = "rala", keep: int = 6, sele
                say: Callable[[str], None] = print, **recipe) -> Dict[str, Any]:
     """Run the whole pipeline into ``output`` and return the summary (also OUTPUT/summary.json).
 
-    ``sizes``: images per split of the synthetic data (default train 6000, val 1000); ``recipe``:
+    ``sizes``: images per split of the synthetic data (default DEFAULT_SIZES); ``recipe``:
     overrides of the distillation settings in ``RECIPE`` (epochs, batch_size, lr, ...).
     ``threads``: torch and ONNX Runtime threads (default: torch's default).
     """
