@@ -81,6 +81,7 @@ def main(argv=None):
     import mixa
     from mixa import io as mio
     from mixa.attention import list_attention_kinds
+    from mixa.conversion.select import top_k
     from mixa.data import synthetic
     from mixa.distill import distill, evaluate
     from mixa.macs import count_macs
@@ -147,9 +148,18 @@ def main(argv=None):
             model = load_teacher(teacher_dir)
             kept = list(range(12))
         else:
-            model = mixa.convert(teacher, keep=keep, attn=kind, select=select,
-                                 calib=calib if select == "sensitivity" else None, calib_batches=None,
-                                 progress=False)
+            scores = results.setdefault("sensitivity_scores", {})
+            if select == "sensitivity" and kind not in scores:
+                # Sensitivity = the k layers with the largest scores; the scores do not depend on k, so
+                # they are computed once per kind and the other k reuse them (the same kept layers).
+                model = mixa.convert(teacher, keep=keep, attn=kind, select="sensitivity", calib=calib,
+                                     calib_batches=None, progress=False)
+                scores[kind] = model.mixa_config["selection"]["scores"]
+            elif select == "sensitivity":
+                model = mixa.convert(teacher, keep=keep, attn=kind, select=top_k(scores[kind], keep),
+                                     progress=False)
+            else:
+                model = mixa.convert(teacher, keep=keep, attn=kind, select=select, progress=False)
             kept = model.mixa_config["selection"]["kept"]
             twin = next((r for r in results["records"] if r["kind"] == kind and r["kept"] == kept), None)
             if twin is not None:  # the same layers kept: the same student, the same deterministic run
