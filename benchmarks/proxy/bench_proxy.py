@@ -38,13 +38,15 @@ STRATEGIES = ("sensitivity", "first", "last", "uniform")
 
 def rows(kinds, main_kind: str):
     """(name, kind, keep, select) in the order that answers the targets soonest."""
-    order = [("control", None, 12, None), (f"{main_kind}_k6_sensitivity", main_kind, 6, "sensitivity"),
-             (f"{main_kind}_k0", main_kind, 0, "sensitivity")]
-    for kind in kinds:
-        if kind != main_kind:
-            order += [(f"{kind}_k6_sensitivity", kind, 6, "sensitivity"), (f"{kind}_k0", kind, 0, "sensitivity")]
-    order += [(f"{main_kind}_k6_{s}", main_kind, 6, s) for s in STRATEGIES[1:]]
-    order += [(f"{main_kind}_k{k}_sensitivity", main_kind, k, "sensitivity") for k in (2, 4, 8)]
+    def row(kind, keep, select="sensitivity"):
+        return (f"{kind}_k{keep}" + (f"_{select}" if keep else ""), kind, keep, select)
+
+    others = [kind for kind in kinds if kind != main_kind]
+    order = [("control", None, 12, None), row(main_kind, 6), row(main_kind, 0), row(main_kind, 6, "uniform")]
+    order += [row(kind, 6) for kind in others]
+    order += [row(main_kind, 6, "first"), row(main_kind, 6, "last")]
+    order += [row(kind, 0) for kind in others]
+    order += [row(main_kind, k) for k in (2, 4, 8)]
     return order
 
 
@@ -64,10 +66,10 @@ def main(argv=None):
     p.add_argument("--output", default="benchmarks/proxy")
     p.add_argument("--teacher", default=str(TEACHER_DIR), help="saved teacher dir (default the packaged one)")
     p.add_argument("--work", default="proxy-work", help="data, students, KD runs and ONNX files (kept: resumable)")
-    p.add_argument("--epochs", type=int, default=4, help="KD epochs = points of the curve after the first")
-    p.add_argument("--train-images", type=int, default=1500, help="training images (seen once per epoch)")
-    p.add_argument("--val-images", type=int, default=1000)
-    p.add_argument("--calib-images", type=int, default=256)
+    p.add_argument("--epochs", type=int, default=3, help="KD epochs = points of the curve after the first")
+    p.add_argument("--train-images", type=int, default=800, help="training images (seen once per epoch)")
+    p.add_argument("--val-images", type=int, default=500)
+    p.add_argument("--calib-images", type=int, default=128)
     p.add_argument("--seed", type=int, default=1, help="data and KD seed (the teacher was trained on seed 0)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", default=None, help="comma-separated row names to run (default all)")
