@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attention import MixAttention
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
+from ..models.attention_layers import attention_layers, layer_kind
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 covers it fully; LayerNormalization is a single node from 17 on
 EXPORTERS = ("torchscript", "dynamo")
@@ -132,9 +134,6 @@ def attention_scopes(model: nn.Module) -> Dict[str, str]:
     the module that made it: ``blocks.2.attn`` -> ``/blocks/blocks.2/attn/`` (a ModuleList entry is named
     with its list). Stored in the file (``mixa.attention_scopes``) so that INT8 can find each attention's
     core on a machine without torch (``mixa.export.quantize.core_nodes``)."""
-    from ..attention import MixAttention
-    from ..conversion.layers import attention_layers, layer_kind
-
     try:
         layers = attention_layers(model)
     except MixaError:  # not a DeiT/Swin (e.g. RAVLT): no scopes recorded
