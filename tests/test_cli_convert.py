@@ -158,3 +158,18 @@ def test_info_on_the_packaged_teacher_says_it_is_its_own_original(tmp_path, caps
     assert code == 0 and "not converted" in out and "random init" not in out
     assert json.loads(reader.communicate(timeout=30)[0])["architecture"] == "deit_tiny_patch16_224"
     assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_convert_cli_passes_gate_lepe_and_keep_kind_options(tmp_path, capsys):
+    code, _, err = run(TINY + ["--no-pretrained", "--keep", "1", "--select", "2", "--attn", "rala", "--gate", "lowrank",
+                               "--gate-rank", "4", "--lepe-kernel", "3", "--keep-kind", "relu-quadratic",
+                               "--output", str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    model = mixa.load(tmp_path / "m")
+    assert mixa.attention_kinds(model) == ["rala", "rala", "relu-quadratic", "rala"]
+    replaced = model.blocks[0].attn
+    assert replaced.options["gate"] == "lowrank" and replaced.options["gate_rank"] == 4
+    assert replaced.lepe.kernel_size == (3, 3)
+    code, _, err = run(TINY + ["--no-pretrained", "--keep", "1", "--gate", "sigmoid",
+                               "--output", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "sigmoid" in err and len(err.strip().splitlines()) == 1

@@ -27,9 +27,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-size", type=positive_int, metavar="P",
                    help="ViT/DeiT: resample the patch embedding to P (MixA uses 14)")
     p.add_argument("--window-size", type=positive_int, metavar="W", help="Swin: resize windows to W (MixA uses 14)")
+    p.add_argument("--keep-kind", default="softmax", metavar="KIND",
+                   help="what the kept layers compute: softmax (default, the pretrained layers as they are) or "
+                        "relu-quadratic (MixA's ReLU-based quadratic attention; needs fine-tuning)")
+    p.add_argument("--gate", metavar="GATE",
+                   help="rala's output gate phi(x): linear | lowrank | identity | none (default: the kind's)")
+    p.add_argument("--gate-rank", type=positive_int, metavar="R", help="rank of a lowrank gate")
     p.add_argument("--no-lepe", dest="lepe", action="store_false", default=None,
                    help="rala: no LePE depth-wise conv on v")
-    p.add_argument("--no-gate", dest="gate", action="store_false", default=None, help="rala: no output gate phi(x)")
+    p.add_argument("--lepe-kernel", type=positive_int, metavar="K", help="rala: LePE kernel size (odd; default 5)")
     add_output_argument(p, help="directory to save the converted model in (refused if not empty, unless --overwrite)")
     add_report_arguments(p)
 
@@ -43,12 +49,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_dir(args.output, args.overwrite)
     select = parse_select(args.select) if args.select else None
-    options = {k: v for k, v in (("gate", args.gate), ("lepe", args.lepe)) if v is not None}
+    options = {k: v for k, v in (("gate", args.gate), ("gate_rank", args.gate_rank), ("lepe", args.lepe),
+                                 ("lepe_kernel", args.lepe_kernel)) if v is not None}
     original = load_target(args.model, **model_source_kwargs(args))
     batches = (calibration_batches(args.calib_data, original, images=args.calib_images, batch_size=args.batch_size)
                if args.calib_data else None)
     converted = mixa.convert(original, keep=args.keep, attn=args.attn, select=select, calib=batches,
-                             patch_size=args.patch_size, window_size=args.window_size, attn_options=options)
+                             patch_size=args.patch_size, window_size=args.window_size, attn_options=options,
+                             keep_kind=args.keep_kind)
     if args.calib_data:
         converted.mixa_config["selection"]["calib"]["source"] = str(args.calib_data)
     mixa.save(converted, args.output)
