@@ -8,6 +8,7 @@ import torch
 import mixa
 import mixa.conversion
 import mixa.conversion.select
+import mixa.plan.core
 from mixa.cli import main
 from mixa.models import create_model
 from mixa.plan import (Plan, PlanRow, best_under, mark_pareto, plan, read_csv, read_json, write_csv,
@@ -79,8 +80,8 @@ def test_rows_scores_once_per_kind_and_cache(original, images, tmp_path, monkeyp
     assert row.agreement == pytest.approx(same)
 
     # a rerun reads every row back from the work dir; a lost row (killed run) is the only one redone
-    converts = Counter(mixa.conversion.convert)
-    monkeypatch.setattr(mixa.conversion, "convert", converts)
+    converts = Counter(mixa.plan.core.convert)
+    monkeypatch.setattr(mixa.plan.core, "convert", converts)
     again = plan(original, images, attn=("relu", "rala"), keep=(0, 2, 4), calib_images=12, work_dir=tmp_path,
                  **FAST)
     assert len(converts.results) == 0 and len(scores.results) == 2

@@ -22,8 +22,22 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+from ..attention import list_attention_kinds
+from ..conversion import attention_kinds, calibration_batches, convert
+from ..conversion.select import model_logits, top_k
 from ..errors import UsageError
+from ..export import export_onnx
+from ..export.targets import at_resolution, trained_size
+from ..io import write_json
+from ..macs import count_macs, count_params
+from ..metrics import agreement
+from ..profile.ort import input_for, session
+from ..profile.records import environment
+from ..profile.timing import round_robin
+from ..profile.torch_runtime import cpu_threads
+from ..saved import load_target
 from .rows import Plan, PlanRow, mark_pareto
 
 DEFAULT_KINDS = ("relu", "stella", "rala")
@@ -32,7 +46,6 @@ SELECTIONS = ("sensitivity", "first", "last", "uniform")
 
 
 def _checked(attn: Sequence[str], keep: Sequence[int], select: str, depth: int) -> Tuple[List[str], List[int]]:
-    from ..attention import list_attention_kinds
 
     linear = list_attention_kinds(linear_only=True)
     attn = attn.split(",") if isinstance(attn, str) else list(attn)
@@ -52,7 +65,6 @@ def _checked(attn: Sequence[str], keep: Sequence[int], select: str, depth: int) 
 
 
 def _calibration(calib, model: nn.Module, images: int) -> List[torch.Tensor]:
-    from ..conversion import calibration_batches
 
     if images < 1:
         raise UsageError(f"--calib-images must be >= 1; got {images}")
@@ -72,7 +84,6 @@ def _fingerprint(model: nn.Module, batches: List[torch.Tensor], settings: Dict[s
 
 class _Cache:
     """JSON files in one directory per fingerprint; no directory means no cache."""
-
     def __init__(self, root: Optional[Path]):
         self.root = root
 
@@ -85,7 +96,6 @@ class _Cache:
             return None
 
     def put(self, name: str, value: Dict[str, Any]) -> None:
-        from ..io import write_json
 
         if self.root is not None:
             write_json(self.root / f"{name}.json", value)
@@ -93,22 +103,16 @@ class _Cache:
 
 def time_against(reference_path: os.PathLike | str, path: os.PathLike | str, *, threads: Optional[int],
                  rounds: int, repeat: int, warmup: int) -> Dict[str, float]:
-    """Two ONNX files timed round-robin at batch 1: each round times ``repeat`` calls of one, then of the
-    other (the order alternates), so both see the same load. Returns the medians over rounds of each
-    file's per-round median (ms) and the median per-round ratio reference / file (``speedup``)."""
-    from ..profile.ort import input_for, session, time_session
-
-    sessions = []
+    """Two ONNX files timed at batch 1 with mixa's one timing helper (round-robin: one call of each per
+    round, ``rounds * repeat`` rounds), so both see the same load. Returns each file's median (ms) and the
+    median per-round ratio reference / file (``speedup``)."""
+    calls = []
     for p in (reference_path, path):
         sess = session(p, threads)
         feed, _ = input_for(sess, 1, None)
-        time_session(sess, feed, warmup, 0)
-        sessions.append((sess, feed, []))
-    for r in range(rounds):
-        for sess, feed, per_round in (sessions if r % 2 == 0 else sessions[::-1]):
-            per_round.append(median(time_session(sess, feed, 0, repeat)) * 1e3)
-    ref, own = sessions[0][2], sessions[1][2]
-    return {"reference_ms": median(ref), "measured_ms": median(own),
+        calls.append(lambda sess=sess, feed=feed: sess.run(None, feed))
+    ref, own = round_robin(calls, warmup=warmup, rounds=rounds * repeat)
+    return {"reference_ms": median(ref) * 1e3, "measured_ms": median(own) * 1e3,
             "speedup": median(a / b for a, b in zip(ref, own))}
 
 
@@ -133,18 +137,6 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
     resolution: input size in px (default: the model's trained size); threads: torch and ORT threads.
     rounds / repeat / warmup: the round-robin latency timing (``time_against``).
     """
-    from tqdm import tqdm
-
-    from .. import convert
-    from ..conversion import attention_kinds
-    from ..conversion.select import model_logits, top_k
-    from ..export import export_onnx
-    from ..export.targets import at_resolution, trained_size
-    from ..macs import count_macs, count_params
-    from ..metrics import agreement
-    from ..profile.records import environment
-    from ..profile.torch_runtime import cpu_threads
-    from ..saved import load_target
 
     if min(rounds, repeat) < 1 or warmup < 0:
         raise UsageError("rounds and repeat must be >= 1, warmup >= 0")
