@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn", default="rala",
                    help="linear attention kind for the other layers (default rala; an unknown kind lists them)")
     p.add_argument("--select", default=None,
-                   help="first | last | uniform | sensitivity | indices like 0,3,5 "
+                   help="first | last | uniform | sensitivity | transfer | indices like 0,3,5 "
                         "(default: sensitivity with --calib-data, else uniform)")
     p.add_argument("--calib-data", metavar="DIR", help="ImageFolder (or DIR/val of the ImageNet layout) for "
                                                         "sensitivity scores and the agreement report")

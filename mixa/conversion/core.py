@@ -77,7 +77,7 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
         ``checkpoint`` or random init (``pretrained=False``); or a timm model (left untouched: the result
         is a converted copy; its weights' origin is recorded when mixa built or loaded it, else unknown).
     keep: layers that keep softmax, 0..depth (default 6, or len(select) when select is a list).
-    select: 'first' | 'last' | 'uniform' | 'sensitivity' | list of indices. Default: 'sensitivity' when
+    select: 'first' | 'last' | 'uniform' | 'sensitivity' | 'transfer' | list of indices. Default: 'sensitivity' when
         ``calib`` is given, else 'uniform'.
     calib: calibration images (ImageFolder dir, tensor, or iterable of batches), at most ``calib_images``.
     attn_options: options of the linear layers: gate ('linear' | 'lowrank' | 'identity' | 'none', see
@@ -126,8 +126,8 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
         if not 0 <= keep <= depth:
             raise UsageError(f"--keep must be in [0, {depth}] for this model ({depth} attention layers); got {keep}")
         strategy = select or ("sensitivity" if calib is not None else "uniform")
-    if strategy == "sensitivity" and calib is None:
-        raise UsageError("--select sensitivity needs calibration data (--calib-data DIR); "
+    if strategy in S.SCORED and calib is None:
+        raise UsageError(f"--select {strategy} needs calibration data (--calib-data DIR); "
                          "or choose first, last, uniform or explicit indices")
 
     def replacement(original: nn.Module) -> MixAttention:
@@ -135,9 +135,9 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
 
     scores = None
     batches = calibration_batches(calib, model, calib_images) if calib is not None else None
-    if strategy == "sensitivity":
+    if strategy in S.SCORED:
         if 0 < keep < depth:
-            scores = S.sensitivity_scores(model, layers, batches, replacement, set_layer, progress=progress)
+            scores = S.SCORED[strategy](model, layers, batches, replacement, set_layer, progress=progress)
             kept = S.top_k(scores, keep)
         else:
             kept = list(range(keep))

@@ -46,7 +46,8 @@ def print_conversion_report(report: Dict[str, Any]) -> None:
     """The layer table, the cost before/after and the agreement, as ``mixa convert`` prints them."""
     rows = [(l["index"], l["path"], l["kind"], "keep" if l["kept"] else "replace",
              None if l["score"] is None else f"{l['score']:.4g}") for l in report["layers"]]
-    print(table(rows, ["layer", "module", "kind", "", "sensitivity (KL)"]))
+    score = "transfer (rel. error)" if report["selection"] == "transfer" else "sensitivity (KL)"
+    print(table(rows, ["layer", "module", "kind", "", score]))
     print()
     cost = [("params", human(report["params_before"]), human(report["params_after"]),
              f"{report['params_after'] / report['params_before']:.3f}"),

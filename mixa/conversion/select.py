@@ -1,17 +1,20 @@
 """Which k attention layers keep softmax.
 
 Fixed strategies: ``first``, ``last``, ``uniform`` (the centres of k equal segments of the depth),
-an explicit list of indices, and ``sensitivity``: each layer alone is replaced by the chosen linear kind
-and scored by the mean KL divergence KL(original || replaced) of the model's output distribution on
-calibration data; the k layers whose replacement hurts most keep softmax.
+an explicit list of indices, and two scored ones (the k layers with the largest scores keep softmax):
+``sensitivity``: each layer alone is replaced by the chosen linear kind and scored by the mean KL
+divergence KL(original || replaced) of the model's output distribution on calibration data;
+``transfer``: every layer's replacement is first trained briefly to imitate its softmax layer
+(mixa.transfer, teacher-forced, on the calibration images) and scored by the relative error it has left
+on held-out calibration images -- the layers linear attention cannot imitate keep softmax.
 
-Without calibration data the default strategy is ``uniform`` (documented fallback); asking for
-``sensitivity`` without data is an error.
+Without calibration data the default strategy is ``uniform`` (documented fallback); asking for a scored
+strategy without data is an error.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -19,8 +22,11 @@ from tqdm import tqdm
 
 from ..errors import UsageError
 from ..metrics import kl_per_sample
+from ..transfer.layerwise import TransferStep, layer_errors
+from ..transfer.settings import transfer_settings
 
-STRATEGIES = ("first", "last", "uniform", "sensitivity")
+STRATEGIES = ("first", "last", "uniform", "sensitivity", "transfer")
+TRANSFER_SELECT_STEPS = 200  # optimiser steps of the short transfer behind --select transfer
 Select = Union[str, Sequence[int], None]
 
 
@@ -81,6 +87,33 @@ def sensitivity_scores(model: nn.Module, layers: List[Tuple[str, nn.Module]], ba
         finally:
             set_layer(model, path, original)
     return scores
+
+
+def transfer_scores(model: nn.Module, layers: List[Tuple[str, nn.Module]], batches: List[torch.Tensor],
+                    make_replacement: Callable[[nn.Module], nn.Module],
+                    set_layer: Callable[[nn.Module, str, nn.Module], nn.Module],
+                    progress: bool = True, steps: Optional[int] = None) -> List[float]:
+    """Relative error of every layer's replacement after ``steps`` (default TRANSFER_SELECT_STEPS) of
+    teacher-forced transfer on the
+    calibration batches (the last quarter of them held out for the score; all of them when there is one).
+    ``model`` is the reference and stays untouched (the replacements are copies, trained aside)."""
+    from tqdm import tqdm
+
+    steps = steps or TRANSFER_SELECT_STEPS
+    device = next(model.parameters()).device
+    replacements = {path: make_replacement(original) for path, original in layers}
+    held = max(1, len(batches) // 4) if len(batches) > 1 else 0
+    train, held_out = batches[:len(batches) - held], batches[len(batches) - held:] or batches
+    settings = transfer_settings(steps=steps, amp="none", workers=0)
+    stepper = TransferStep(model.eval(), replacements, settings, device, settings["lr"], steps,
+                           int(round(settings["warmup_fraction"] * steps)))
+    for step in tqdm(range(steps), desc="transfer scores", disable=not progress, leave=False):
+        stepper.forward_backward(train[step % len(train)].to(device))
+    errors = layer_errors(model, replacements, held_out, device=device)
+    return [errors[path] for path, _ in layers]
+
+
+SCORED = {"sensitivity": sensitivity_scores, "transfer": transfer_scores}
 
 
 def top_k(scores: Sequence[float], keep: int) -> List[int]:

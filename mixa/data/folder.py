@@ -65,6 +65,8 @@ class SafeImageFolder(ImageFolder):
                 warnings.simplefilter("ignore")
                 super().__init__(str(root), transform=transform)
         except (FileNotFoundError, RuntimeError) as err:
+            if self.flat:
+                raise MixaError(f"no images found in {root}") from None
             raise MixaError(f"no usable ImageFolder at {root}: {str(err).splitlines()[0]}") from None
         if self.flat:
             self.classes, self.class_to_idx = [], {}

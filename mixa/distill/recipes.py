@@ -51,6 +51,8 @@ DEFAULTS: Dict[str, Any] = {
     "workers": "auto",        # data-loader processes per process; auto: min(4, available cores)
     "eval_batch_size": None,  # null: per-process batch
     "save_every_steps": 500,  # also write RUN/last every N optimiser steps inside an epoch; 0: epoch ends only
+    "transfer_steps": 0,      # > 0: first a layer-wise attention transfer of that many steps (RUN/transfer)
+    "transfer_lr": 5.0e-4,    # its peak lr (the other transfer settings: mixa.transfer.settings)
 }
 
 def _packaged() -> Dict[str, Any]:
@@ -129,6 +131,8 @@ def validate(s: Dict[str, Any]) -> None:
         raise UsageError(f"amp must be one of {', '.join(AMP_MODES)}, got {s['amp']!r}")
     if not 0.0 <= float(s["smoothing"]) < 1.0:
         raise UsageError(f"smoothing must be in [0, 1), got {s['smoothing']}")
+    if isinstance(s["transfer_steps"], bool) or not isinstance(s["transfer_steps"], int) or s["transfer_steps"] < 0:
+        raise UsageError(f"transfer_steps must be an integer >= 0, got {s['transfer_steps']!r}")
     if s["workers"] != "auto" and (isinstance(s["workers"], bool) or not isinstance(s["workers"], int)
                                    or s["workers"] < 0):
         raise UsageError(f"workers must be 'auto' or an integer >= 0, got {s['workers']!r}")

@@ -5,8 +5,10 @@ Run directory layout and checkpoint semantics: mixa.distill.checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..io import write_json
@@ -15,9 +17,32 @@ from . import data as D
 from .checkpoint import load_last_weights, open_run, rng_state, save_checkpoint, set_rng_state, write_metrics
 from .distributed import Dist, Sums
 from .evaluation import evaluate_loader
+from .precision import autocast_dtype
 from .recipes import load_recipe
 from .step import DistillStep
 from .teacher import ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original
+
+
+TRANSFER_STAGE = "transfer"
+
+
+def _has_checkpoint(run: Path) -> bool:
+    return (run / "last").exists() or (run / ".last.old").exists()
+
+
+def _transfer_stage(student, student_source, source, data_dir, run: Path, teacher, teacher_checkpoint,
+                    s: Dict[str, Any], dist: Dist, progress: bool) -> None:
+    """``transfer_steps`` of layer-wise attention transfer into RUN/transfer (resumed if it was killed),
+    whose result the student starts distillation from."""
+    from ..transfer.run import transfer
+
+    stage = run / TRANSFER_STAGE
+    transfer(student_source, data_dir, stage, teacher=teacher, teacher_checkpoint=teacher_checkpoint,
+             resume=(stage / "last").exists() or (stage / ".last.old").exists(), device=str(dist.device),
+             progress=progress, source=source, steps=s["transfer_steps"], lr=s["transfer_lr"],
+             batch_size=s["batch_size"], seed=s["seed"], workers=s["workers"], amp=s["amp"])
+    dist.barrier()
+    load_last_weights(student, stage, f"the student {student_source}")
 
 
 @dataclasses.dataclass
@@ -46,13 +71,19 @@ def distill(student: ModelSource, data_dir, output, teacher=None, recipe=None, *
     """
     if teacher == "none":
         teacher, overrides = None, {**overrides, "kd": "none"}
-    run, state = open_run(output, resume, "distill")
-    if state is not None:
-        settings = dict(state["settings"])
-        settings.update({k: v for k, v in overrides.items() if v is not None})
-        settings = load_recipe(settings)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    stage = Path(output) / TRANSFER_STAGE
+    if resume and stage.is_dir() and not _has_checkpoint(Path(output)):
+        # killed during the transfer stage: it resumes, then distillation starts (settings from run.json)
+        run, state = Path(output), None
+        settings = load_recipe({**json.loads((run / "run.json").read_text())["settings"], **given})
     else:
-        settings = load_recipe(recipe, **overrides)
+        if not resume and stage.exists():
+            raise UsageError(f"{output} holds a distill run (in its transfer stage); pass --resume to continue "
+                             f"it or choose another --output")
+        run, state = open_run(output, resume, "distill")
+        settings = load_recipe({**state["settings"], **given} if state is not None else recipe,
+                               **({} if state is not None else given))
     dist = Dist(device)
     try:
         return _run(student, dict(source or {}), data_dir, run, teacher, teacher_checkpoint, settings, state,
@@ -76,6 +107,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
     random_seed(int(s["seed"]), dist.rank)
 
     # Everything that can fail on user input is checked before anything is written.
+    autocast_dtype(s["amp"], dist.device)
     student = load_model(student_source, **source)
     original = recorded_original(student_source, student)
     train_dl, train_set = D.labeled_train_loader(data_dir, student, s, per_process, dist.rank, world)
@@ -92,14 +124,23 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
     if t_model is not None:
         check_teacher(student, t_model)
         t_model.to(dist.device)
-    if state is not None:
-        load_last_weights(student, run, f"the student {student_source}")
-    student.to(dist.device).train()
-    mixup = D.mixup_fn(s, len(train_set.classes))
-
     steps_per_epoch = len(train_dl) // accum
     if steps_per_epoch < 1:
         raise MixaError(f"one epoch has {len(train_dl)} batches, fewer than accum_steps={accum}")
+    if state is not None:
+        load_last_weights(student, run, f"the student {student_source}")
+    if dist.main:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / "run.json", {
+            "student": str(student_source), "data": str(data_dir), "teacher": None if teacher is None else str(teacher),
+            "teacher_checkpoint": teacher_checkpoint, "settings": s, "processes": world,
+            "per_process_batch": per_process, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch})
+    if state is None and s["transfer_steps"]:
+        _transfer_stage(student, student_source, source, data_dir, run, t_model if t_model is not None else teacher,
+                        teacher_checkpoint, s, dist, progress)
+    student.to(dist.device).train()
+    mixup = D.mixup_fn(s, len(train_set.classes))
+
     total, warmup = s["epochs"] * steps_per_epoch, s["warmup_epochs"] * steps_per_epoch
     stepper = DistillStep(student, t_model, s, dist.device, lr, total, warmup, ddp=dist.enabled)
 
@@ -118,12 +159,6 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         elif dist.main:
             tqdm.write(f"mixa distill: resuming with {world} processes instead of {len(rngs)}; "
                        f"random streams restart (the run is no longer bit-exact)")
-    if dist.main:
-        run.mkdir(parents=True, exist_ok=True)
-        write_json(run / "run.json", {
-            "student": str(student_source), "data": str(data_dir), "teacher": None if teacher is None else str(teacher),
-            "teacher_checkpoint": teacher_checkpoint, "settings": s, "processes": world,
-            "per_process_batch": per_process, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch})
 
     end_epoch = s["epochs"] if stop_after is None else min(s["epochs"], start_epoch + int(stop_after))
     row: Dict[str, Any] = history[-1] if history else {}
