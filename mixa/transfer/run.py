@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import torch
 from torch import nn
 
 from ..io import write_json
