@@ -6,6 +6,7 @@ import os
 from typing import Optional
 
 from ..errors import MixaError
+from ..io import atomic_path
 from .rows import Plan, PlanRow
 
 MARKERS = "osD^v<>px*h"
@@ -19,7 +20,6 @@ def plot(path: os.PathLike | str, plan: Plan, best: Optional[PlanRow] = None) ->
         import matplotlib.pyplot as plt
     except ImportError:
         raise MixaError("--plot needs matplotlib: pip install 'mixa[plot]'") from None
-    from ..io import atomic_path
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     kinds = list(dict.fromkeys(r.kind for r in plan.rows))

@@ -9,6 +9,9 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, List, Optional, Sequence
 
 from ..errors import MixaError
+from ..io import atomic_path
+from ..io import write_json as write_json_file
+from ..report import human, table
 
 
 @dataclass
@@ -70,7 +73,6 @@ def best_under(rows: Sequence[PlanRow], max_latency_ms: Optional[float] = None,
 
 
 def format_table(plan: Plan) -> str:
-    from ..report import human, table
 
     cells = [(r.kind, r.keep, ",".join(map(str, r.kept)) or "-", f"{r.agreement:.1f}", f"{max(r.kl, 0.0):.4f}",
               human(r.params), human(r.macs), f"{r.latency_ms:.3f}", f"{r.speedup:.2f}x", "*" if r.pareto else "")
@@ -94,9 +96,7 @@ def plan_from_dict(data: Dict[str, Any]) -> Plan:
 
 
 def write_json(path: os.PathLike | str, plan: Plan) -> None:
-    from ..io import write_json as atomic_write_json
-
-    atomic_write_json(path, plan_to_dict(plan))
+    write_json_file(path, plan_to_dict(plan))
 
 
 def read_json(path: os.PathLike | str) -> Plan:
@@ -111,8 +111,6 @@ CSV_FIELDS = [f.name for f in fields(PlanRow)]
 
 def write_csv(path: os.PathLike | str, rows: Sequence[PlanRow]) -> None:
     """One line per row; ``kept`` as space-separated layer indices."""
-    from ..io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
