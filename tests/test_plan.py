@@ -55,7 +55,7 @@ class Counter:
 
 def test_rows_scores_once_per_kind_and_cache(original, images, tmp_path, monkeypatch):
     scores = Counter(mixa.conversion.select.sensitivity_scores)
-    monkeypatch.setattr(mixa.conversion.select, "sensitivity_scores", scores)
+    monkeypatch.setitem(mixa.conversion.select.SCORED, "sensitivity", scores)
     p = plan(original, images, attn=("relu", "rala"), keep=(4, 0, 2), calib_images=12, work_dir=tmp_path, **FAST)
 
     assert sorted((r.kind, r.keep) for r in p.rows) == [(k, n) for k in ("rala", "relu") for n in (0, 2, 4)]
