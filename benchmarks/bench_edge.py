@@ -1,7 +1,8 @@
 """Edge latency benchmark: keep-k converted models (every kind, every RALA gate) vs the original, fp32 and
 INT8, ONNX Runtime and ExecuTorch/XNNPACK, CPU, batch 1, side by side in one process.
 
-    python benchmarks/bench_edge.py --output benchmarks/edge            # the committed run (see RESULTS.md)
+    python benchmarks/bench_edge.py --runtimes ort --op-breakdown --output benchmarks/edge   # ort.md
+    python benchmarks/bench_edge.py --runtimes executorch --output benchmarks/edge          # executorch.md
     python benchmarks/bench_edge.py --suite quick --output /tmp/edge    # DeiT-T/14 @224 only
 
 For each (model, resolution) every file is timed round-robin -- one call of each per round
@@ -48,7 +49,8 @@ GATES = ("linear", "lowrank", "identity", "none")
 
 
 def variants(original, keep: int, full: bool, default_gate: str):
-    """(label, model) pairs: the original, then keep-k of every kind (every RALA gate when ``full``)."""
+    """(label, model) pairs: the original, then keep-k of every kind (every RALA gate and LePE choice, and
+    relu-quadratic kept layers, when ``full``)."""
     out = [("original", original)]
     conv = lambda attn, **kw: mixa.convert(original, keep=keep, attn=attn, select="uniform", progress=False, **kw)
     out += [(f"keep{keep} relu", conv("relu")), (f"keep{keep} stella", conv("stella"))]
@@ -120,9 +122,12 @@ def main() -> int:
     p.add_argument("--default-gate", default=None, help="RALA gate used where only one is timed "
                                                         "(default: the registry's)")
     p.add_argument("--no-int8", action="store_true")
-    p.add_argument("--no-executorch", action="store_true")
+    p.add_argument("--runtimes", default="ort,executorch",
+                   help="ort, executorch or both; ExecuTorch files are made at the INT8 resolutions only, "
+                        "for the reduced variant set (its lowering takes minutes per model)")
     p.add_argument("--op-breakdown", action="store_true")
-    p.add_argument("--output", required=True, metavar="DIR", help="writes results.json and RESULTS.md there")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="writes <runtimes>.json and <runtimes>.md there (e.g. ort.json, ort.md)")
     args = p.parse_args()
     warnings.simplefilter("ignore")
 
@@ -130,12 +135,15 @@ def main() -> int:
     from mixa.export.executorch import executorch_available
 
     default_gate = args.default_gate or get_attention_kind("rala").module_defaults["gate"]
-    use_et = not args.no_executorch and executorch_available()
+    runtimes = args.runtimes.split(",")
+    use_et = "executorch" in runtimes and executorch_available()
+    use_ort = "ort" in runtimes
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment()
     results = {"command": " ".join(sys.argv), "environment": env, "threads": args.threads, "keep": args.keep,
-               "default_gate": default_gate, "rows": [], "op_breakdown": []}
+               "default_gate": default_gate, "runtimes": [r for r in runtimes if r != "executorch" or use_et],
+               "rows": [], "op_breakdown": []}
     print(f"CPU: {env['cpu']}; ONNX Runtime {env['versions']['onnxruntime']}, {args.threads} thread(s), batch 1",
           flush=True)
     rng = np.random.default_rng(0)
@@ -143,15 +151,19 @@ def main() -> int:
         for label, name, kwargs, resolutions, full_at, int8_at in SUITES[args.suite]:
             original = create_model(name, pretrained=False, **kwargs).eval()
             for res in resolutions:
-                full = res in full_at
+                if not use_ort and res not in int8_at:
+                    continue
+                full = res in full_at and use_ort
                 runners, rows = [], []
                 for vi, (vlabel, model) in enumerate(variants(original, args.keep, full, default_gate)):
                     sized = at_resolution(model, res)
                     macs = count_macs(sized, (3, res, res))
                     fp32 = Path(work) / f"{vi}_{res}.onnx"
-                    export_onnx(sized, fp32, (3, res, res))
-                    files = [("ort", "fp32", fp32)]
-                    if res in int8_at and not args.no_int8:
+                    files = []
+                    if use_ort:
+                        export_onnx(sized, fp32, (3, res, res))
+                        files.append(("ort", "fp32", fp32))
+                    if use_ort and res in int8_at and not args.no_int8:
                         calib = [rng.standard_normal((1, 3, res, res), dtype=np.float32) for _ in range(4)]
                         for mode in ("dynamic", "static"):
                             q = Path(work) / f"{vi}_{res}.{mode}.onnx"
@@ -201,7 +213,7 @@ def main() -> int:
                           f"{'ok' if row['meets_mac_ratio'] else 'below'}", flush=True)
                 results["rows"].extend(rows)
                 write(out_dir, results)
-                if args.op_breakdown and res == 224:
+                if args.op_breakdown and res == 224 and use_ort:
                     for vi in (0, 1):  # the original and keep-k relu: where the time goes
                         shares, ms = op_breakdown(Path(work) / f"{vi}_{res}.onnx", args.threads, res)
                         results["op_breakdown"].append({"model": label, "res": res,
@@ -213,9 +225,10 @@ def main() -> int:
 
 
 def write(out_dir: Path, results: dict) -> None:
-    with atomic_path(out_dir / "results.json") as tmp:
+    stem = "_".join(results["runtimes"])
+    with atomic_path(out_dir / f"{stem}.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1))
-    with atomic_path(out_dir / "RESULTS.md") as tmp:
+    with atomic_path(out_dir / f"{stem}.md") as tmp:
         tmp.write_text(markdown(results))
 
 

@@ -152,3 +152,23 @@ def test_cuda_absent_is_a_clear_error(tmp_path, capsys):
     got = main(["profile", str(tmp_path / "plain"), "--runtime", "torch", "--device", "cuda"])
     err = capsys.readouterr().err
     assert got == 1 and "no CUDA device" in err and len(err.strip().splitlines()) == 1
+
+
+def test_keep_sweep_with_gate_and_keep_kind(tmp_path, capsys):
+    import mixa
+    from mixa.cli import main
+    from mixa.macs import count_macs
+
+    model = tiny_model("vit")
+    mixa.save(model, tmp_path / "plain")
+    code = main(["profile", str(tmp_path / "plain"), "--attn", "rala", "--gate", "identity", "--keep-kind",
+                 "relu-quadratic", "--keep-sweep", "1", "--runtime", "torch", "--warmup", "0", "--repeat", "2",
+                 "--json", str(tmp_path / "r.json")])
+    assert code == 0, capsys.readouterr().err
+    (record,) = json.loads((tmp_path / "r.json").read_text())
+    assert record["target"] == "plain keep=1 rala kept=relu-quadratic"
+    expected = mixa.convert(model, keep=1, attn="rala", keep_kind="relu-quadratic",
+                            attn_options={"gate": "identity"}, progress=False)
+    assert record["macs"] == count_macs(expected, (3, 32, 32))
+    assert main(["profile", str(tmp_path / "plain"), "--attn", "rala", "--keep-kind", "relu"]) == 2
+    assert "--keep-kind must be one of" in capsys.readouterr().err

@@ -106,7 +106,7 @@ def test_macs_at_224(name):
     for stage, n in zip(model.layers, (56 * 56, 28 * 28, 14 * 14, 7 * 7)):
         attn = stage.blocks[0].attn
         d = attn.head_dim
-        per_head = 2 * n * d * d + 2 * n * d if attn.kind == "rala" else 2 * n * n * d
+        per_head = 2 * n * d * d + 4 * n * d if attn.kind == "rala" else 2 * n * n * d
         expected += len(stage.blocks) * attn.num_heads * per_head
     assert cores[0] == expected and cores[0] > 0
 

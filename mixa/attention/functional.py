@@ -169,30 +169,34 @@ def rala_attention(q: Tensor, k: Tensor, v: Tensor, *, rope: Optional[Tuple[Tens
     alpha_j = N softmax_j(q_g . kappa(k_j) / sqrt(d)); k'_j = alpha_j kappa(k_j);
     Y_i = [kappa(q_i) (1/N) sum_j k'_j^T v_j] / [kappa(q_i) . mean_j k'_j + eps].
     ``rope=(cos, sin)`` rotates kappa(q) and k' in the numerator only, as the official RAVLT code does.
+
+    Computed as the same formula with the N cancelled: with p = softmax_j(...), (1/N) sum_j k'_j^T v_j =
+    sum_j p_j kappa(k_j)^T v_j and mean_j k'_j = sum_j p_j kappa(k_j) = p kappa(K) -- a weighted mean, so
+    no N-sized factor appears (the official code splits 1/N over both factors to stay in fp16 range; here the
+    sums are fp32 and bounded anyway). Written for CPU runtimes: kappa(K)^T is formed once and serves both
+    the logits and k'^T v, and the token means are products with a row (a MatMul), not reductions over the
+    middle axis, which ONNX Runtime runs slowly.
     """
     dtype = v.dtype
     n, d = k.shape[-2], q.shape[-1]
     with _autocast_off(q.device.type):
         q, k, v = _wide(q, k, v)
         q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
+        k_t = k.transpose(-2, -1)                                        # (B, H, d, N)
         w = _key_weights(key_mask, k)
-        count = _token_count(w, n)
         if w is None:
-            q_global = q.mean(dim=-2, keepdim=True)                      # (B, H, 1, d)
-            logits = (q_global @ k.transpose(-2, -1)) * d ** -0.5       # (B, H, 1, N)
-            alpha = torch.softmax(logits, dim=-1).transpose(-2, -1) * count  # (B, H, N, 1)
+            q_global = q.new_full((1, n), 1.0 / n) @ q                   # (B, H, 1, d)
+            p = torch.softmax((q_global @ k_t) * d ** -0.5, dim=-1)     # (B, H, 1, N)
         else:
-            q_global = (q * w).sum(dim=-2, keepdim=True) / count
-            logits = (q_global @ k.transpose(-2, -1)) * d ** -0.5
-            alpha = _masked_softmax(logits, w.transpose(-2, -1)).transpose(-2, -1) * count
-        k = k * alpha
-        # z uses the un-rotated features; masked keys already carry alpha = 0.
-        z = 1.0 / (q @ (k.sum(dim=-2, keepdim=True) / count).transpose(-2, -1) + eps)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # (1/N) sum_j k_j^T v_j, with the 1/N split over both factors as the official code does.
-        root = count ** -0.5 if w is not None else n ** -0.5
-        kv = (k * root).transpose(-2, -1) @ (v * root)
+            q_global = (w.transpose(-2, -1) @ q) / _token_count(w, n)
+            p = _masked_softmax((q_global @ k_t) * d ** -0.5, w.transpose(-2, -1))
+        # z uses the un-rotated features; masked keys carry p = 0.
+        z = 1.0 / (q @ (p @ k).transpose(-2, -1) + eps)                 # (B, H, N, 1)
+        if rope is None:
+            kv = (k_t * p) @ v                                           # (B, H, d, d)
+        else:
+            q = apply_rope(q, *rope)
+            kv = (apply_rope(k, *rope) * p.transpose(-2, -1)).transpose(-2, -1) @ v
         out = (q @ kv) * z
     return _saturating_cast(out, dtype)
 

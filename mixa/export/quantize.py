@@ -1,5 +1,4 @@
 """INT8 with ONNX Runtime's quantization tools, and top-1 agreement of the INT8 file with the fp32 one.
-Needs numpy and onnxruntime only (no torch): a board can quantize the .onnx it received.
 
 - ``dynamic``: weights of MatMul/Gemm (and Conv) to int8 ahead of time, activations quantised at run time
   (``quantize_dynamic``); needs no data.
@@ -7,17 +6,20 @@ Needs numpy and onnxruntime only (no torch): a board can quantize the .onnx it r
   QDQ format, per-channel weights); needs calibration data.
 
 What stays fp32 (``keep_fp32``):
-- ``"cores"`` (default): every attention core -- all nodes an attention module makes itself, between its
-  qkv projection and its output projection: the token reductions (k^T v, sum_j k_j, mean_j), the
-  normalisers and divisions (relu's q . sum k + eps, RALA's 1 / (q . mean k' + eps), SteLLA's 1/(N sqrt d)),
-  the softmax / RALA reweighting, LePE and the gate product. INT8 goes to the layers around them (qkv,
-  proj, gate, MLP, patch embedding, head), where >= 95% of the MACs are at 224 px. Why: a linear
-  attention's normaliser is a Div of two data-dependent sums (ONNX Runtime issue 16219: quantising Div/Pow/
-  Sqrt ruins models), its d x d buffer k^T v is a sum over all N tokens whose range grows with N, and
-  static calibration of these activations gave the worst agreement measured (see benchmarks/edge). The
-  softmax cores are kept fp32 too, so the original and the converted model are quantised alike -- the same
-  split ExecuTorch's XNNPACK quantizer makes. The cores are found by the name scopes ``mixa export``
-  records in the file (``mixa.attention_scopes``).
+- ``"cores"`` (default): INT8 for the layers only -- the MatMul/Gemm/Conv of qkv, proj, gate, MLP, patch
+  embedding and head, where >= 95% of the MACs are at 224 px -- and fp32 for everything else:
+  * every attention core, excluded by node name (``nodes_to_exclude``): all nodes an attention module makes
+    itself between its qkv and its output projection -- the token reductions (k^T v, sum_j k_j, mean_j),
+    the normalisers and divisions (relu's q . sum k + eps, RALA's 1 / (q . mean k' + eps), SteLLA's
+    1/(N sqrt d)), the softmax / RALA reweighting, LePE and the gate product. Why: a linear attention's
+    normaliser is a Div of two data-dependent sums (ONNX Runtime issue 16219: quantising Div/Pow/Sqrt ruins
+    models) and its d x d buffer k^T v sums all N tokens, so its range grows with N. The softmax cores are
+    kept fp32 too, so that the original and the converted model are quantised alike (the split ExecuTorch's
+    XNNPACK quantizer makes). The cores are found by the name scopes ``mixa export`` records in the file
+    (``mixa.attention_scopes``).
+  * the residual additions, norms and other element-wise ops (``op_types_to_quantize`` = the layers): static
+    QDQ of the residual stream cost 1-4 of 300 images of top-1 agreement on the packaged trained teacher
+    (98.7-99.3%), layers-only static INT8 agreed on 300/300 (benchmarks/edge/INT8.md).
 - ``"none"``: ONNX Runtime's defaults (everything it can quantise).
 
 Weights (``weights``): ``"s8"`` (U8S8) is the default on CPUs with VNNI (AVX512-VNNI / AVX-VNNI) and on ARM,
@@ -47,6 +49,7 @@ from ..io import atomic_path
 QUANT_MODES = ("dynamic", "static")
 WEIGHT_TYPES = ("auto", "u8", "s8")
 KEEP_FP32 = ("cores", "none")
+LAYER_OPS = ["MatMul", "Gemm", "Conv"]
 # Sub-modules of an attention layer that are layers (quantised like any Linear), not its core.
 _LAYER_SCOPES = ("qkv/", "proj/", "gate/")
 
@@ -157,16 +160,17 @@ def quantize_onnx(fp32_path: os.PathLike | str, int8_path: os.PathLike | str, mo
         except Exception:  # pre-processing is an optimisation; quantise the plain file if it fails
             prepared = Path(fp32_path)
         excluded = core_nodes(prepared, scopes) if keep_fp32 == "cores" else []
+        op_types = LAYER_OPS if keep_fp32 == "cores" else None
         try:
             if mode == "dynamic":
                 quantize_dynamic(str(prepared), str(tmp), weight_type=weight_type, per_channel=True,
-                                 nodes_to_exclude=excluded)
+                                 nodes_to_exclude=excluded, op_types_to_quantize=op_types)
             else:
                 reader = _feeds(prepared, calib_batches)
                 quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QUInt8,
                                 weight_type=weight_type, calibrate_method=CalibrationMethod.MinMax,
-                                nodes_to_exclude=excluded)
+                                nodes_to_exclude=excluded, op_types_to_quantize=op_types)
         except (MixaError, KeyboardInterrupt):
             raise
         except Exception as err:
