@@ -48,7 +48,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:  # name the file the user asked for, not our temporary one
-        raise MixaError(f"cannot write {path}: {err.strerror or err}") from None
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is not a directory" if blocker is not None else (err.strerror or str(err))
+        raise MixaError(f"cannot write {path}: {why}") from None
     os.close(fd)
     tmp = Path(tmp)
     try:

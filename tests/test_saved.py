@@ -164,3 +164,16 @@ def test_the_cli_loads_no_torch_before_a_command_runs():
             "print(heavy); sys.exit(1 if heavy else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_an_unwritable_output_names_the_users_path_not_a_temporary_file(tmp_path):
+    from mixa.io import make_temp_dir, write_json
+
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(MixaError, match=r"cannot write .*afile/x\.json: .*afile is not a directory"):
+        write_json(tmp_path / "afile" / "x.json", {})
+    old = os.umask(0o022)
+    try:
+        assert stat.S_IMODE(make_temp_dir(tmp_path, ".run.").stat().st_mode) == 0o755  # not mkdtemp's 0700
+    finally:
+        os.umask(old)

@@ -87,16 +87,16 @@ def _file_records(args, files, threads, batch, progress) -> list:
     return records
 
 
-def _model_records(args, threads, batch, progress) -> list:
+def _model_records(args, targets, threads, batch, progress, original: bool = False) -> list:
     from mixa.export.targets import load_model
     from mixa.profile.models import keep_sweep, profile_model
 
     source = model_source_kwargs(args)
     variants = []
-    if args.compare:
+    if original:
         label, model = load_model(args.compare, **source)
         variants.append((f"{label} (original)", model))
-    for target in args.model_targets:
+    for target in targets:
         label, model = load_model(target, **source)
         if args.keep_sweep is None:
             variants.append((label, model))
@@ -113,7 +113,7 @@ def _model_records(args, threads, batch, progress) -> list:
 
 
 def run(args) -> int:
-    from mixa.errors import UsageError
+    from mixa.errors import MixaError, UsageError
     from mixa.profile.records import format_table, plot, write_csv, write_json
 
     files = [t for t in args.targets if t.endswith(FILE_SUFFIXES)]
@@ -133,19 +133,25 @@ def run(args) -> int:
         if not args.model_targets:
             raise UsageError("--keep-sweep / --attn convert models on the fly: give a model name or directory, "
                              "not an .onnx file")
-    if args.compare and args.compare.endswith(FILE_SUFFIXES):
-        files.insert(0, args.compare)
-        args.compare = None
-    for path in files:
+    compare_file = bool(args.compare) and args.compare.endswith(FILE_SUFFIXES)
+    for path in files + ([args.compare] if compare_file else []):
         if not Path(path).is_file():
-            raise UsageError(f"{path}: no such file")
+            raise MixaError(f"{path}: no such file")
 
     threads = args.threads
-    measurements = len(files) * len(args.img_size or [None]) * len(threads)
+    measurements = (len(files) + compare_file) * len(args.img_size or [None]) * len(threads)
     progress = _progress(measurements * args.repeat) if measurements else None
-    records = _file_records(args, files, threads, batch, progress)
-    if args.model_targets or args.compare:  # the only path that imports torch
-        records += _model_records(args, threads, batch, progress)
+    # the original first, then the targets in the order given; only model targets import torch
+    records = []
+    if compare_file:
+        records += _file_records(args, [args.compare], threads, batch, progress)
+    elif args.compare:
+        records += _model_records(args, [], threads, batch, progress, original=True)
+    for target in args.targets:
+        if target in files:
+            records += _file_records(args, [target], threads, batch, progress)
+        else:
+            records += _model_records(args, [target], threads, batch, progress)
     if progress is not None:
         progress.close()
 
