@@ -106,19 +106,25 @@ def test_data_command_line(tmp_path, capsys):
 def test_packaged_teacher_accuracy_on_unseen_scenes():
     """The packaged relations teacher on 500 scenes of a seed it never saw (trained on seed 0 train
     scenes, validated on seed 0 val): within 5 points of the val top-1 its training recorded (500
-    images: binomial sd <= 2.2 points) and well above chance (12.5%); its training record says which
-    task and seeds made it and that its val curve was flat at the end."""
+    images: binomial sd ~0.6 points at 98%) and far above chance (12.5%); its training record says which
+    task and seeds made it, and its convergence flag agrees with its own val curve."""
     import torch
 
     import mixa
 
     training = json.loads((TEACHER_DIR / "training.json").read_text())
     assert training["task"] == "relations" and "seed" in training and "data_seed" in training
-    assert training["converged"] and training["flatness"]["gain_last_quarter"] < 0.3
+    history = training["history"]
+    end, at_75 = history[-1]["val_top1"], 0.75 * training["steps"]
+    lo = [h for h in history if h["step"] <= at_75][-1]  # history is in step order
+    hi = [h for h in history if h["step"] >= at_75][0]
+    top1_75 = lo["val_top1"] + (hi["val_top1"] - lo["val_top1"]) * (at_75 - lo["step"]) / max(1, hi["step"] - lo["step"])
+    assert training["flatness"]["gain_last_quarter"] == pytest.approx(end - top1_75, abs=1e-3)
+    assert training["converged"] == (end - top1_75 < 0.3)
     assert (TEACHER_DIR / "model.safetensors").stat().st_size <= 20 * 2 ** 20
     model = mixa.load(TEACHER_DIR).eval()
     x, y = S.SyntheticShapes("val", 500, seed=7, task="relations").tensors()
     with torch.no_grad():
         top1 = 100.0 * (torch.cat([model(b) for b in x.split(250)]).argmax(-1) == y).float().mean().item()
     assert abs(top1 - training["val_top1"]) < 5.0, (top1, training["val_top1"])
-    assert top1 >= 60.0
+    assert top1 >= 90.0
