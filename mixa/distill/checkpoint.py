@@ -23,11 +23,12 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
+from ..errors import MixaError, UsageError
 from ..io import atomic_path, make_temp_dir
 from ..saved import WEIGHTS_NAME, save
-from ..errors import MixaError, UsageError
 
 STATE_NAME = "train_state.pt"
 STATE_VERSION = 1
@@ -122,8 +123,6 @@ def open_run(output, resume: bool, command: str) -> Tuple[Path, Optional[Dict[st
 
 def load_last_weights(model: nn.Module, run: Path, what: str) -> None:
     """The weights of ``run/last`` into ``model`` (which must be the same architecture)."""
-    from safetensors.torch import load_file
-
     try:
         model.load_state_dict(load_file(str(run / "last" / WEIGHTS_NAME)), strict=True)
     except RuntimeError as err:

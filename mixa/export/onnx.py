@@ -26,6 +26,7 @@ from torch import nn
 from ..attention import MixAttention
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
+from ..macs import count_macs, count_params
 from ..models.attention_layers import attention_layers, layer_kind
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 covers it fully; LayerNormalization is a single node from 17 on
@@ -194,8 +195,6 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     """Write ``model`` (fp32, CPU, eval) to ``path`` as ONNX with input ``input`` (B, C, H, W) and output
     ``logits``; verify it (see ``verify_onnx``) before it replaces ``path``: a failed export leaves no file.
     """
-    from ..macs import count_macs, count_params
-
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:

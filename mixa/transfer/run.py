@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from timm.utils import random_seed
 from torch import nn
+from tqdm import tqdm
 
-from ..io import write_json
-from ..saved import save
-from ..models.attention_layers import attention_layers, layer_kind
 from ..data import SafeImageFolder, eval_transform, resolve_split
 from ..distill import data as D
 from ..distill.checkpoint import load_last_weights, open_run, rng_state, save_checkpoint, set_rng_state, write_metrics
@@ -27,6 +26,9 @@ from ..distill.distributed import Dist
 from ..distill.precision import autocast_dtype
 from ..distill.teacher import ModelSource, build_teacher, load_model, recorded_original, renormalizer
 from ..errors import MixaError, UsageError
+from ..io import write_json
+from ..models.attention_layers import attention_layers, layer_kind
+from ..saved import save
 from .layerwise import TransferStep, check_reference, layer_errors
 from .settings import transfer_settings
 
@@ -83,8 +85,6 @@ def _datasets(data_dir, student: nn.Module, settings: Dict[str, Any], per_proces
 
 def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoint, settings, state, stop_after,
          dist: Dist, progress: bool) -> Dict[str, Any]:
-    from timm.utils import random_seed
-    from tqdm import tqdm
 
     s = settings
     if s["batch_size"] % dist.world:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ..distill.recipes import AMP_MODES
 from ..errors import UsageError
 
 # Chosen for pretrained attention weights as the starting point (the fit is a small correction): AdamW
@@ -29,8 +30,6 @@ DEFAULTS: Dict[str, Any] = {
 
 def transfer_settings(**overrides) -> Dict[str, Any]:
     """DEFAULTS <- overrides that are not None, validated."""
-    from ..distill.recipes import AMP_MODES
-
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise UsageError(f"unknown transfer setting(s): {', '.join(unknown)}")
