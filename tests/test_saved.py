@@ -177,3 +177,37 @@ def test_an_unwritable_output_names_the_users_path_not_a_temporary_file(tmp_path
         assert stat.S_IMODE(make_temp_dir(tmp_path, ".run.").stat().st_mode) == 0o755  # not mkdtemp's 0700
     finally:
         os.umask(old)
+
+
+# Function-level imports hide cycles and scatter a module's dependencies; mixa keeps them for one reason:
+# to defer a heavy dependency that a path must not need. Everything else imports at module level.
+DEFERRED_OK = {"onnx", "onnxruntime", "executorch", "torchao", "matplotlib",  # optional or heavy tooling
+               "importlib"}                                                    # mixa/__init__'s lazy API
+# Modules that must import without torch, so their torch-side imports wait inside functions:
+TORCH_FREE = {
+    "mixa/cli": "the CLI parses and answers --help / usage errors before torch loads",
+    "mixa/quickstart.py": "the CLI reads its defaults while building the parser",
+    "mixa/data/synthetic.py": "the task generator is numpy; the torch Dataset view is optional",
+    "mixa/profile/pte.py": "profiling a .pte needs executorch's runtime, not mixa's torch side",
+    "mixa/export/executorch.py": "executorch (the edge extra) and its torch export stack load on use",
+}
+
+
+def test_function_level_imports_only_defer_heavy_dependencies():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).as_posix()
+        if any(rel == key or rel.startswith(key + "/") for key in TORCH_FREE):
+            continue
+        tree = ast.parse(path.read_text())
+        for func in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
+            for node in ast.walk(func):
+                if isinstance(node, ast.Import):
+                    module = node.names[0].name
+                elif isinstance(node, ast.ImportFrom):
+                    module = "." * node.level + (node.module or "")
+                else:
+                    continue
+                if module.split(".")[0] not in DEFERRED_OK:
+                    offenders.append(f"{rel}:{node.lineno} {module}")
+    assert not offenders, "import at module level instead: " + ", ".join(sorted(set(offenders)))

@@ -77,7 +77,6 @@ def sensitivity_scores(model: nn.Module, layers: List[Tuple[str, nn.Module]], ba
                        set_layer: Callable[[nn.Module, str, nn.Module], nn.Module],
                        progress: bool = True) -> List[float]:
     """KL(original || layer i alone replaced) for every layer i, on the same calibration batches."""
-
     reference = model_logits(model, batches)
     scores = []
     for path, original in tqdm(layers, desc="sensitivity", unit="layer", disable=not progress, leave=False):
@@ -97,8 +96,6 @@ def transfer_scores(model: nn.Module, layers: List[Tuple[str, nn.Module]], batch
     teacher-forced transfer on the
     calibration batches (the last quarter of them held out for the score; all of them when there is one).
     ``model`` is the reference and stays untouched (the replacements are copies, trained aside)."""
-    from tqdm import tqdm
-
     steps = steps or TRANSFER_SELECT_STEPS
     device = next(model.parameters()).device
     replacements = {path: make_replacement(original) for path, original in layers}

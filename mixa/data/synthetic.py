@@ -33,12 +33,18 @@ a torch ``Dataset``) or written once as an ImageFolder (:func:`write_image_folde
 """
 from __future__ import annotations
 
+import argparse
 import os
-from pathlib import Path
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from ..io import atomic_path
 
 IMAGE_SIZE = 32
 OBJECT_SIZE = 6
@@ -266,7 +272,6 @@ class SyntheticShapes(_torch_dataset_base()):
     per 64x64), so iterating costs nothing. ``offset`` shifts the sample indices: a training loop can
     ask for fresh scenes by moving the offset instead of repeating the same ones.
     """
-
     def __init__(self, split: str = "val", length: int = 2000, seed: int = 0, offset: int = 0,
                  image_size: Optional[int] = None, transform: Optional[Callable] = None,
                  task: str = DEFAULT_TASK):
@@ -285,7 +290,6 @@ class SyntheticShapes(_torch_dataset_base()):
 
     def __getitem__(self, index: int):
         if self.transform is not None:
-            from PIL import Image
 
             return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
         return to_tensor(self.images[index]), int(self.labels[index])
@@ -308,16 +312,13 @@ def write_image_folder(root: Union[str, os.PathLike], seed: int = 0,
     small to hold all 8 classes is an error.
     """
     classes = get_task(task).classes
-    from PIL import Image
 
-    from ..io import atomic_path
 
     sizes = {"train": 2000, "val": 1000} if sizes is None else dict(sizes)
     root = Path(root)
     for split, n in sizes.items():
         indices: Sequence[int] = range(int(n))
         if progress:
-            from tqdm import tqdm
 
             indices = tqdm(indices, desc=f"writing {split}", unit="img", leave=False)
         for i in indices:
@@ -340,9 +341,6 @@ def class_names(task: str = DEFAULT_TASK) -> List[str]:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m mixa.data.synthetic``: write a task as an ImageFolder (OUTPUT/train, OUTPUT/val)."""
-    import argparse
-    import sys
-
     p = argparse.ArgumentParser(prog="python -m mixa.data.synthetic",
                                 description="Write a synthetic task as an ImageFolder: OUTPUT/{train,val}/CLASS/*.png")
     p.add_argument("--task", default=DEFAULT_TASK, choices=list_tasks())

@@ -12,6 +12,9 @@ from torch import nn
 
 from ..data import eval_loader
 from ..errors import UsageError
+from .executorch import agreement_pte, export_pte
+from .onnx import DEFAULT_OPSET, export_onnx
+from .quantize import agreement, quantize_onnx
 from .targets import at_resolution, trained_size
 
 FORMATS = (".onnx", ".pte")
@@ -67,10 +70,6 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
         used for calibration.
     int8_weights / keep_fp32: ONNX INT8 policy, see ``mixa.export.quantize``.
     """
-    from .executorch import agreement_pte, export_pte
-    from .onnx import DEFAULT_OPSET, export_onnx
-    from .quantize import agreement, quantize_onnx
-
     output = Path(output)
     fmt = output.suffix
     if fmt not in FORMATS:
