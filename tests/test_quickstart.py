@@ -81,7 +81,7 @@ def test_quickstart_end_to_end_tiny(tmp_path):
 
     out = tmp_path / "qs"
     rc = main(["quickstart", "--output", str(out), "--train-images", "128", "--val-images", "200",
-               "--epochs", "1", "--threads", "1", "--no-progress", "--attn", "stella"])
+               "--epochs", "1", "--threads", "1", "--no-progress", "--attn", "stella", "--calib-images", "32"])
     assert rc == 0
     summary = json.loads((out / "summary.json").read_text())
     for key in ("teacher_top1", "student_top1", "agreement_top1", "teacher_latency_ms", "student_latency_ms",
@@ -102,11 +102,13 @@ def test_quickstart_end_to_end_tiny(tmp_path):
     assert teacher_again["top1"] == pytest.approx(summary["teacher_top1"], abs=1e-6)
     # A second run finds every stage done and rebuilds the same summary.
     assert main(["quickstart", "--output", str(out), "--no-progress", "--threads", "1",
-                 "--train-images", "128", "--val-images", "200", "--epochs", "1", "--attn", "stella"]) == 0
+                 "--train-images", "128", "--val-images", "200", "--epochs", "1", "--attn", "stella",
+                 "--calib-images", "32"]) == 0
     assert json.loads((out / "summary.json").read_text())["student_top1"] == summary["student_top1"]
     # ... but not a run with other settings: its stages would be stale.
     assert main(["quickstart", "--output", str(out), "--no-progress", "--threads", "1",
-                 "--train-images", "128", "--val-images", "200", "--epochs", "1", "--attn", "relu"]) == 2
+                 "--train-images", "128", "--val-images", "200", "--epochs", "1", "--attn", "relu",
+                 "--calib-images", "32"]) == 2
 
 
 def test_quickstart_rejects_bad_input(capsys):

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"synthetic training images of the {TASK!r} task (default {DEFAULT_SIZES['train']})")
     p.add_argument("--val-images", type=int, default=DEFAULT_SIZES["val"], metavar="N",
                    help=f"synthetic validation images (default {DEFAULT_SIZES['val']})")
+    p.add_argument("--calib-images", type=int, default=256, metavar="N",
+                   help="calibration images for sensitivity selection (default 256)")
     p.add_argument("--threads", type=int, metavar="N", help="torch and ONNX Runtime threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=1,
                    help="data and training seed (default 1; the teacher was trained on seed 0)")
@@ -38,9 +40,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--keep must be in [0, 12]")
     if args.epochs is not None and args.epochs < 1:
         raise UsageError("--epochs must be >= 1")
+    if args.calib_images < 1:
+        raise UsageError("--calib-images must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be >= 1")
     quickstart(args.output, attn=args.attn, keep=args.keep, select=args.select,
-               sizes={"train": args.train_images, "val": args.val_images}, seed=args.seed,
+               sizes={"train": args.train_images, "val": args.val_images}, calib_images=args.calib_images,
+               seed=args.seed,
                threads=args.threads, progress=args.progress, epochs=args.epochs)
     return 0
