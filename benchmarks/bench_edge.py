@@ -44,6 +44,8 @@ SUITES = {
     "full": [("DeiT-T/14", "deit_tiny_patch16_224", {"patch_size": 14}, [224], [224], [224]),
              ("deit_small", "deit_small_patch16_224", {}, [224, 384, 512, 1024], [224], [224])],
     "quick": [("DeiT-T/14", "deit_tiny_patch16_224", {"patch_size": 14}, [224], [224], [224])],
+    # deit_small with the reduced variant set (relu, stella, rala default and linear gates)
+    "small": [("deit_small", "deit_small_patch16_224", {}, [224, 384, 512, 1024], [], [224])],
 }
 GATES = ("linear", "lowrank", "identity", "none")
 
@@ -142,7 +144,7 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     env = environment()
     results = {"command": " ".join(sys.argv), "environment": env, "threads": args.threads, "keep": args.keep,
-               "default_gate": default_gate, "runtimes": [r for r in runtimes if r != "executorch" or use_et],
+               "default_gate": default_gate, "suite": args.suite, "runtimes": [r for r in runtimes if r != "executorch" or use_et],
                "rows": [], "op_breakdown": []}
     print(f"CPU: {env['cpu']}; ONNX Runtime {env['versions']['onnxruntime']}, {args.threads} thread(s), batch 1",
           flush=True)
@@ -225,7 +227,7 @@ def main() -> int:
 
 
 def write(out_dir: Path, results: dict) -> None:
-    stem = "_".join(results["runtimes"])
+    stem = "_".join(results["runtimes"]) + ("" if results["suite"] == "full" else f"_{results['suite']}")
     with atomic_path(out_dir / f"{stem}.json") as tmp:
         tmp.write_text(json.dumps(results, indent=1))
     with atomic_path(out_dir / f"{stem}.md") as tmp:

@@ -153,8 +153,12 @@ class _Reader:
         return next(self._items, None)
 
 
-@pytest.mark.parametrize("family", ["vit", "swin"])
-@pytest.mark.parametrize("kind", ["softmax", "relu", "stella", "rala", "rala+relu-quadratic"])
+QUANTIZER_CASES = [("vit", kind) for kind in ("softmax", "relu", "stella", "rala", "rala+relu-quadratic")] + [
+    ("swin", "rala"), ("swin", "stella+relu-quadratic")] + [
+    pytest.param("swin", kind, marks=pytest.mark.slow) for kind in ("softmax", "relu", "stella")]
+
+
+@pytest.mark.parametrize("family,kind", QUANTIZER_CASES)
 def test_exported_graphs_work_with_ort_quantizers_used_directly(tmp_path, family, kind):
     from onnxruntime.quantization import quant_pre_process, quantize_dynamic, quantize_static
 
