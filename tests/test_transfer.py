@@ -177,9 +177,7 @@ def test_distill_with_a_transfer_stage(world, tmp_path):
     # transferred model only by the distillation steps, and the transfer changed the student
     fresh, staged = mixa.load(world / "student").state_dict(), mixa.load(run / "transfer").state_dict()
     assert not torch.equal(fresh["blocks.0.attn.qkv.weight"], staged["blocks.0.attn.qkv.weight"])
-    plain = tmp_path / "plain"
-    distill(world / "student", world / "data", plain, recipe="tiny", epochs=1, progress=False, workers=0)
-    assert not (plain / "transfer").exists()  # transfer_steps 0: today's behaviour
+    # (transfer_steps 0, today's behaviour, writes no RUN/transfer: see test_distill's torchrun listing)
 
 
 # ------------------------------------------------------------------------------------------ --select transfer

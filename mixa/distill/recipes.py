@@ -54,7 +54,7 @@ DEFAULTS: Dict[str, Any] = {
     "eval_batch_size": None,  # null: per-process batch
     "save_every_steps": 500,  # also write RUN/last every N optimiser steps inside an epoch; 0: epoch ends only
     "transfer_steps": 0,      # > 0: first a layer-wise attention transfer of that many steps (RUN/transfer)
-    "transfer_lr": 5.0e-4,    # its peak lr (the other transfer settings: mixa.transfer.settings)
+    "transfer_lr": 2.0e-3,    # its peak lr (the other transfer settings: mixa.transfer.settings)
 }
 
 def _packaged() -> Dict[str, Any]:
