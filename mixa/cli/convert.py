@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                         "sensitivity scores and the agreement report")
     p.add_argument("--calib-images", type=positive_int, default=256, metavar="N",
                    help="calibration images (default 256)")
-    p.add_argument("--batch-size", "-b", type=positive_int, default=32, help="calibration batch size (default 32)")
+    p.add_argument("-b", "--batch-size", type=positive_int, default=32, help="calibration batch size (default 32)")
     p.add_argument("--patch-size", type=positive_int, metavar="P",
                    help="ViT/DeiT: resample the patch embedding to P (MixA uses 14)")
     p.add_argument("--window-size", type=positive_int, metavar="W", help="Swin: resize windows to W (MixA uses 14)")

@@ -9,23 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List
 
-from mixa.cli._common import add_model_source_arguments, model_source_kwargs
+from mixa.cli._common import add_model_source_arguments, int_list, model_source_kwargs
 
 HELP = "measure latency (ONNX Runtime / PyTorch, CPU / CUDA) of models or .onnx files, vs keep and resolution"
 RUNTIMES = ("ort", "torch", "torch-compile")
 FILE_SUFFIXES = (".onnx", ".pte")
-
-
-def _int_list(text: str) -> List[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
-    return values
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,17 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "torch-compile. Files run with their own runtime (.onnx: ONNX Runtime, .pte: ExecuTorch)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: synchronised timing, fp32 and AMP, with --runtime torch/torch-compile")
-    p.add_argument("--threads", type=_int_list, default=[1], help="CPU threads, e.g. 1,2,4 (default 1)")
-    p.add_argument("--batch-size", "-b", type=int, default=None,
+    p.add_argument("--threads", type=int_list, default=[1], help="CPU threads, e.g. 1,2,4 (default 1)")
+    p.add_argument("-b", "--batch-size", type=int, default=None,
                    help="batch size (default 1 on CPU, 256 on CUDA)")
-    p.add_argument("--img-size", type=_int_list, default=None, metavar="PX[,PX...]",
+    p.add_argument("--img-size", type=int_list, default=None, metavar="PX[,PX...]",
                    help="input resolutions, e.g. 224,384,512,1024 (default: the trained size / the file's)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
     p.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default 20)")
     p.add_argument("--compare", metavar="NAME",
                    help="also profile this original (a timm name, model dir or file) first; speed-ups are "
                         "relative to it")
-    p.add_argument("--keep-sweep", type=_int_list, default=None, metavar="K,...",
+    p.add_argument("--keep-sweep", type=int_list, default=None, metavar="K,...",
                    help="convert each model target on the fly keeping softmax in k layers, for each k")
     p.add_argument("--attn", default=None, metavar="KIND",
                    help="linear kind for conversion on the fly (default rala); alone it means --keep-sweep 6")
