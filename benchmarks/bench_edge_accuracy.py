@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
 
-    import numpy as np
+
     import torch
 
     import mixa

@@ -26,8 +26,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import mixa.models  # noqa: E402,F401  (registers ravlt_*)
+import mixa.models  # noqa: E402,F401  (registers ravlt_* with timm)
 import timm  # noqa: E402
+from mixa.profile.timing import round_robin  # noqa: E402
 from tests.reference.ravlt_nchw import PlainRAVLT  # noqa: E402
 
 PAPER = {"ravlt_t": (14.9, 2.4), "ravlt_s": (25.6, 4.6), "ravlt_b": (48.2, 9.9), "ravlt_l": (95.2, 16.0)}
@@ -44,18 +45,19 @@ def cpu_latency(models: dict, iters: int, warmup: int, size: int, batch: int = 1
     time-sharing with other processes does not inflate (the steadiest number on a busy machine).
     """
     x = torch.randn(batch, 3, size, size)
-    wall = {name: [] for name in models}
     cpu = {name: [] for name in models}
+
+    def timed(name, model):  # wall time comes from round_robin; this thread's CPU time is taken beside it
+        def call():
+            start_cpu = time.thread_time()
+            model(x)
+            cpu[name].append((time.thread_time() - start_cpu) * 1e3)
+        return call
+
     with torch.inference_mode():
-        for _ in range(warmup):
-            for model in models.values():
-                model(x)
-        for _ in range(iters):
-            for name, model in models.items():
-                start, start_cpu = time.perf_counter(), time.thread_time()
-                model(x)
-                wall[name].append((time.perf_counter() - start) * 1e3)
-                cpu[name].append((time.thread_time() - start_cpu) * 1e3)
+        seconds = round_robin([timed(n, m) for n, m in models.items()], warmup=warmup, rounds=iters)
+    wall = {name: [t * 1e3 for t in s] for name, s in zip(models, seconds)}
+    cpu = {name: c[-iters:] for name, c in cpu.items()}  # the timed rounds, not the warm-up
     base = next(n for n in models if n.endswith("(plain NCHW)"))
     single = torch.get_num_threads() == 1
     return {name: {"median": statistics.median(t), "best": min(t),

@@ -1,4 +1,4 @@
-"""One optimiser step of distillation (also what tools/bench_distill.py times)."""
+"""One optimiser step of distillation (also what benchmarks/bench_distill.py times)."""
 from __future__ import annotations
 
 import contextlib
