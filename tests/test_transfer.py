@@ -88,7 +88,9 @@ def test_relative_error_and_capture_are_the_reference_layers_own():
 
 def test_held_out_error_falls_and_only_replaced_layers_change(world, tmp_path):
     run = tmp_path / "run"
-    result = transfer(world / "student", world / "data", run, steps=25, save_every_steps=0, **FAST)
+    # lr pinned: the mechanism under test, not the default (2e-3, chosen on the offline task, moves this
+    # tiny random model's small errors less in 25 steps)
+    result = transfer(world / "student", world / "data", run, steps=25, save_every_steps=0, lr=5e-4, **FAST)
     assert result["complete"] and result["step"] == 25 and result["images"] == 200
     before, after = result["first"], result
     for path in result["layers"]:

@@ -57,7 +57,8 @@ def parse_args(argv=None):
     p.add_argument("--lr-sweep", default="5e-4,2e-3,5e-3", help="transfer lrs tried on rala k=0 and k=6 (part lr)")
     p.add_argument("--lr-sweep-steps", type=_ints, default=_ints("25,100"))
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--only", default=None, help="comma-separated parts: control,kd,transfer,transfer_kd,select,lr")
+    p.add_argument("--only", default=None,
+                   help="comma-separated parts: control,kd,transfer,transfer_kd,select,lr,cost")
     p.add_argument("--report-only", action="store_true")
     return p.parse_args(argv)
 
@@ -189,8 +190,41 @@ class Bench:
         return {"top1": self.top1(self.mio.load(run)), "images": steps * self.args.transfer_batch,
                 "holdout_error": last["holdout_error"], "seconds": round(time.perf_counter() - t0, 1)}
 
+    def step_cost(self, student: Path, rounds: int = 15) -> dict:
+        """Seconds per image of one transfer step and of one KD step (same student, teacher and batch of 64),
+        timed round-robin so that both see the same load of a shared machine; medians over rounds."""
+        from statistics import median
+
+        import torch
+
+        from mixa.distill.recipes import load_recipe
+        from mixa.distill.step import DistillStep
+        from mixa.quickstart import RECIPE
+        from mixa.transfer import TransferStep, replaced_layers, transfer_settings
+
+        x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 8, (64,))
+        kd_model, tr_model = self.mio.load(student), self.mio.load(student)
+        kd = DistillStep(kd_model.train(), self.teacher, load_recipe(RECIPE), torch.device("cpu"), 5e-4, 1000, 0)
+        tr = TransferStep(self.teacher, replaced_layers(tr_model), transfer_settings(amp="none"), torch.device("cpu"),
+                          2e-3, 1000, 0)
+        times = {"kd": [], "transfer": []}
+        for _ in range(rounds):
+            for name, fn in (("kd", lambda: kd.forward_backward(x, y)), ("transfer", lambda: tr.forward_backward(x))):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) / 64)
+        kd_s, tr_s = median(times["kd"]), median(times["transfer"])
+        return {"kd_s_per_image": kd_s, "transfer_s_per_image": tr_s, "ratio": tr_s / kd_s, "rounds": rounds}
+
     def run(self, parts):
         a = self.args
+        if "cost" in parts:
+            import platform
+
+            for kind, keep in (("rala", 6), ("rala", 0)):
+                if self.done("cost", f"{kind}_k{keep}") is None:
+                    self.record({**self.step_cost(self.student(kind, keep)), "cpu": _cpu_name(),
+                                 "machine": platform.machine()}, "cost", f"{kind}_k{keep}")
         if "control" in parts:
             control = self.work / "students" / "control"
             if not self.mio.is_model_dir(control):
@@ -247,6 +281,18 @@ class Bench:
                                  self.done(name, "kd", b) else {"top1": self.kd(chosen, b, f"{sname}_kd{b}"),
                                                                "images": b})
                         self.record(value, sname, "kd", b)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -347,6 +393,13 @@ def write_report(out: Path, results) -> bool:
             for lr, by_steps in by_lr.items():
                 for steps, v in sorted(by_steps.items(), key=lambda kv: int(kv[0])):
                     lines.append(f"| {name} | {lr} | {steps} | {v['top1']:.2f} | {v['holdout_error']:.4f} |")
+    if results.get("cost"):
+        lines += ["", "Cost of one step per image (batch 64, 1 thread, interleaved rounds, medians):", "",
+                  "| student | KD step (ms/img) | transfer step (ms/img) | transfer / KD | CPU |",
+                  "|---|---:|---:|---:|---|"]
+        for name, v in results["cost"].items():
+            lines.append(f"| {name} | {1e3 * v['kd_s_per_image']:.3f} | {1e3 * v['transfer_s_per_image']:.3f} | "
+                         f"{v['ratio']:.2f} | {v['cpu']} |")
     verdicts = targets(results)
     lines += ["", "## Targets (issue 11)", ""]
     for text, met in verdicts:
@@ -409,7 +462,7 @@ def main(argv=None) -> int:
     bench = Bench(args)
     if not args.report_only:
         bench.setup()
-        parts = set((args.only or "control,kd,transfer,transfer_kd,select,lr").split(","))
+        parts = set((args.only or "control,kd,transfer,transfer_kd,select,lr,cost").split(","))
         bench.run(parts)
         bench.mio.write_json(bench.path, bench.results)
     return 0 if write_report(bench.out, bench.results) else 1
