@@ -76,3 +76,10 @@ def write_text(path: PathLike, text: str) -> None:
 
 def write_json(path: PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_figure(fig, path: PathLike, dpi: int = 120) -> None:
+    """A matplotlib figure written atomically, in the format its suffix names (.png when it has none)."""
+    suffix = os.path.splitext(str(path))[1].lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=suffix, dpi=dpi)

@@ -7,31 +7,9 @@ import numpy as np
 import pytest
 
 from mixa.data import synthetic as S
+from reference.pixels import components
 
 TEACHER_DIR = Path(__file__).resolve().parents[1] / "mixa" / "assets" / "relations_teacher"
-
-
-def _components(image, rgb, tol=40):
-    """Bounding boxes ``(x0, y0, x1, y1)`` of the 4-connected groups of pixels within ``tol`` of
-    ``rgb``, read from the image alone (objects never touch: the generator keeps a 2 px gap)."""
-    close = (np.abs(image.astype(int) - np.asarray(rgb)[None, None, :]) <= tol).all(-1)
-    seen = np.zeros_like(close)
-    boxes = []
-    for y0, x0 in zip(*np.nonzero(close)):
-        if seen[y0, x0]:
-            continue
-        stack, ys, xs = [(y0, x0)], [], []
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            ys.append(y)
-            xs.append(x)
-            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= ny < close.shape[0] and 0 <= nx < close.shape[1] and close[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        boxes.append((min(xs), min(ys), max(xs), max(ys)))
-    return boxes
 
 
 def test_relations_task_is_registered_and_big_enough():
@@ -60,8 +38,8 @@ def test_relations_labels_from_pixels():
     Shapes differ (a cross's bounding box is its full cell), so centres are bounding-box centres."""
     for i in range(60):
         sample = S.make_sample(0, "val", i, task="relations")
-        red = _components(sample["image"], S.KEY_COLORS["red"])
-        blue = _components(sample["image"], S.KEY_COLORS["blue"])
+        red = components(sample["image"], S.KEY_COLORS["red"])
+        blue = components(sample["image"], S.KEY_COLORS["blue"])
         assert len(red) + len(blue) == S.RELATIONS_KEYS and red and blue, (i, red, blue)
         assert all(x1 - x0 == S.RELATIONS_OBJECT - 1 and y1 - y0 == S.RELATIONS_OBJECT - 1
                    for x0, y0, x1, y1 in red + blue)

@@ -33,7 +33,7 @@ from ..attention import MixAttention, regions_from_window_mask
 from ..attention import functional as AF
 from ..attention.registry import get_attention_kind
 from ..errors import UsageError
-from ..io import atomic_path
+from ..io import save_figure
 from ..models.ravlt import RAVLTAttention
 from ..report import table
 
@@ -290,6 +290,5 @@ def plot_ranks(result: dict, path) -> None:
     ax.set_ylabel(f"rank (rtol {result['rtol']:g})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png", dpi=150)
+    save_figure(fig, path, dpi=150)
     plt.close(fig)

@@ -6,7 +6,7 @@ import os
 from typing import Optional
 
 from ..errors import MixaError
-from ..io import atomic_path
+from ..io import save_figure
 from .rows import Plan, PlanRow
 
 MARKERS = "osD^v<>px*h"
@@ -48,7 +48,5 @@ def plot(path: os.PathLike | str, plan: Plan, best: Optional[PlanRow] = None) ->
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    suffix = os.path.splitext(str(path))[1] or ".png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix.lstrip("."), dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

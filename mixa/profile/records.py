@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import MixaError
-from ..io import atomic_path
+from ..io import atomic_path, save_figure
 from ..io import write_json as write_json_file
 from ..report import table
 
@@ -139,7 +139,5 @@ def plot(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    suffix = os.path.splitext(str(path))[1] or ".png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix.lstrip("."), dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
