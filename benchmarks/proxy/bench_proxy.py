@@ -107,6 +107,7 @@ def main(argv=None):
 
     if args.report_only:
         remeasure_latency(results, work, args.threads, args.latency_rounds, args.latency_repeat)
+        op_breakdown(results, work, args.threads)
         write_json(results_path, results)
         write_report(out, results)
         return
@@ -192,6 +193,7 @@ def main(argv=None):
         print(json.dumps({k: v for k, v in record.items() if k != "curve"}), flush=True)
 
     remeasure_latency(results, work, args.threads, args.latency_rounds, args.latency_repeat)
+    op_breakdown(results, work, args.threads)
     write_json(results_path, results)
     write_report(out, results)
 
@@ -224,6 +226,42 @@ def remeasure_latency(results, work: Path, threads: int, rounds: int, repeat: in
             r["latency_ms"] = latency[source]
     results["latency_method"] = (f"ONNX Runtime, {threads} thread(s), batch 1, {cpu}; {rounds} round-robin rounds "
                                  f"of {repeat} runs per model, median of the per-round medians")
+
+
+def op_breakdown(results, work: Path, threads: int, runs: int = 30) -> None:
+    """Where ORT spends its time in the teacher and the keep-6 / k = 0 students: kernel microseconds per
+    run summed by operator type (ORT's own profiler), to explain latency that does not follow MACs."""
+    import collections
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    names = ["teacher"] + [r["name"] for r in results["records"]
+                           if not r.get("same_as") and r["select"] in ("sensitivity", None) and r["keep"] in (0, 6)
+                           and r["name"] != "control"]
+    table = {}
+    for name in names:
+        path = work / "onnx" / f"{name}.onnx"
+        if not path.is_file():
+            continue
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(
+            [1] + list(session.get_inputs()[0].shape[1:])).astype(np.float32)}
+        for _ in range(runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        time_us, count = collections.Counter(), collections.Counter()
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                time_us[e["args"]["op_name"]] += e["dur"] / runs
+                count[e["args"]["op_name"]] += 1 / runs
+        table[name] = {op: {"us": round(t), "nodes": round(count[op])} for op, t in time_us.most_common()}
+    results["op_profile"] = {"runs": runs, "threads": threads, "ops": table}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -306,6 +344,18 @@ def write_report(out: Path, results) -> None:
     lines += ["", "## Targets (issue 10)", "", "| target | measured | met |", "|---|---|---|"]
     for row in targets(results):
         lines.append(f"| {row['target']} | {row['measured']} | {'yes' if row['met'] else 'NO'} |")
+    prof = results.get("op_profile")
+    if prof and prof["ops"]:
+        ops = [op for op, _ in sorted(((op, sum(m.get(op, {}).get("us", 0) for m in prof["ops"].values()))
+                                        for op in {o for m in prof["ops"].values() for o in m}),
+                                       key=lambda item: -item[1])][:10]
+        lines += ["", f"## Where ORT spends the time (kernel us per image by operator type, {prof['runs']} runs, "
+                      f"{prof['threads']} thread; nodes in brackets)", "",
+                  "| model | total | " + " | ".join(ops) + " |", "|---|---:|" + "---:|" * len(ops)]
+        for name, m in prof["ops"].items():
+            total = sum(v["us"] for v in m.values())
+            cells = [f"{m[op]['us']} ({m[op]['nodes']})" if op in m else "—" for op in ops]
+            lines.append(f"| {name} | {total} | " + " | ".join(cells) + " |")
     lines += ["", "Curves (val top-1 and agreement after every epoch) are in results.json (`curve`); "
               "plot: proxy.png.", ""]
     analysis = out / "ANALYSIS.md"
