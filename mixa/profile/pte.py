@@ -17,6 +17,7 @@ def profile_pte(path: os.PathLike | str, *, threads: Optional[int], batch: int =
 
     from ..export.executorch import input_shape, load_pte, set_threads
 
+    set_threads(threads)  # before loading: the XNNPACK delegate takes the pool when it is initialised
     method = load_pte(path)
     shape = input_shape(method)
     if shape[0] != batch:
@@ -24,7 +25,6 @@ def profile_pte(path: os.PathLike | str, *, threads: Optional[int], batch: int =
     if resolution is not None and tuple(shape[2:]) != (resolution, resolution):
         raise UsageError(f"wrong input size: this .pte file takes {shape[2]}x{shape[3]} images, not "
                          f"{resolution}x{resolution} (re-export with mixa export --img-size {resolution})")
-    set_threads(threads)
     x = [torch.randn(*shape)]
     seconds = time_call(lambda: method.execute(x), warmup=warmup, repeat=repeat, progress=progress)
     return make_record(target=label or Path(path).name, runtime="executorch", device="cpu", threads=threads,
