@@ -186,9 +186,10 @@ class Bench:
     def transfer_point(self, student: Path, steps: int, name: str, lr=None) -> dict:
         t0 = time.perf_counter()
         run = self.transfer(student, steps, name, lr)
-        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         return {"top1": self.top1(self.mio.load(run)), "images": steps * self.args.transfer_batch,
-                "holdout_error": last["holdout_error"], "seconds": round(time.perf_counter() - t0, 1)}
+                "holdout_error_before": rows[0]["holdout_error"], "holdout_error": rows[-1]["holdout_error"],
+                "seconds": round(time.perf_counter() - t0, 1)}
 
     def step_cost(self, student: Path, rounds: int = 15) -> dict:
         """Seconds per image of one transfer step and of one KD step (same student, teacher and batch of 64),
@@ -315,13 +316,15 @@ def targets(results):
         if before is None:
             continue
         lost = teacher - before
-        best_t = max((v["top1"] for v in r.get("transfer", {}).values()), default=None)
-        if best_t is not None:
-            recovered = (best_t - before) / lost if lost > 0 else None
+        longest = max(r.get("transfer", {}), key=int, default=None)  # a fixed length, not the best on val
+        if longest is not None:
+            after = r["transfer"][longest]["top1"]
+            recovered = (after - before) / lost if lost > 0 else None
             met = recovered is not None and recovered >= 0.5
-            lines.append((f"{kind} k={keep}: transfer alone recovers {best_t - before:+.2f} of the {lost:.2f} points "
-                          f"lost at conversion ({'n/a' if recovered is None else f'{100 * recovered:.0f}%'}; "
-                          f"target >= 50%)", met if lost > 0 else None))
+            lines.append((f"{kind} k={keep}: transfer alone ({longest} steps) recovers {after - before:+.2f} of the "
+                          f"{lost:.2f} points lost at conversion "
+                          f"({'n/a' if recovered is None else f'{100 * recovered:.0f}%'}; target >= 50%)",
+                          met if lost > 0 else None))
         if control_top1 is not None and r.get("kd") and r.get("transfer_kd"):
             level = control_top1 - 1.0
             kd_n = images_to_reach([(v["images"], v["top1"]) for v in r["kd"].values()], level)
@@ -383,7 +386,9 @@ def write_report(out: Path, results) -> bool:
     for kind, keep in STUDENTS:
         r = results.get(f"{kind}_k{keep}")
         if r and r.get("transfer"):
-            lines.append(f"| {kind} k={keep} | {r['before']['top1']:.2f} | " + " | ".join(
+            err0 = next(iter(r["transfer"].values())).get("holdout_error_before")
+            lines.append(f"| {kind} k={keep} | {r['before']['top1']:.2f}"
+                         + (f" (err {err0:.3f})" if err0 is not None else "") + " | " + " | ".join(
                 f"{r['transfer'][str(st)]['top1']:.2f} (err {r['transfer'][str(st)]['holdout_error']:.3f})"
                 if str(st) in r["transfer"] else "" for st in s.get("transfer_steps", [])) + " |")
     if results.get("lr_sweep"):
@@ -393,6 +398,32 @@ def write_report(out: Path, results) -> bool:
             for lr, by_steps in by_lr.items():
                 for steps, v in sorted(by_steps.items(), key=lambda kv: int(kv[0])):
                     lines.append(f"| {name} | {lr} | {steps} | {v['top1']:.2f} | {v['holdout_error']:.4f} |")
+    old_select = results.get("select_by_layer_error")
+    if old_select:
+        lines += ["", f"Superseded --select transfer (ranked by each trained layer's own relative error; "
+                      f"{old_select.get('note', '')}):", "",
+                  "| student | kept | top-1 before KD | " + " | ".join(f"KD {b}" for b in
+                                                                     sorted({int(b) for k, v in old_select.items()
+                                                                             if isinstance(v, dict)
+                                                                             for b in v.get("kd", {})})) + " |",
+                  "|---|---|---:|---:|---:|"]
+        for kind, v in old_select.items():
+            if isinstance(v, dict):
+                lines.append(f"| {kind} k=6 | {v['before']['kept']} | {v['before']['top1']:.2f} | " +
+                             " | ".join(f"{x['top1']:.2f}" for _, x in sorted(v["kd"].items(),
+                                                                                key=lambda kv: int(kv[0]))) + " |")
+    if any(f"{kind}_k6_select_transfer" in results for kind in ("rala", "relu", "stella")):
+        lines += ["", "--select transfer (sensitivity after transfer) vs sensitivity, after KD:", "",
+                  "| student | kept (transfer) | kept (sensitivity) | top-1 before KD (transfer / sens.) | " +
+                  " | ".join(f"KD {b} (transfer / sens.)" for b in s.get("select_budgets", [])) + " |",
+                  "|---|---|---|---:|" + "---:|" * len(s.get("select_budgets", []))]
+        for kind in ("rala", "relu", "stella"):
+            t, ref = results.get(f"{kind}_k6_select_transfer"), results.get(f"{kind}_k6")
+            if t and ref:
+                lines.append(f"| {kind} k=6 | {t['before']['kept']} | {ref['before']['kept']} | "
+                             f"{t['before']['top1']:.2f} / {ref['before']['top1']:.2f} | " + " | ".join(
+                                 f"{t['kd'][str(b)]['top1']:.2f} / {ref['kd'][str(b)]['top1']:.2f}"
+                                 if str(b) in t.get("kd", {}) else "" for b in s.get("select_budgets", [])) + " |")
     if results.get("cost"):
         lines += ["", "Cost of one step per image (batch 64, 1 thread, interleaved rounds, medians):", "",
                   "| student | KD step (ms/img) | transfer step (ms/img) | transfer / KD | CPU |",
@@ -449,8 +480,9 @@ def plot(path: Path, results) -> None:
             ax.axhline(ctl - 1.0, color="grey", lw=0.8, ls=":", label="control - 1")
         ax.axhline(results["teacher"]["top1"], color="black", lw=0.8, label="teacher")
         ax.set_xscale("symlog", linthresh=250)
+        ax.set_xlim(left=0)
         ax.set_title(f"{kind}, k = {keep}")
-        ax.set_xlabel("images processed")
+        ax.set_xlabel("images processed (one run per point)")
     axes[0].set_ylabel("val top-1 (%)")
     axes[0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
