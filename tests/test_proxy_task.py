@@ -129,6 +129,6 @@ def test_replacing_attention_costs_points_before_kd():
     uniform = top1(mixa.convert(teacher, keep=6, attn="rala", select="uniform", progress=False))
     assert base - uniform >= 15.0, (base, uniform)
     calib = S.SyntheticShapes("calib", 32, seed=7, task="relations").tensors()[0]
-    chosen = mixa.convert(teacher, keep=6, attn="rala", select="sensitivity", calib=[calib], calib_batches=None,
+    chosen = mixa.convert(teacher, keep=6, attn="rala", select="sensitivity", calib=[calib], calib_images=None,
                           progress=False)
     assert top1(chosen) > uniform + 10.0
