@@ -1,23 +1,28 @@
-"""Edge latency benchmark: a converted model (softmax kept in --keep layers, each linear kind) vs the
-original, ONNX Runtime on CPU, side by side in one process, per resolution; and INT8 on top.
+"""Edge latency benchmark: keep-k converted models (every kind, every RALA gate) vs the original, fp32 and
+INT8, ONNX Runtime and ExecuTorch/XNNPACK, CPU, batch 1, side by side in one process.
 
-    python benchmarks/bench_edge.py                                   # deit_s, keep 6, 224/384/512/1024
-    python benchmarks/bench_edge.py --res 224 --int8 --repeat 30      # + INT8 of each kind (--int8-mode)
+    python benchmarks/bench_edge.py --runtimes ort --op-breakdown --output benchmarks/edge   # ort.md
+    python benchmarks/bench_edge.py --runtimes executorch --output benchmarks/edge          # executorch.md
+    python benchmarks/bench_edge.py --suite quick --output /tmp/edge    # DeiT-T/14 @224 only
 
-Variants at one resolution are timed round-robin (one call each per round) so that load from other
-processes hits them alike. ``MAC ratio`` = MACs(original) / MACs(variant): the speed-up the MAC count
-promises; ``speed-up`` = median latency(original) / median latency(variant), measured.
-Random-init weights are used unless --pretrained (latency does not depend on the values); the INT8
-top-1 agreement printed here is on random inputs and random weights -- a smoke check, not the accuracy
-measurement, which needs real weights and images (mixa export --int8 --calib-data DIR).
+For each (model, resolution) every file is timed round-robin -- one call of each per round
+(``mixa.profile.timing.round_robin``) -- so that load from other processes hits them alike. Reported per
+variant: ``MAC ratio`` = MACs(original) / MACs(variant), the speed-up the MAC count promises, and
+``speed-up`` = median latency of the original *in the same runtime and precision* / the variant's, measured.
+A target line is ``ok`` when speed-up >= MAC ratio. Random-init weights: latency does not depend on values.
+INT8 here: ORT dynamic (no data) and static (calibrated on random inputs: right for speed, not for
+accuracy -- accuracy is benchmarks/bench_edge_int8.py's), and ExecuTorch PT2E (XNNPACK quantizer).
+``--op-breakdown`` adds ONNX Runtime's per-op profile (time share by op type) of the original vs keep-k.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -25,91 +30,249 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mixa  # noqa: E402
-from mixa.attention import list_attention_kinds  # noqa: E402
-from mixa.export import agreement, export_onnx, quantize_onnx  # noqa: E402
+from mixa.export import export_onnx, quantize_onnx  # noqa: E402
 from mixa.export.targets import at_resolution  # noqa: E402
+from mixa.io import atomic_path  # noqa: E402
 from mixa.macs import count_macs  # noqa: E402
 from mixa.models import create_model  # noqa: E402
 from mixa.profile.ort import input_for, session  # noqa: E402
+from mixa.profile.records import environment  # noqa: E402
+from mixa.profile.timing import round_robin  # noqa: E402
+
+# (label, timm name, timm kwargs, resolutions, full variant set at these resolutions, INT8/ExecuTorch there)
+SUITES = {
+    "full": [("DeiT-T/14", "deit_tiny_patch16_224", {"patch_size": 14}, [224], [224], [224]),
+             ("deit_small", "deit_small_patch16_224", {}, [224, 384, 512, 1024], [224], [224])],
+    "quick": [("DeiT-T/14", "deit_tiny_patch16_224", {"patch_size": 14}, [224], [224], [224])],
+    # deit_small with the reduced variant set (relu, stella, rala default and linear gates)
+    "small": [("deit_small", "deit_small_patch16_224", {}, [224, 384, 512, 1024], [], [224])],
+}
+GATES = ("linear", "lowrank", "identity", "none")
 
 
-def round_robin(sessions, feeds, rounds: int, budget: float):
-    """Median seconds per call of each session, timed one call each per round."""
-    for s, f in zip(sessions, feeds):
-        s.run(None, f)
-    times = [[] for _ in sessions]
-    start = time.perf_counter()
-    for r in range(rounds):
-        for i, (s, f) in enumerate(zip(sessions, feeds)):
-            t0 = time.perf_counter()
-            s.run(None, f)
-            times[i].append(time.perf_counter() - t0)
-        if r >= 2 and time.perf_counter() - start > budget:
-            break
-    return [statistics.median(t) for t in times], len(times[0])
+def variants(original, keep: int, full: bool, default_gate: str):
+    """(label, model) pairs: the original, then keep-k of every kind (every RALA gate and LePE choice, and
+    relu-quadratic kept layers, when ``full``)."""
+    out = [("original", original)]
+    conv = lambda attn, **kw: mixa.convert(original, keep=keep, attn=attn, select="uniform", progress=False, **kw)
+    out += [(f"keep{keep} relu", conv("relu")), (f"keep{keep} stella", conv("stella"))]
+    gates = GATES if full else (default_gate, "linear")
+    for gate in dict.fromkeys(gates):
+        out.append((f"keep{keep} rala gate={gate}", conv("rala", attn_options={"gate": gate})))
+    if full:
+        out.append((f"keep{keep} rala gate={default_gate} lepe3",
+                    conv("rala", attn_options={"gate": default_gate, "lepe_kernel": 3})))
+        out.append((f"keep{keep} rala gate={default_gate} no-lepe",
+                    conv("rala", attn_options={"gate": default_gate, "lepe": False})))
+        out.append((f"keep{keep} stella +relu-quadratic kept", conv("stella", keep_kind="relu-quadratic")))
+    return out
+
+
+class OrtRunner:
+    def __init__(self, path, threads, res):
+        self.sess = session(path, threads)
+        self.feed = input_for(self.sess, 1, res)[0]
+
+    def __call__(self):
+        self.sess.run(None, self.feed)
+
+
+class PteRunner:
+    def __init__(self, path, res):
+        import torch
+
+        from mixa.export.executorch import load_pte
+
+        self.method = load_pte(path)
+        self.x = [torch.randn(1, 3, res, res)]
+
+    def __call__(self):
+        self.method.execute(self.x)
+
+
+def op_breakdown(path, threads, res, runs=10):
+    """{op type: share of node time} from ONNX Runtime's profiler over ``runs`` calls."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with tempfile.TemporaryDirectory() as work:
+        options.profile_file_prefix = str(Path(work) / "prof")
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feed = input_for(sess, 1, res)[0]
+        for _ in range(runs):
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    totals = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            totals[op] = totals.get(op, 0) + e["dur"]
+    whole = sum(totals.values())
+    return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}, whole / runs / 1e3
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="deit_s")
+    p.add_argument("--suite", choices=sorted(SUITES), default="full")
     p.add_argument("--keep", type=int, default=6)
-    p.add_argument("--attn", default=",".join(list_attention_kinds(linear_only=True)))
-    p.add_argument("--res", default="224,384,512,1024")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeat", type=int, default=20, help="rounds per resolution (default 20)")
-    p.add_argument("--budget", type=float, default=60.0, help="seconds per resolution before stopping early")
-    p.add_argument("--int8", action="store_true", help="add INT8 variants at the first resolution")
-    p.add_argument("--int8-mode", choices=("dynamic", "static"), default="dynamic",
-                   help="static calibrates on 8 random inputs here: fine for speed, not for accuracy")
-    p.add_argument("--int8-weights", choices=("u8", "s8"), default="u8",
-                   help="u8: exact everywhere; s8: faster with VNNI, saturates on x86 without VNNI")
-    p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--rounds", type=int, default=30, help="round-robin rounds per (model, resolution)")
+    p.add_argument("--budget", type=float, default=420.0, help="seconds per (model, resolution) before stopping")
+    p.add_argument("--default-gate", default=None, help="RALA gate used where only one is timed "
+                                                        "(default: the registry's)")
+    p.add_argument("--no-int8", action="store_true")
+    p.add_argument("--runtimes", default="ort,executorch",
+                   help="ort, executorch or both; ExecuTorch files are made at the INT8 resolutions only, "
+                        "for the reduced variant set (its lowering takes minutes per model)")
+    p.add_argument("--op-breakdown", action="store_true")
+    p.add_argument("--res", default=None, metavar="PX,...", help="only these resolutions of the suite")
+    p.add_argument("--only", default=None, metavar="LABEL,...",
+                   help="time only these variants (labels as printed, e.g. 'original,keep6 relu')")
+    p.add_argument("--tag", default=None, help="suffix of the result files")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: the thread's CPU time (robust to load from other jobs; 1 thread only)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="writes <runtimes>.json and <runtimes>.md there (e.g. ort.json, ort.md)")
     args = p.parse_args()
+    warnings.simplefilter("ignore")
 
-    kinds = args.attn.split(",")
-    original = create_model(args.model, pretrained=args.pretrained)
-    variants = [("original", original)] + [
-        (f"keep={args.keep} {k}", mixa.convert(original, keep=args.keep, attn=k, progress=False)) for k in kinds]
-    resolutions = [int(r) for r in args.res.split(",")]
-    print(f"{args.model}, ONNX Runtime CPU, {args.threads} thread(s), batch 1")
-    header = f"{'res':>5} {'variant':<22} {'GMACs':>8} {'median ms':>10} {'MAC ratio':>10} {'speed-up':>9} {'>= MAC':>7}"
+    from mixa.attention import get_attention_kind
+    from mixa.export.executorch import executorch_available
+
+    default_gate = args.default_gate or get_attention_kind("rala").module_defaults["gate"]
+    runtimes = args.runtimes.split(",")
+    use_et = "executorch" in runtimes and executorch_available()
+    use_ort = "ort" in runtimes
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    results = {"command": " ".join(sys.argv), "environment": env, "threads": args.threads, "keep": args.keep,
+               "default_gate": default_gate, "suite": args.suite, "tag": args.tag, "clock": args.clock, "runtimes": [r for r in runtimes if r != "executorch" or use_et],
+               "rows": [], "op_breakdown": []}
+    print(f"CPU: {env['cpu']}; ONNX Runtime {env['versions']['onnxruntime']}, {args.threads} thread(s), batch 1",
+          flush=True)
+    if use_et:  # before any program is loaded: the XNNPACK delegate takes the pool when it is initialised
+        from mixa.export.executorch import set_threads
+
+        set_threads(args.threads)
+    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as work:
-        for ri, res in enumerate(resolutions):
-            rows, sessions, feeds = [], [], []
-            files = {}
-            for vi, (label, model) in enumerate(variants):
-                sized = at_resolution(model, res)
-                path = Path(work) / f"{vi}_{res}.onnx"
-                export_onnx(sized, path, (3, res, res))
-                files[label] = path
-                rows.append([label, count_macs(sized, (3, res, res))])
-            if args.int8 and ri == 0:
-                macs = {row[0]: row[1] for row in rows}
-                for label in [v[0] for v in variants]:
-                    int8 = Path(work) / f"{label.replace(' ', '_').replace('=', '')}_{res}.int8.onnx"
-                    rng = np.random.default_rng(0)
-                    calib = [rng.standard_normal((1, 3, res, res), dtype=np.float32) for _ in range(8)]
-                    quantize_onnx(files[label], int8, mode=args.int8_mode, calib_batches=calib,
-                                  weights=args.int8_weights)
-                    same, total = agreement(files[label], int8,
-                                            [rng.standard_normal((1, 3, res, res), dtype=np.float32)
-                                             for _ in range(32)])
-                    files[f"{label} int8"] = int8
-                    rows.append([f"{label} int8", macs[label], f"{same}/{total}"])
-            for label in [r[0] for r in rows]:
-                sess = session(files[label], args.threads)
-                sessions.append(sess)
-                feeds.append(input_for(sess, 1, res)[0])
-            medians, rounds = round_robin(sessions, feeds, args.repeat, args.budget)
-            print(f"\n{header}  ({rounds} rounds)")
-            base_ms, base_macs = medians[0], rows[0][1]
-            for row, ms in zip(rows, medians):
-                mac_ratio = base_macs / row[1]
-                speed = base_ms / ms
-                extra = f"  top-1 agreement vs fp32 (random inputs): {row[2]}" if len(row) > 2 else ""
-                print(f"{res:>5} {row[0]:<22} {row[1] / 1e9:>8.3f} {ms * 1e3:>10.2f} {mac_ratio:>9.3f}x "
-                      f"{speed:>8.3f}x {'yes' if speed >= mac_ratio else 'no':>7}{extra}", flush=True)
+        for label, name, kwargs, resolutions, full_at, int8_at in SUITES[args.suite]:
+            original = create_model(name, pretrained=False, **kwargs).eval()
+            for res in resolutions:
+                if (not use_ort and res not in int8_at) or (args.res and str(res) not in args.res.split(",")):
+                    continue
+                full = res in full_at and use_ort
+                runners, rows = [], []
+                for vi, (vlabel, model) in enumerate(variants(original, args.keep, full, default_gate)):
+                    if args.only and vlabel not in args.only.split(","):
+                        continue
+                    sized = at_resolution(model, res)
+                    macs = count_macs(sized, (3, res, res))
+                    fp32 = Path(work) / f"{vi}_{res}.onnx"
+                    files = []
+                    if use_ort:
+                        export_onnx(sized, fp32, (3, res, res))
+                        files.append(("ort", "fp32", fp32))
+                    if use_ort and res in int8_at and not args.no_int8:
+                        calib = [rng.standard_normal((1, 3, res, res), dtype=np.float32) for _ in range(4)]
+                        for mode in ("dynamic", "static"):
+                            q = Path(work) / f"{vi}_{res}.{mode}.onnx"
+                            quantize_onnx(fp32, q, mode=mode, calib_batches=calib)
+                            files.append(("ort", f"int8-{mode}", q))
+                    if res in int8_at and use_et:
+                        from mixa.export.executorch import export_pte
+
+                        pte = Path(work) / f"{vi}_{res}.pte"
+                        export_pte(sized, pte, (3, res, res))
+                        files.append(("executorch", "fp32", pte))
+                        if not args.no_int8:
+                            qpte = Path(work) / f"{vi}_{res}.int8.pte"
+                            calib = [rng.standard_normal((4, 3, res, res), dtype=np.float32)]
+                            export_pte(sized, qpte, (3, res, res), int8=True, calib_batches=calib)
+                            files.append(("executorch", "int8", qpte))
+                    for runtime, precision, path in files:
+                        runners.append(OrtRunner(path, args.threads, res) if runtime == "ort"
+                                       else PteRunner(path, res))
+                        rows.append({"model": label, "res": res, "variant": vlabel, "runtime": runtime,
+                                     "precision": precision, "macs": macs})
+                    print(f"  exported {label} @{res} {vlabel} ({len(files)} files)", file=sys.stderr, flush=True)
+                start = time.time()
+                times = round_robin(runners, warmup=2, rounds=args.rounds, budget=args.budget, clock=args.clock)
+                print(f"\n{label} @{res}: {len(times[0])} rounds in {time.time() - start:.0f} s", flush=True)
+                base = {}
+                for row, t in zip(rows, times):
+                    row["median_ms"] = statistics.median(t) * 1e3
+                    row["min_ms"] = min(t) * 1e3  # the least disturbed call: robust to load from other jobs
+                    row["rounds"] = len(t)
+                    key = (row["runtime"], row["precision"])
+                    if row["variant"] == "original":
+                        base[key] = row
+                for row in rows:
+                    ref = base[(row["runtime"], row["precision"])]
+                    row["mac_ratio"] = ref["macs"] / row["macs"]
+                    row["speedup"] = ref["median_ms"] / row["median_ms"]
+                    row["speedup_min"] = ref["min_ms"] / row["min_ms"]
+                    fp32_ref = base[(row["runtime"], "fp32")]
+                    row["speedup_vs_fp32_original"] = fp32_ref["median_ms"] / row["median_ms"]
+                    row["meets_mac_ratio"] = row["speedup"] >= row["mac_ratio"]
+                    print(f"  {row['runtime']:<10} {row['precision']:<12} {row['variant']:<38} "
+                          f"{row['macs'] / 1e9:7.3f} GMACs {row['median_ms']:9.2f} ms  MAC ratio "
+                          f"{row['mac_ratio']:.3f}x  speed-up {row['speedup']:.3f}x (min {row['speedup_min']:.3f}x)  "
+                          f"{'ok' if row['meets_mac_ratio'] else 'below'}", flush=True)
+                results["rows"].extend(rows)
+                write(out_dir, results)
+                if args.op_breakdown and res == 224 and use_ort:
+                    for vi in (0, 1):  # the original and keep-k relu: where the time goes
+                        shares, ms = op_breakdown(Path(work) / f"{vi}_{res}.onnx", args.threads, res)
+                        results["op_breakdown"].append({"model": label, "res": res,
+                                                        "variant": ["original", f"keep{args.keep} relu"][vi],
+                                                        "node_ms": ms, "shares": shares})
+                    write(out_dir, results)
+    write(out_dir, results)
     return 0
+
+
+def write(out_dir: Path, results: dict) -> None:
+    stem = "_".join(results["runtimes"]) + ("" if results["suite"] == "full" else f"_{results['suite']}") \
+        + (f"_{results['tag']}" if results.get("tag") else "")
+    with atomic_path(out_dir / f"{stem}.json") as tmp:
+        tmp.write_text(json.dumps(results, indent=1))
+    with atomic_path(out_dir / f"{stem}.md") as tmp:
+        tmp.write_text(markdown(results))
+
+
+def markdown(results: dict) -> str:
+    env = results["environment"]
+    lines = [f"# Edge latency: keep-{results['keep']} vs original", "",
+             f"Command: `{results['command']}`", "",
+             f"CPU: **{env['cpu']}** ({env['cpu_count']} logical CPUs, shared with other jobs), "
+             f"{results['threads']} thread(s), batch 1, random-init weights; "
+             + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".", "",
+             f"Clock: {results.get('clock', 'wall')} time per call. Speed-up = median latency of the original in the same runtime and precision / the variant's, "
+             "all files of one (model, resolution) timed round-robin in one process. MAC ratio = "
+             "MACs(original) / MACs(variant). `ok`: speed-up >= MAC ratio.", ""]
+    groups = {}
+    for row in results["rows"]:
+        groups.setdefault((row["model"], row["res"]), []).append(row)
+    for (model, res), rows in groups.items():
+        lines += [f"## {model} @ {res} px ({rows[0]['rounds']} rounds)", "",
+                  "| runtime | precision | variant | GMACs | median ms | MAC ratio | speed-up | speed-up of min | vs fp32 original | >= MAC |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            by_min = f"{r['speedup_min']:.3f}x" if "speedup_min" in r else "-"
+            lines.append(f"| {r['runtime']} | {r['precision']} | {r['variant']} | {r['macs'] / 1e9:.3f} | "
+                         f"{r['median_ms']:.2f} | {r['mac_ratio']:.3f}x | {r['speedup']:.3f}x | {by_min} | "
+                         f"{r['speedup_vs_fp32_original']:.3f}x | {'ok' if r['meets_mac_ratio'] else 'below'} |")
+        lines.append("")
+    for b in results["op_breakdown"]:
+        top = ", ".join(f"{op} {share * 100:.1f}%" for op, share in list(b["shares"].items())[:8])
+        lines.append(f"- ORT per-op time, {b['model']} @{b['res']} {b['variant']} ({b['node_ms']:.1f} ms of "
+                     f"node time per call): {top}")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mixa.attention import MixAttention, functional as AF, get_attention_kind, list_attention_kinds
+from mixa.attention import MixAttention, functional as AF, get_attention_kind, list_attention_kinds, list_keep_kinds
 from mixa.attention.modules import regions_from_window_mask
 
 torch.manual_seed(0)
@@ -54,10 +54,18 @@ def ref_rala(q, k, v, eps=1e-6, rope=None):
     return numerator / denominator
 
 
-REFERENCES = {"softmax": ref_softmax, "relu": ref_relu, "stella": ref_stella, "rala": ref_rala}
+def ref_relu_quadratic(q, k, v):
+    """ATTENTION.md section 1: O = (ReLU(Q) ReLU(K)^T / (N sqrt(d))) V, entry by entry."""
+    n, d = q.shape[-2], q.shape[-1]
+    a = torch.einsum("bhid,bhjd->bhij", F.relu(q), F.relu(k)) / (n * math.sqrt(d))
+    return torch.einsum("bhij,bhjd->bhid", a, v)
 
 
-@pytest.mark.parametrize("kind", ["softmax", "relu", "stella", "rala"])
+REFERENCES = {"softmax": ref_softmax, "relu": ref_relu, "stella": ref_stella, "rala": ref_rala,
+              "relu-quadratic": ref_relu_quadratic}
+
+
+@pytest.mark.parametrize("kind", ["softmax", "relu", "stella", "rala", "relu-quadratic"])
 def test_core_matches_quadratic_formula(kind):
     q, k, v = qkv()
     out = get_attention_kind(kind).core(q, k, v)
@@ -146,8 +154,9 @@ def test_low_precision_stable_at_16k_tokens(kind, dtype, scale):
 
 
 def test_registry_lists_kinds_and_costs():
-    assert list_attention_kinds() == ["softmax", "relu", "stella", "rala"]
+    assert list_attention_kinds() == ["softmax", "relu-quadratic", "relu", "stella", "rala"]
     assert list_attention_kinds(linear_only=True) == ["relu", "stella", "rala"]
+    assert list_keep_kinds() == ["softmax", "relu-quadratic"]
     assert get_attention_kind("softmax").core_macs(2, 10, 4) == 2 * 2 * 10 * 10 * 4
     with pytest.raises(ValueError, match="unknown attention kind"):
         get_attention_kind("performer")
@@ -225,3 +234,75 @@ def test_module_accepts_timm_keywords_and_rejects_causal():
     torch.testing.assert_close(out[1, :3], module(x[1:, :3])[0])
     with pytest.raises(ValueError, match="is_causal"):
         module(x, is_causal=True)
+
+
+def test_relu_quadratic_pair_mask_restricts_and_renormalises():
+    """With a pair mask, each query's N is its count of participating keys: a query that sees a subset of
+    keys gets the formula over that subset alone."""
+    q, k, v = qkv(b=1, h=2, n=12)
+    keep = torch.zeros(12, 12, dtype=torch.bool)
+    keep[:5, :5] = keep[5:, 5:] = True
+    out = AF.relu_quadratic_attention(q, k, v, attn_mask=keep)
+    torch.testing.assert_close(out[:, :, :5], ref_relu_quadratic(q[:, :, :5], k[:, :, :5], v[:, :, :5]))
+    torch.testing.assert_close(out[:, :, 5:], ref_relu_quadratic(q[:, :, 5:], k[:, :, 5:], v[:, :, 5:]))
+
+
+def test_relu_quadratic_module_swin_regions_and_low_precision():
+    mask, labels = swin_mask()
+    module = MixAttention(16, 2, kind="relu-quadratic").double()
+    assert module.gate is None and module.lepe is None
+    x = torch.randn(3, 16, 16, dtype=torch.float64)
+    out = module(x, mask=mask)
+    for label in labels.unique():
+        idx = (labels == label).nonzero().flatten()
+        torch.testing.assert_close(out[:, idx], module(x[:, idx]), rtol=1e-9, atol=1e-9)
+    q, k, v = (torch.randn(1, 1, 2048, 64) * 250 for _ in range(3))
+    half = AF.relu_quadratic_attention(q.half(), k.half(), v.half())
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+
+
+# ---- output gates (mixa.layers.gates) ----
+
+def ref_gate(module, x):
+    """phi(x) from the gate's parameters, by its documented formula."""
+    gate = module.gate
+    if gate is None:
+        return torch.ones_like(x)
+    name = type(gate).__name__
+    if name == "Linear":
+        return x @ gate.weight.T + gate.bias
+    if name == "LowRankGate":
+        return (x @ gate.down.weight.T) @ gate.up.weight.T + gate.up.bias
+    return 1 + gate.scale * x
+
+
+@pytest.mark.parametrize("gate", ["linear", "lowrank", "identity", "none"])
+def test_gate_options_start_neutral_then_follow_their_formula(gate):
+    module = MixAttention(32, 4, kind="rala", gate=gate, lepe=False, num_prefix_tokens=1).double()
+    x = torch.randn(2, 1 + 16, 32, dtype=torch.float64, requires_grad=True)
+    # neutral: the plain kernelised attention
+    torch.testing.assert_close(module(x), plain_kernelised(module, x, "rala"), rtol=1e-9, atol=1e-9)
+    # backward at the neutral start reaches the gate (it can learn) and the input
+    module(x).square().sum().backward()
+    grads = {n: p.grad for n, p in module.named_parameters() if n.startswith("gate.")}
+    assert gate == "none" or any(g is not None and g.abs().sum() > 0 for g in grads.values()), grads
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    # perturbed: y = proj(attention * phi(x)) with phi by its formula
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+        b, n, c = x.shape
+        q, k, v = module.qkv(x).reshape(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4)
+        y = ref_rala(q, k, v).transpose(1, 2).reshape(b, n, c)
+        torch.testing.assert_close(module(x), module.proj(y * ref_gate(module, x)), rtol=1e-9, atol=1e-9)
+
+
+def test_gate_option_validation_and_old_bool_configs():
+    assert MixAttention(16, 2, kind="rala", gate=True).options["gate"] == "linear"
+    assert MixAttention(16, 2, kind="rala", gate=False).gate is None
+    assert MixAttention(16, 2, kind="rala", gate="lowrank", gate_rank=3).options["gate_rank"] == 3
+    assert MixAttention(16, 2, kind="rala").options["gate"] == "linear"  # the registry default
+    with pytest.raises(ValueError, match="unknown gate"):
+        MixAttention(16, 2, kind="rala", gate="tanh")
+    with pytest.raises(ValueError, match="odd"):
+        MixAttention(16, 2, kind="rala", lepe_kernel=4)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import mixa
-import mixa.io as mio
+from mixa.saved import WEIGHTS_NAME, is_model_dir
 from mixa import metrics
 from mixa.cli import main
 from mixa.distill import losses
@@ -61,7 +61,7 @@ def world(tmp_path_factory):
     student = mixa.convert(teacher, keep=1, attn="rala", progress=False)
     with torch.no_grad():  # a student that differs from its teacher (a fresh conversion nearly equals it)
         student.head.weight.add_(0.5 * torch.randn_like(student.head.weight))
-    mio.save(student, root / "student")
+    mixa.save(student, root / "student")
     return root
 
 
@@ -122,7 +122,7 @@ def test_distillation_loss_weights_and_two_heads():
 def test_agreement_and_topk():
     reference = torch.tensor([[2.0, 0.0, 1.0], [0.0, 2.0, 1.0]])
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 1.0, 2.0]])
-    a = metrics.agreement(reference, logits)
+    a = metrics.agreement_sums(reference, logits)
     assert a["match"] == 1 and a["images"] == 2
     # KL(reference || logits) by hand
     def softmax(row):
@@ -131,21 +131,23 @@ def test_agreement_and_topk():
     kl = sum(sum(p * math.log(p / q) for p, q in zip(softmax(r), softmax(o)))
              for r, o in zip(reference.tolist(), logits.tolist()))
     assert a["kl"] == pytest.approx(kl, rel=1e-6)
+    summary = metrics.agreement(reference, logits)
+    assert summary["top1_agreement"] == 50.0 and summary["mean_kl"] == pytest.approx(kl / 2, rel=1e-6)
     hits = metrics.topk_hits(logits, torch.tensor([1, 0]), ks=(1, 2))
     assert hits[1] == 0 and hits[2] == 1
     assert metrics.topk_hits(logits, torch.tensor([1, 0]), ks=(1, 5))[5] == 2  # k capped at the classes
 
 
 def test_conversion_report_uses_the_same_agreement():
-    from mixa.conversion.report import agreement
+    from mixa.conversion.report import model_agreement
 
     torch.manual_seed(0)
     a, b = torch.nn.Linear(6, 5).eval(), torch.nn.Linear(6, 5).eval()
     batches = [torch.randn(4, 6), torch.randn(3, 6)]
     with torch.no_grad():
         ref, out = torch.cat([a(x) for x in batches]), torch.cat([b(x) for x in batches])
-    sums = metrics.agreement(ref, out)
-    report = agreement(a, b, batches)
+    sums = metrics.agreement_sums(ref, out)
+    report = model_agreement(a, b, batches)
     assert report["images"] == 7 and report["top1_agreement"] == pytest.approx(100 * sums["match"] / 7)
     assert report["mean_kl"] == pytest.approx(sums["kl"] / 7)
 
@@ -226,7 +228,7 @@ def test_distilled_deit_heads_get_their_own_loss(tmp_path):
 def test_training_lowers_loss_and_writes_a_loadable_run(world, tmp_path):
     from mixa.distill.data import val_loader
 
-    student = mio.load(world / "student")
+    student = mixa.load(world / "student")
     loader = val_loader(world / "data", student, batch_size=16, workers=0, split="train")
     images, target, _ = next(iter(loader))
 
@@ -238,13 +240,13 @@ def test_training_lowers_loss_and_writes_a_loadable_run(world, tmp_path):
     run = tmp_path / "run"
     result = distill(world / "student", world / "data", run, epochs=4, warmup_epochs=0, mixup=0.0, cutmix=0.0,
                      auto_augment=None, reprob=0.0, lr=3e-3, **FAST)
-    after = loss_of(mio.load(run / "last"))
+    after = loss_of(mixa.load(run / "last"))
     assert after < 0.8 * before, (before, after)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and result["epochs_done"] == 4
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss")
-    assert mio.is_model_dir(run / "best") and (run / "last" / "train_state.pt").is_file()
+    assert is_model_dir(run / "best") and (run / "last" / "train_state.pt").is_file()
     assert result["val_top1"] == rows[-1]["val_top1"] and 0 <= result["agreement_top1"] <= 100
     assert not list(run.glob(".*")), "no temporary directories left behind"
 
@@ -252,7 +254,7 @@ def test_training_lowers_loss_and_writes_a_loadable_run(world, tmp_path):
 def _weights(directory):
     from safetensors.torch import load_file
 
-    return load_file(str(directory / mio.WEIGHTS_NAME))
+    return load_file(str(directory / WEIGHTS_NAME))
 
 
 def test_resume_is_bit_exact(world, tmp_path):
@@ -409,7 +411,7 @@ def test_torchrun_two_processes_gloo(world, tmp_path):
     assert state["step"] == 4
     assert json.loads((run / "run.json").read_text())["per_process_batch"] == 4
     assert sorted(p.name for p in run.iterdir()) == ["best", "last", "metrics.csv", "metrics.jsonl", "run.json"]
-    assert mio.is_model_dir(run / "last")
+    assert is_model_dir(run / "last")
 
 
 # ------------------------------------------------------------------------------------------ mixa eval
@@ -417,7 +419,7 @@ def test_torchrun_two_processes_gloo(world, tmp_path):
 def test_eval_reports_accuracy_and_agreement(world, tmp_path, capsys):
     from mixa.distill.data import val_loader
 
-    student = mio.load(world / "student")
+    student = mixa.load(world / "student")
     loader = val_loader(world / "data", student, batch_size=5, workers=0)
     correct = total = 0
     with torch.no_grad():
@@ -449,7 +451,7 @@ def test_eval_without_a_buildable_original_still_reports_accuracy(world, tmp_pat
     ckpt = tmp_path / "original.safetensors"
     shutil.copy(world / "teacher.safetensors", ckpt)
     original = create_model(BASE, checkpoint=str(ckpt), **TINY)
-    mio.save(mixa.convert(original, keep=1, attn="relu", progress=False), tmp_path / "student")
+    mixa.save(mixa.convert(original, keep=1, attn="relu", progress=False), tmp_path / "student")
     ckpt.unlink()
     code = main(["eval", "-m", str(tmp_path / "student"), "--data-dir", str(world / "data"), "-j", "0",
                  "--num-images", "10", "--no-progress", "--json", str(tmp_path / "eval.json")])
@@ -529,13 +531,13 @@ def _write(path, text):
 def test_checkpoint_switch_recovers_from_a_kill_between_renames(world, tmp_path):
     from mixa.distill.checkpoint import recover_checkpoint, save_checkpoint
 
-    model = mio.load(world / "student")
+    model = mixa.load(world / "student")
     save_checkpoint(tmp_path, "last", model, {"epoch": 0})
     # simulate a kill after `last` was moved aside and before the new one was renamed in
     os.replace(tmp_path / "last", tmp_path / ".last.old")
     (tmp_path / ".last.tmp.abc").mkdir()
     assert recover_checkpoint(tmp_path, "last").is_dir()
-    assert mio.is_model_dir(tmp_path / "last") and not (tmp_path / ".last.tmp.abc").exists()
+    assert is_model_dir(tmp_path / "last") and not (tmp_path / ".last.tmp.abc").exists()
 
 
 def test_default_teacher_is_the_recorded_original(tmp_path):
@@ -543,7 +545,7 @@ def test_default_teacher_is_the_recorded_original(tmp_path):
     kwargs = {k: v for k, v in TINY.items() if k != "patch_size"}  # patch 16 on 32 px
     original = create_model(BASE, pretrained=False, **kwargs)
     student = mixa.convert(original, keep=1, attn="stella", patch_size=8, progress=False)
-    mio.save(student, tmp_path / "s")
+    mixa.save(student, tmp_path / "s")
     teacher = build_teacher(None, recorded_original(tmp_path / "s"), checkpoint=None)
     assert tuple(student.patch_embed.patch_size) == (8, 8) and tuple(teacher.patch_embed.patch_size) == (16, 16)
     assert tuple(teacher.patch_embed.img_size) == tuple(student.patch_embed.img_size) == (32, 32)

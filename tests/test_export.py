@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from mixa.errors import MixaError, UsageError
-from mixa.export import agreement, export_onnx, quantize_onnx, verify_onnx
+from mixa.export import agreement, export_onnx, image_batches, quantize_onnx, verify_onnx
 from mixa.export.targets import at_resolution, trained_size
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -89,13 +90,11 @@ def test_export_at_another_input_size(tmp_path, family, new_size):
 
 
 def test_int8_dynamic_and_static(tmp_path):
-    from mixa.cli.export import _image_batches
-
     model = tiny_model("vit", "relu")
     fp32 = tmp_path / "m.onnx"
     export_onnx(model, fp32, (3, 32, 32), dynamic_batch=True)
     data = image_folder(tmp_path / "data")
-    batches = list(_image_batches(data, model, (3, 32, 32), limit=8))
+    batches = list(image_batches(data, model, (3, 32, 32), limit=8))
     assert sum(len(b) for b in batches) == 8 and batches[0].shape[1:] == (3, 32, 32)
     assert agreement(fp32, fp32, batches) == (8, 8)  # a file agrees with itself on every image
     for mode, marker in [("dynamic", "DynamicQuantizeLinear"), ("static", "QuantizeLinear")]:
@@ -134,40 +133,48 @@ def tiny_dir(tmp_path_factory):
 def test_cli_export_with_int8_on_images(tmp_path, capsys, tiny_dir):
     data = image_folder(tmp_path / "data")
     out = tmp_path / "tiny.onnx"
-    code, stdout, stderr = _cli(capsys, "export", str(tiny_dir), "--onnx", str(out), "--int8", "--calib-data",
-                                str(data), "--calib-images", "4")
+    code, stdout, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--output", str(out), "--int8",
+                                "--calib-data", str(data), "--calib-images", "4", "--json", str(tmp_path / "r.json"))
     assert code == 0, stderr
-    assert "max |ORT - torch|" in stdout and "top-1 agreement INT8 vs fp32: " in stdout
+    assert "max |onnx runtime - torch|" in stdout and "top-1 agreement INT8 vs fp32: " in stdout
     assert "/8 = " in stdout  # measured on the 8 images of the folder
     assert out.is_file() and (tmp_path / "tiny.fp32.onnx").is_file()
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["int8"] == "static" and report["agreement_total"] == 8 and report["fp32_nodes"] > 0
+    # an existing output is refused without --overwrite
+    code, _, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--output", str(out))
+    assert code == 2 and "--overwrite" in stderr
 
 
 @pytest.mark.parametrize("args,code,message", [
     (["no/such/dir"], 1, "no such file or directory"),
     (["not_a_model_xyz", "--no-pretrained"], 2, "unknown model"),
-    (["{tiny}", "--input-size", "36"], 2, "not a multiple"),
-    (["{tiny}", "--int8-mode", "static", "--int8"], 2, "needs --calib-data"),
+    (["{tiny}", "--img-size", "36"], 2, "not a multiple"),
+    (["{tiny}", "--int8", "static"], 2, "needs --calib-data"),
+    (["{tiny}", "--calib-data", "x"], 2, "only with --int8"),
     (["{tiny}", "--int8", "--calib-data", "no/such/images"], 2, "directory not found"),
 ])
 def test_cli_export_bad_input(tmp_path, capsys, tiny_dir, args, code, message):
     args = [a.replace("{tiny}", str(tiny_dir)) for a in args]
-    got, _, stderr = _cli(capsys, "export", *args, "--onnx", str(tmp_path / "x.onnx"))
+    got, _, stderr = _cli(capsys, "export", "--model", *args, "--output", str(tmp_path / "x.onnx"))
     assert got == code, stderr
     assert message in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_cli_export_rejects_a_non_onnx_name(tmp_path, capsys, tiny_dir):
-    got, _, stderr = _cli(capsys, "export", str(tiny_dir), "--onnx", str(tmp_path / "x.txt"))
+def test_cli_export_rejects_an_unknown_format(tmp_path, capsys, tiny_dir):
+    got, _, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--output", str(tmp_path / "x.txt"))
+    assert got == 2 and "must end in .onnx or .pte" in stderr
+    got, _, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--onnx", str(tmp_path / "x.pte"))
     assert got == 2 and "must name an .onnx file" in stderr
 
 
 @pytest.mark.parametrize("mode", ["dynamic", "static"])
 def test_int8_of_a_trained_model_agrees_with_fp32(mode, tmp_path):
-    """The packaged teacher (trained weights) on unseen synthetic scenes: the default INT8 (u8 weights)
-    must keep >= 99% top-1 agreement. Signed int8 weights lost up to 43% here on an AVX2 CPU without
-    VNNI (ONNX Runtime's U8S8 saturation), which this test would catch."""
+    """The packaged teacher (trained weights) on unseen synthetic scenes: the default INT8 (weights chosen
+    for this CPU, attention cores fp32) must keep >= 99% top-1 agreement. Signed int8 weights lost up to 43%
+    on an AVX2 CPU without VNNI (ONNX Runtime's U8S8 saturation), which this test would catch there."""
     import mixa
     from mixa.data.synthetic import SyntheticShapes
     from mixa.quickstart import TEACHER_DIR

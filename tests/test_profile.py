@@ -63,7 +63,7 @@ def test_onnx_profiling_needs_no_torch(tmp_path, tiny_onnx):
     assert probe.returncode != 0 and log.read_text() == "torch\n"
     log.unlink()
     out = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "mixa", "profile", str(tiny_onnx), "--batch", "2",
+    proc = subprocess.run([sys.executable, "-m", "mixa", "profile", str(tiny_onnx), "--batch-size", "2",
                            "--threads", "1,2", "--warmup", "1", "--repeat", "3", "--json", str(out),
                            "--csv", str(tmp_path / "r.csv")],
                           env=env, capture_output=True, text=True, timeout=120)
@@ -93,7 +93,7 @@ def test_profile_model_dir_torch_and_ort_with_macs(tmp_path, capsys):
     mixa.save(model, tmp_path / "tiny")
     out = tmp_path / "r.json"
     for runtime in ("torch", "ort"):
-        code = main(["profile", str(tmp_path / "tiny"), "--runtime", runtime, "--res", "32,48", "--warmup", "0",
+        code = main(["profile", str(tmp_path / "tiny"), "--runtime", runtime, "--img-size", "32,48", "--warmup", "0",
                      "--repeat", "2", "--json", str(out)])
         assert code == 0, capsys.readouterr().err
         records = json.loads(out.read_text())
@@ -124,9 +124,10 @@ def test_keep_sweep_and_compare(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,code,message", [
-    (["missing.onnx"], 2, "no such file"),
-    (["{onnx}", "--res", "64"], 2, "wrong input size"),
-    (["{onnx}", "--runtime", "torch"], 2, "runs with --runtime ort only"),
+    (["missing.onnx"], 1, "no such file"),       # a missing input is a failure (1), like a missing dir
+    (["missing_dir/"], 1, "no such file or directory"),
+    (["{onnx}", "--img-size", "64"], 2, "wrong input size"),
+    (["{onnx}", "--runtime", "torch"], 2, "files run with their own runtime"),
     (["{onnx}", "--runtime", "tensorrt"], 2, "invalid choice"),
     (["{onnx}", "--threads", "1,x"], 2, "comma-separated"),
     (["{onnx}", "--keep-sweep", "0,6"], 2, "give a model name or directory"),
@@ -152,3 +153,40 @@ def test_cuda_absent_is_a_clear_error(tmp_path, capsys):
     got = main(["profile", str(tmp_path / "plain"), "--runtime", "torch", "--device", "cuda"])
     err = capsys.readouterr().err
     assert got == 1 and "no CUDA device" in err and len(err.strip().splitlines()) == 1
+
+
+def test_keep_sweep_with_gate_and_keep_kind(tmp_path, capsys):
+    import mixa
+    from mixa.cli import main
+    from mixa.macs import count_macs
+
+    model = tiny_model("vit")
+    mixa.save(model, tmp_path / "plain")
+    code = main(["profile", str(tmp_path / "plain"), "--attn", "rala", "--gate", "identity", "--keep-kind",
+                 "relu-quadratic", "--keep-sweep", "1", "--runtime", "torch", "--warmup", "0", "--repeat", "2",
+                 "--json", str(tmp_path / "r.json")])
+    assert code == 0, capsys.readouterr().err
+    (record,) = json.loads((tmp_path / "r.json").read_text())
+    assert record["target"] == "plain keep=1 rala kept=relu-quadratic"
+    expected = mixa.convert(model, keep=1, attn="rala", keep_kind="relu-quadratic",
+                            attn_options={"gate": "identity"}, progress=False)
+    assert record["macs"] == count_macs(expected, (3, 32, 32))
+    assert main(["profile", str(tmp_path / "plain"), "--attn", "rala", "--keep-kind", "relu"]) == 2
+    assert "--keep-kind must be one of" in capsys.readouterr().err
+
+
+def test_records_follow_the_order_of_the_targets(tmp_path, capsys, tiny_onnx):
+    """A file given after a model stays after it (files and models are profiled by different runtimes)."""
+    import json
+
+    import mixa
+    from mixa.cli import main
+    from mixa.models import create_model
+
+    mixa.save(create_model("deit_tiny_patch16_224", pretrained=False, depth=1, embed_dim=32, num_heads=2,
+                           img_size=32, patch_size=16, num_classes=3), tmp_path / "m")
+    code = main(["profile", str(tmp_path / "m"), str(tiny_onnx), "--warmup", "0", "--repeat", "2",
+                 "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    targets = [r["target"] for r in json.loads((tmp_path / "r.json").read_text())]
+    assert targets == ["m", tiny_onnx.name]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import mixa
-import mixa.io as mio
+from mixa.saved import is_model_dir, read_config
 from mixa.cli import main
-from mixa.conversion.layers import attention_layers, layer_kind
+from mixa.models.attention_layers import attention_layers, layer_kind
 from mixa.models import create_model
 from mixa.transfer import capture, layer_errors, relative_error, transfer
 
@@ -55,7 +55,7 @@ def world(tmp_path_factory):
             block.attn.qkv.weight[:64].mul_(4.0)
     save_file(model.state_dict(), str(root / "original.safetensors"))
     original = create_model(BASE, checkpoint=str(root / "original.safetensors"), **TINY)
-    mio.save(mixa.convert(original, keep=1, attn="rala", select=[1], progress=False), root / "student")
+    mixa.save(mixa.convert(original, keep=1, attn="rala", select=[1], progress=False), root / "student")
     return root
 
 
@@ -88,18 +88,20 @@ def test_relative_error_and_capture_are_the_reference_layers_own():
 
 def test_held_out_error_falls_and_only_replaced_layers_change(world, tmp_path):
     run = tmp_path / "run"
-    result = transfer(world / "student", world / "data", run, steps=25, save_every_steps=0, **FAST)
+    # lr pinned: the mechanism under test, not the default (2e-3, chosen on the offline task, moves this
+    # tiny random model's small errors less in 25 steps)
+    result = transfer(world / "student", world / "data", run, steps=25, save_every_steps=0, lr=5e-4, **FAST)
     assert result["complete"] and result["step"] == 25 and result["images"] == 200
     before, after = result["first"], result
     for path in result["layers"]:
         key = f"holdout_error/{path}"
-        assert after[key] < 0.85 * before[key], (path, before[key], after[key])
+        assert after[key] < 0.7 * before[key], (path, before[key], after[key])
     # independently: the saved model's layer error on the val images, from scratch
     from mixa.data import eval_loader
     from mixa.distill.teacher import build_teacher, recorded_original
 
     reference = build_teacher(None, recorded_original(run))
-    trained, fresh = mio.load(run), mio.load(world / "student")
+    trained, fresh = mixa.load(run), mixa.load(world / "student")
     val = [batch[0] for batch in eval_loader(world / "data", trained, batch_size=8)]
     assert layer_errors(reference, _replaced(trained), val)["blocks.0.attn"] == pytest.approx(
         after["holdout_error/blocks.0.attn"], rel=1e-4)
@@ -120,12 +122,12 @@ def test_resume_is_bit_exact(world, tmp_path):
     common = dict(steps=6, save_every_steps=2, eval_images=0, **{k: v for k, v in FAST.items() if k != "eval_images"})
     straight = transfer(world / "student", world / "data", tmp_path / "straight", **common)
     partial = transfer(world / "student", world / "data", tmp_path / "split", stop_after=3, **common)
-    assert not partial["complete"] and not mio.is_model_dir(tmp_path / "split")
+    assert not partial["complete"] and not is_model_dir(tmp_path / "split")
     state = torch.load(tmp_path / "split" / "last" / "train_state.pt", weights_only=True)
     assert state["step"] == 3
     resumed = transfer(world / "student", world / "data", tmp_path / "split", resume=True, progress=False)
     assert resumed["complete"] and straight["complete"]
-    a, b = mio.load(tmp_path / "straight").state_dict(), mio.load(tmp_path / "split").state_dict()
+    a, b = mixa.load(tmp_path / "straight").state_dict(), mixa.load(tmp_path / "split").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     sa = torch.load(tmp_path / "straight" / "last" / "train_state.pt", weights_only=True)
     sb = torch.load(tmp_path / "split" / "last" / "train_state.pt", weights_only=True)
@@ -133,7 +135,7 @@ def test_resume_is_bit_exact(world, tmp_path):
         assert torch.equal(v["exp_avg_sq"], sb["optimizer"]["state"][k]["exp_avg_sq"])
     other = transfer(world / "student", world / "data", tmp_path / "other", **{**common, "seed": 7})
     assert other["complete"]
-    c = mio.load(tmp_path / "other").state_dict()
+    c = mixa.load(tmp_path / "other").state_dict()
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the comparison above can fail
 
 
@@ -141,7 +143,7 @@ def test_flat_folder_of_unlabeled_images(world, tmp_path):
     flat = make_images(tmp_path / "flat", train=3, flat=True)
     result = transfer(world / "student", flat, tmp_path / "run", steps=2, **FAST)
     assert result["complete"] and result["holdout_error"] is None  # no DIR/val: nothing held out
-    assert mio.is_model_dir(tmp_path / "run")
+    assert is_model_dir(tmp_path / "run")
 
 
 def test_torchrun_two_processes_gloo(world, tmp_path):
@@ -159,7 +161,7 @@ def test_torchrun_two_processes_gloo(world, tmp_path):
     state = torch.load(run / "last" / "train_state.pt", weights_only=True)
     assert state["step"] == 4 and len(state["rng"]) == 2
     assert json.loads((run / "run.json").read_text())["per_process_batch"] == 4
-    assert mio.is_model_dir(run)
+    assert is_model_dir(run)
 
 
 # ------------------------------------------------------------------------------------------ distill stage
@@ -171,10 +173,10 @@ def test_distill_with_a_transfer_stage(world, tmp_path, capsys):
     assert code == 0 and "epochs done" in capsys.readouterr().out
     assert json.loads((run / "run.json").read_text())["settings"]["transfer_steps"] == 3
     stage = json.loads((run / "transfer" / "metrics.jsonl").read_text().splitlines()[-1])
-    assert stage["step"] == 3 and mio.is_model_dir(run / "transfer")
+    assert stage["step"] == 3 and is_model_dir(run / "transfer")
     # the distillation started from the transferred layers: its first checkpoint differs from the
     # transferred model only by the distillation steps, and the transfer changed the student
-    fresh, staged = mio.load(world / "student").state_dict(), mio.load(run / "transfer").state_dict()
+    fresh, staged = mixa.load(world / "student").state_dict(), mixa.load(run / "transfer").state_dict()
     assert not torch.equal(fresh["blocks.0.attn.qkv.weight"], staged["blocks.0.attn.qkv.weight"])
     # (transfer_steps 0, today's behaviour, writes no RUN/transfer: see test_distill's torchrun listing)
 
@@ -199,8 +201,8 @@ def test_select_transfer_keeps_the_layer_linear_attention_cannot_imitate(tmp_pat
     scores = selection["scores"]
     others = [s for i, s in enumerate(scores) if i != 1]
     assert len(scores) == 4 and scores[1] > 3 * max(others) and min(others) > 0
-    mio.save(converted, tmp_path / "m")
-    assert mio.read_config(tmp_path / "m")["selection"]["scores"] == pytest.approx(scores)
+    mixa.save(converted, tmp_path / "m")
+    assert read_config(tmp_path / "m").selection["scores"] == pytest.approx(scores)
 
 
 # ------------------------------------------------------------------------------------------ errors
@@ -222,11 +224,11 @@ def test_bad_input_is_one_clear_line(world, tmp_path, capsys, monkeypatch):
     (tmp_path / "empty" / "notes.txt").write_text("no images here")
     _fails(capsys, "no images found", "-m", student, "--data-dir", str(tmp_path / "empty"), "--output", run)
     plain = create_model(BASE, checkpoint=str(world / "original.safetensors"), **TINY)
-    mio.save(plain, tmp_path / "plain")
+    mixa.save(plain, tmp_path / "plain")
     _fails(capsys, "no replaced (linear) attention layers", "-m", str(tmp_path / "plain"), "--data-dir", data,
            "--output", run)
     # a student whose recorded original is a hub model: offline, it cannot be built
-    mio.save(mixa.convert(create_model(BASE, pretrained=False, **TINY), keep=1, attn="rala", progress=False),
+    mixa.save(mixa.convert(create_model(BASE, pretrained=False, **TINY), keep=1, attn="rala", progress=False),
              tmp_path / "hub")
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
     config["base"].update(pretrained=True, checkpoint=None)

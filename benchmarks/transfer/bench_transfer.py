@@ -67,10 +67,10 @@ class Bench:
     def __init__(self, args):
         import torch
 
-        from mixa import io as mio
+        from mixa import io, saved
 
         torch.set_num_threads(args.threads)
-        self.args, self.mio = args, mio
+        self.args, self.io, self.saved = args, io, saved
         self.out, self.work = Path(args.output), Path(args.work)
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
@@ -91,19 +91,16 @@ class Bench:
         for part in key[:-1]:
             node = node.setdefault(str(part), {})
         node[str(key[-1])] = value
-        self.mio.write_json(self.path, self.results)
+        self.io.write_json(self.path, self.results)
         print(f"{'/'.join(map(str, key))}: {json.dumps(value)}", flush=True)
 
     # ------------------------------------------------------------------ setup
     def setup(self):
         from mixa.data import synthetic
-        from mixa.models import create_model
 
         a = self.args
         teacher_dir = Path(a.teacher) if a.teacher else Path(__file__).resolve().parents[2] / "mixa/assets/teacher"
-        base = self.mio.read_config(teacher_dir)["base"]
-        self.teacher = create_model(base["model"], pretrained=False, checkpoint=str(teacher_dir / "model.safetensors"),
-                                    **base["kwargs"])
+        self.teacher = self.saved.load(teacher_dir)  # a saved plain model is its own original
         self.data = self.work / "data"
         if not (self.data / "val").is_dir():
             synthetic.write_image_folder(self.data, seed=a.seed, sizes={"train": a.train_images, "val": a.val_images},
@@ -145,10 +142,10 @@ class Bench:
         import mixa
 
         path = self.work / "students" / f"{kind}_k{keep}_{select}"
-        if not self.mio.is_model_dir(path):
+        if not self.saved.is_model_dir(path):
             model = mixa.convert(self.teacher, keep=keep, attn=kind, select=select if 0 < keep else "first",
-                                 calib=self.calib, calib_batches=None, progress=False)
-            self.mio.save(model, path)
+                                 calib=self.calib, calib_images=None, progress=False)
+            self.saved.save(model, path)
         return path
 
     def kd(self, start, budget: int, name: str) -> float:
@@ -160,21 +157,21 @@ class Bench:
         data = self.subset(budget)
         epochs = max(1, budget // a.train_images) if budget >= a.train_images else 1
         run = self.work / "runs" / name
-        if not self.mio.is_model_dir(run / "last") or json.loads(
+        if not self.saved.is_model_dir(run / "last") or json.loads(
                 (run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] < epochs:
             resume = (run / "last").is_dir()
             if run.exists() and not resume:
                 shutil.rmtree(run)
             distill(start, data, run, teacher=self.teacher, recipe={**RECIPE, "epochs": epochs, "seed": a.seed},
                     resume=resume, device="cpu", progress=False)
-        return self.top1(self.mio.load(run / "last"))
+        return self.top1(self.saved.load(run / "last"))
 
     def transfer(self, student: Path, steps: int, name: str, lr=None) -> Path:
         from mixa.transfer import transfer
 
         a = self.args
         run = self.work / "runs" / name
-        if not self.mio.is_model_dir(run):
+        if not self.saved.is_model_dir(run):
             resume = (run / "last").is_dir()
             if run.exists() and not resume:
                 shutil.rmtree(run)
@@ -187,7 +184,7 @@ class Bench:
         t0 = time.perf_counter()
         run = self.transfer(student, steps, name, lr)
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return {"top1": self.top1(self.mio.load(run)), "images": steps * self.args.transfer_batch,
+        return {"top1": self.top1(self.saved.load(run)), "images": steps * self.args.transfer_batch,
                 "holdout_error_before": rows[0]["holdout_error"], "holdout_error": rows[-1]["holdout_error"],
                 "seconds": round(time.perf_counter() - t0, 1)}
 
@@ -204,7 +201,7 @@ class Bench:
         from mixa.transfer import TransferStep, replaced_layers, transfer_settings
 
         x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 8, (64,))
-        kd_model, tr_model = self.mio.load(student), self.mio.load(student)
+        kd_model, tr_model = self.saved.load(student), self.saved.load(student)
         kd = DistillStep(kd_model.train(), self.teacher, load_recipe(RECIPE), torch.device("cpu"), 5e-4, 1000, 0)
         tr = TransferStep(self.teacher, replaced_layers(tr_model), transfer_settings(amp="none"), torch.device("cpu"),
                           2e-3, 1000, 0)
@@ -228,8 +225,8 @@ class Bench:
                                  "machine": platform.machine()}, "cost", f"{kind}_k{keep}")
         if "control" in parts:
             control = self.work / "students" / "control"
-            if not self.mio.is_model_dir(control):
-                self.mio.save(self.teacher, control)
+            if not self.saved.is_model_dir(control):
+                self.saved.save(self.teacher, control)
             for b in a.kd_budgets:
                 if self.done("control", b) is None:
                     t0 = time.perf_counter()
@@ -239,7 +236,7 @@ class Bench:
             name = f"{kind}_k{keep}"
             student = self.student(kind, keep)
             if self.done(name, "before") is None:
-                model = self.mio.load(student)
+                model = self.saved.load(student)
                 self.record({"top1": self.top1(model), "kept": model.mixa_config["selection"]["kept"]},
                             name, "before")
             if "kd" in parts:
@@ -272,7 +269,7 @@ class Bench:
                 chosen = self.student(kind, keep, "transfer")
                 sname = f"{kind}_k{keep}_select_transfer"
                 if self.done(sname, "before") is None:
-                    model = self.mio.load(chosen)
+                    model = self.saved.load(chosen)
                     self.record({"top1": self.top1(model), "kept": model.mixa_config["selection"]["kept"],
                                  "scores": model.mixa_config["selection"]["scores"]}, sname, "before")
                 for b in a.select_budgets:
@@ -496,7 +493,7 @@ def main(argv=None) -> int:
         bench.setup()
         parts = set((args.only or "control,kd,transfer,transfer_kd,select,lr,cost").split(","))
         bench.run(parts)
-        bench.mio.write_json(bench.path, bench.results)
+        bench.io.write_json(bench.path, bench.results)
     return 0 if write_report(bench.out, bench.results) else 1
 
 

@@ -22,6 +22,7 @@ from torch import Tensor
 
 __all__ = [
     "softmax_attention",
+    "relu_quadratic_attention",
     "relu_linear_attention",
     "stella_attention",
     "rala_attention",
@@ -79,6 +80,29 @@ def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
+def relu_quadratic_attention(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Optional[Tensor] = None) -> Tensor:
+    """MixA's kept-layer form: O = (ReLU(Q) ReLU(K)^T / (N sqrt(d))) V -- quadratic, no softmax.
+
+    ``attn_mask`` (bool, broadcastable to (B, heads, N, N), True = the pair takes part) removes pairs; N is
+    then each query's number of participating keys. The 1/(N sqrt d) scale is applied to ReLU(Q) before the
+    product so the graph holds a single N x N tensor (softmax's needs at least two: scores, probabilities).
+    Computed in fp32 with autocast off, like the linear cores (no normaliser can vanish here, but the
+    N x N sum of non-negative terms can overflow fp16).
+    """
+    dtype = v.dtype
+    n, d = k.shape[-2], q.shape[-1]
+    with _autocast_off(q.device.type):
+        q, k, v = _wide(q, k, v)
+        if attn_mask is None:
+            scores = (F.relu(q) * (1.0 / (n * math.sqrt(d)))) @ F.relu(k).transpose(-2, -1)
+        else:
+            keep = attn_mask.to(q.dtype)
+            count = keep.sum(dim=-1, keepdim=True).clamp_min(1.0)          # (.., N, 1) keys per query
+            scores = ((F.relu(q) / math.sqrt(d)) @ F.relu(k).transpose(-2, -1)) * (keep / count)
+        out = scores @ v
+    return _saturating_cast(out, dtype)
+
+
 def _relu_features(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]):
     """The ReLU kernel on widened q and k, masked-out keys zeroed; also the key weights (or None)."""
     q, k, v = _wide(q, k, v)
@@ -128,6 +152,15 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
+def _masked_softmax(logits: Tensor, weights: Tensor) -> Tensor:
+    """softmax over the last dim restricted to entries with weight 1, without an infinity anywhere (a -inf
+    fill would reach an exported graph, where INT8 calibration turns it into an invalid range)."""
+    floor = logits.amin(dim=-1, keepdim=True)
+    peak = (logits * weights + floor * (1 - weights)).amax(dim=-1, keepdim=True)  # max over members
+    e = torch.exp((logits - peak).clamp_max(0.0)) * weights
+    return e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+
+
 def rala_attention(q: Tensor, k: Tensor, v: Tensor, *, rope: Optional[Tuple[Tensor, Tensor]] = None,
                    eps: float = RALA_EPS, key_mask: Optional[Tensor] = None) -> Tensor:
     """Rank-augmented linear attention core (RALA, CVPR 2025), without LePE and output gate.
@@ -136,30 +169,34 @@ def rala_attention(q: Tensor, k: Tensor, v: Tensor, *, rope: Optional[Tuple[Tens
     alpha_j = N softmax_j(q_g . kappa(k_j) / sqrt(d)); k'_j = alpha_j kappa(k_j);
     Y_i = [kappa(q_i) (1/N) sum_j k'_j^T v_j] / [kappa(q_i) . mean_j k'_j + eps].
     ``rope=(cos, sin)`` rotates kappa(q) and k' in the numerator only, as the official RAVLT code does.
+
+    Computed as the same formula with the N cancelled: with p = softmax_j(...), (1/N) sum_j k'_j^T v_j =
+    sum_j p_j kappa(k_j)^T v_j and mean_j k'_j = sum_j p_j kappa(k_j) = p kappa(K) -- a weighted mean, so
+    no N-sized factor appears (the official code splits 1/N over both factors to stay in fp16 range; here the
+    sums are fp32 and bounded anyway). Written for CPU runtimes: kappa(K)^T is formed once and serves both
+    the logits and k'^T v, and the token means are products with a row (a MatMul), not reductions over the
+    middle axis, which ONNX Runtime runs slowly.
     """
     dtype = v.dtype
     n, d = k.shape[-2], q.shape[-1]
     with _autocast_off(q.device.type):
         q, k, v = _wide(q, k, v)
         q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
+        k_t = k.transpose(-2, -1)                                        # (B, H, d, N)
         w = _key_weights(key_mask, k)
-        count = _token_count(w, n)
         if w is None:
-            q_global = q.mean(dim=-2, keepdim=True)                      # (B, H, 1, d)
-            logits = (q_global @ k.transpose(-2, -1)) * d ** -0.5       # (B, H, 1, N)
+            q_global = q.new_full((1, n), 1.0 / n) @ q                   # (B, H, 1, d)
+            p = torch.softmax((q_global @ k_t) * d ** -0.5, dim=-1)     # (B, H, 1, N)
         else:
-            q_global = (q * w).sum(dim=-2, keepdim=True) / count
-            logits = (q_global @ k.transpose(-2, -1)) * d ** -0.5
-            logits = logits.masked_fill(w.transpose(-2, -1) == 0, float("-inf"))
-        alpha = torch.softmax(logits, dim=-1).transpose(-2, -1) * count  # (B, H, N, 1)
-        k = k * alpha
-        # z uses the un-rotated features; masked keys already carry alpha = 0.
-        z = 1.0 / (q @ (k.sum(dim=-2, keepdim=True) / count).transpose(-2, -1) + eps)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        # (1/N) sum_j k_j^T v_j, with the 1/N split over both factors as the official code does.
-        root = count ** -0.5 if w is not None else n ** -0.5
-        kv = (k * root).transpose(-2, -1) @ (v * root)
+            q_global = (w.transpose(-2, -1) @ q) / _token_count(w, n)
+            p = _masked_softmax((q_global @ k_t) * d ** -0.5, w.transpose(-2, -1))
+        # z uses the un-rotated features; masked keys carry p = 0.
+        z = 1.0 / (q @ (p @ k).transpose(-2, -1) + eps)                 # (B, H, N, 1)
+        if rope is None:
+            kv = (k_t * p) @ v                                           # (B, H, d, d)
+        else:
+            q = apply_rope(q, *rope)
+            kv = (apply_rope(k, *rope) * p.transpose(-2, -1)).transpose(-2, -1) @ v
         out = (q @ kv) * z
     return _saturating_cast(out, dtype)
 

@@ -17,11 +17,13 @@ Decisions for RALA outside its home (documented in README, tested in tests/test_
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers.gates import describe_gate, make_gate, reset_gate
 from . import functional as AF
 from .registry import get_attention_kind
 
@@ -33,8 +35,9 @@ def regions_from_window_mask(mask: Tensor) -> Tensor:
 
 class MixAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, kind: str = "rala", qkv_bias: bool = True,
-                 proj_bias: bool = True, num_prefix_tokens: int = 0, gate: Optional[bool] = None, lepe: Optional[bool] = None,
-                 lepe_kernel: int = 5, proj_drop: float = 0.0):
+                 proj_bias: bool = True, num_prefix_tokens: int = 0, gate: Union[str, bool, None] = None,
+                 gate_rank: Optional[int] = None, lepe: Optional[bool] = None, lepe_kernel: int = 5,
+                 proj_drop: float = 0.0):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -49,19 +52,20 @@ class MixAttention(nn.Module):
         self.q_norm = nn.Identity()
         self.k_norm = nn.Identity()
         self.norm = nn.Identity()
-        self.gate = nn.Linear(dim, dim) if (defaults.get("gate", False) if gate is None else gate) else None
+        self.gate = make_gate(defaults.get("gate", "none") if gate is None else gate, dim, gate_rank)
         use_lepe = defaults.get("lepe", False) if lepe is None else lepe
+        if use_lepe and (lepe_kernel < 1 or lepe_kernel % 2 == 0):
+            raise ValueError(f"lepe_kernel must be odd and positive; got {lepe_kernel}")
         self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim) if use_lepe else None
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
         self._core = spec.core
+        self._quadratic = not spec.linear
         self.reset_new_parameters()
 
     def reset_new_parameters(self) -> None:
         """Gate = 1 and LePE = 0: the layer is then exactly its kernelised attention."""
-        if self.gate is not None:
-            nn.init.zeros_(self.gate.weight)
-            nn.init.ones_(self.gate.bias)
+        reset_gate(self.gate)
         if self.lepe is not None:
             nn.init.zeros_(self.lepe.weight)
             nn.init.zeros_(self.lepe.bias)
@@ -69,7 +73,7 @@ class MixAttention(nn.Module):
     @property
     def options(self) -> dict:
         """What rebuilds this layer (saved in the model config)."""
-        return {"kind": self.kind, "gate": self.gate is not None, "lepe": self.lepe is not None,
+        return {"kind": self.kind, **describe_gate(self.gate), "lepe": self.lepe is not None,
                 "lepe_kernel": self.lepe.kernel_size[0] if self.lepe is not None else 5,
                 "qkv_bias": self.qkv.bias is not None, "proj_bias": self.proj.bias is not None,
                 "num_prefix_tokens": self.num_prefix_tokens}
@@ -103,7 +107,9 @@ class MixAttention(nn.Module):
             raise ValueError(f"LePE needs a square token grid; got {grid} grid tokens")
         x = v[:, :, p:].transpose(-1, -2).reshape(b, h * d, side, side)
         x = self.lepe(x).reshape(b, h, d, grid).transpose(-1, -2)
-        return torch.cat([x.new_zeros(b, h, p, d), x], dim=2) if p else x
+        # Zero rows for the prefix tokens by padding (a Pad node), not by concatenating a zeros tensor
+        # (which the exporter would fold into a constant the size of the batch).
+        return F.pad(x, (0, 0, p, 0)) if p else x
 
     def _key_mask_from(self, attn_mask: Tensor, b: int, n: int) -> Tensor:
         """A key-padding mask broadcastable to (B, 1, 1, N) -> (B, 1, N) participation weights."""
@@ -112,6 +118,18 @@ class MixAttention(nn.Module):
                              f"got {tuple(attn_mask.shape)}")
         keep = attn_mask if attn_mask.dtype == torch.bool else attn_mask > -1e4
         return keep.reshape(keep.shape[0], 1, n).expand(b, 1, n)
+
+    @staticmethod
+    def _pair_mask(attn_mask: Optional[Tensor], mask: Optional[Tensor], b: int, n: int) -> Optional[Tensor]:
+        """timm's additive / boolean masks -> one boolean (B, 1, N, N) 'pair takes part' mask, or None."""
+        keep = None
+        if attn_mask is not None:
+            keep = attn_mask if attn_mask.dtype == torch.bool else attn_mask > -1e4
+        if mask is not None:  # Swin's (nW, N, N) window mask: 0 within a region, -100 across
+            nw = mask.shape[0]
+            regions = (mask == 0).view(1, nw, 1, n, n).expand(b // nw, nw, 1, n, n).reshape(b, 1, n, n)
+            keep = regions if keep is None else keep & regions
+        return keep
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, mask: Optional[Tensor] = None,
                 is_causal: bool = False, **_unused) -> Tensor:
@@ -127,9 +145,11 @@ class MixAttention(nn.Module):
                 attn_mask = mask if attn_mask is None else attn_mask + mask
             y = AF.softmax_attention(q, k, v, attn_mask=attn_mask) if not is_causal else \
                 torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif is_causal:
+            raise ValueError(f"{self.kind} attention does not support is_causal=True")
+        elif self._quadratic:
+            y = self._core(q, k, v, attn_mask=self._pair_mask(attn_mask, mask, b, n))
         else:
-            if is_causal:
-                raise ValueError(f"{self.kind} attention does not support is_causal=True")
             if mask is not None:
                 y = AF.masked_by_regions(self._core, q, k, v, regions_from_window_mask(mask))
             elif attn_mask is not None:
@@ -155,4 +175,4 @@ class MixAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, heads={self.num_heads}, head_dim={self.head_dim}, " \
-               f"gate={self.gate is not None}, lepe={self.lepe is not None}, prefix={self.num_prefix_tokens}"
+               f"gate={describe_gate(self.gate)['gate']}, lepe={self.lepe is not None}, prefix={self.num_prefix_tokens}"

@@ -46,6 +46,11 @@ def list_attention_kinds(linear_only: bool = False) -> List[str]:
     return [name for name, kind in _KINDS.items() if kind.linear or not linear_only]
 
 
+def list_keep_kinds() -> List[str]:
+    """The quadratic kinds a kept layer may use (softmax, the original, first)."""
+    return [name for name, kind in _KINDS.items() if not kind.linear]
+
+
 register_attention(AttentionKind(
     name="softmax",
     core=AF.softmax_attention,
@@ -53,6 +58,14 @@ register_attention(AttentionKind(
     # q k^T and attn @ v
     core_macs=lambda h, n, d: 2 * h * n * n * d,
     description="quadratic softmax attention (the pretrained original)",
+))
+register_attention(AttentionKind(
+    name="relu-quadratic",
+    core=AF.relu_quadratic_attention,
+    linear=False,
+    # ReLU(Q) ReLU(K)^T and scores @ V
+    core_macs=lambda h, n, d: 2 * h * n * n * d,
+    description="ReLU-based quadratic attention with fixed 1/(N sqrt d) normalisation (MixA's kept layers)",
 ))
 register_attention(AttentionKind(
     name="relu",
@@ -73,8 +86,9 @@ register_attention(AttentionKind(
     name="rala",
     core=AF.rala_attention,
     linear=True,
-    # q_g . k_j (N d), k^T v and q KV (2 N d^2), denominator q . mean k' (N d)
-    core_macs=lambda h, n, d: h * (2 * n * d * d + 2 * n * d),
+    # q_g = mean_i q_i as a row product (N d), logits q_g . k_j (N d), k'^T v and q KV (2 N d^2),
+    # mean_j k'_j = p K (N d), denominator q . mean k' (N d)
+    core_macs=lambda h, n, d: h * (2 * n * d * d + 4 * n * d),
     description="rank-augmented linear attention (RALA, CVPR 2025) with output gate and LePE",
-    module_defaults={"gate": True, "lepe": True},
+    module_defaults={"gate": "linear", "lepe": True},
 ))

@@ -67,7 +67,7 @@ def run(args) -> int:
     overrides = {k: getattr(args, k) for k in OVERRIDES}
     result = distill(args.model, args.data_dir, args.output, teacher=args.teacher, recipe=args.recipe,
                      teacher_checkpoint=args.teacher_checkpoint, resume=args.resume, stop_after=args.stop_after,
-                     device=args.device, progress=not args.no_progress, source=model_source_kwargs(args),
+                     device=args.device, progress=args.progress, source=model_source_kwargs(args),
                      **overrides)
     if int(os.environ.get("RANK", "0")) == 0:
         rows = [("epochs done", result["epochs_done"]), ("train loss", result.get("train_loss")),

@@ -30,7 +30,7 @@ def run(args) -> int:
 
     result = evaluate(args.model, args.data_dir, teacher=args.teacher, teacher_checkpoint=args.teacher_checkpoint,
                       batch_size=args.batch_size, workers=args.workers, max_images=args.num_images, amp=args.amp,
-                      device=args.device, progress=not args.no_progress, **model_source_kwargs(args))
+                      device=args.device, progress=args.progress, **model_source_kwargs(args))
     labels = [("images", "images"), ("top1", "top-1 (%)"), ("top5", "top-5 (%)"), ("loss", "loss (CE)"),
               ("agreement_top1", "agreement top-1 (%)"), ("mean_kl", "mean KL(teacher||model)"),
               ("skipped", "unreadable skipped")]

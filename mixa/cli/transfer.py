@@ -50,7 +50,7 @@ def run(args) -> int:
 
     result = transfer(args.model, args.data_dir, args.output, teacher=args.teacher,
                       teacher_checkpoint=args.teacher_checkpoint, resume=args.resume, stop_after=args.stop_after,
-                      device=args.device, progress=not args.no_progress, source=model_source_kwargs(args),
+                      device=args.device, progress=args.progress, source=model_source_kwargs(args),
                       **{k: getattr(args, k) for k in OVERRIDES})
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

@@ -19,6 +19,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..errors import UsageError
 from ..metrics import kl_per_sample
@@ -77,8 +78,6 @@ def sensitivity_scores(model: nn.Module, layers: List[Tuple[str, nn.Module]], ba
                        set_layer: Callable[[nn.Module, str, nn.Module], nn.Module],
                        progress: bool = True) -> List[float]:
     """KL(original || layer i alone replaced) for every layer i, on the same calibration batches."""
-    from tqdm import tqdm
-
     reference = model_logits(model, batches)
     scores = []
     for path, original in tqdm(layers, desc="sensitivity", unit="layer", disable=not progress, leave=False):
@@ -103,8 +102,6 @@ def transfer_scores(model: nn.Module, layers: List[Tuple[str, nn.Module]], batch
     by every layer after it. Ranked by their own error, the first layer looked easy to imitate (layer 10
     was kept instead) and the students lost up to 6 points after short KD; ranked by what the remaining
     error does to the output, the choice was as good as sensitivity's or better (benchmarks/transfer)."""
-    from tqdm import tqdm
-
     steps = steps or TRANSFER_SELECT_STEPS
     device = next(model.parameters()).device
     trained = {id(original): make_replacement(original) for _, original in layers}

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Union
 
 import torch
 from torch.utils.data import DataLoader, default_collate
+from timm.data import create_transform, resolve_data_config
 from torchvision.datasets import ImageFolder
 
 from ..errors import MixaError, UsageError
@@ -105,8 +106,6 @@ def collate_readable(samples):
 def data_config(model, input_size=None) -> dict:
     """timm's data config for ``model`` (size, crop, interpolation, mean/std). The input size follows the
     model's real one (a ViT built or resized with another img_size), or ``input_size`` when given."""
-    from timm.data import resolve_data_config
-
     cfg = resolve_data_config(model=model)
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if input_size is not None:
@@ -118,8 +117,6 @@ def data_config(model, input_size=None) -> dict:
 
 def eval_transform(model, input_size=None) -> Callable:
     """timm's eval transform for ``data_config(model, input_size)``."""
-    from timm.data import create_transform
-
     return create_transform(**data_config(model, input_size), is_training=False)
 
 

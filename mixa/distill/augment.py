@@ -9,6 +9,8 @@ puts it in place of timm's function on the ops of one transform (timm keeps each
 """
 from __future__ import annotations
 
+from timm.data import auto_augment
+
 
 def posterize(img, bits_to_keep, **_):
     """Keep the ``bits_to_keep`` most significant bits of every channel (0 -> black), like Pillow's
@@ -23,8 +25,6 @@ def posterize(img, bits_to_keep, **_):
 def repair_posterize(transform):
     """Swap timm's posterize for ``posterize`` in every RandAugment / AugMix / AutoAugment op of
     ``transform`` (a Compose or a single transform). Returns the transform."""
-    from timm.data import auto_augment
-
     for t in getattr(transform, "transforms", [transform]):
         ops = list(getattr(t, "ops", []))              # RandAugment, AugMixAugment
         for sub_policy in getattr(t, "policy", []):    # AutoAugment: a list of op lists

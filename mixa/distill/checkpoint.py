@@ -18,16 +18,17 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
-from .. import io as mio
 from ..errors import MixaError, UsageError
+from ..io import atomic_path, make_temp_dir
+from ..saved import WEIGHTS_NAME, save
 
 STATE_NAME = "train_state.pt"
 STATE_VERSION = 1
@@ -57,9 +58,9 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 def save_checkpoint(run: Path, name: str, model: nn.Module, state: Optional[Dict[str, Any]]) -> Path:
     """Write ``run/name`` as a complete saved-model directory (+ train state), switched in by renames."""
     final, old = run / name, run / f".{name}.old"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp.", dir=run))
+    tmp = make_temp_dir(run, prefix=f".{name}.tmp.")
     try:
-        mio.save(model, tmp)
+        save(model, tmp)
         if state is not None:
             torch.save({"version": STATE_VERSION, **state}, tmp / STATE_NAME)
         if old.exists():
@@ -122,17 +123,15 @@ def open_run(output, resume: bool, command: str) -> Tuple[Path, Optional[Dict[st
 
 def load_last_weights(model: nn.Module, run: Path, what: str) -> None:
     """The weights of ``run/last`` into ``model`` (which must be the same architecture)."""
-    from safetensors.torch import load_file
-
     try:
-        model.load_state_dict(load_file(str(run / "last" / mio.WEIGHTS_NAME)), strict=True)
+        model.load_state_dict(load_file(str(run / "last" / WEIGHTS_NAME)), strict=True)
     except RuntimeError as err:
         raise MixaError(f"{run}/last does not match {what}: {str(err).splitlines()[0]}") from None
 
 
 def write_metrics(run: Path, rows: List[Dict[str, Any]]) -> None:
     """RUN/metrics.jsonl and RUN/metrics.csv (columns in order of first appearance)."""
-    with mio.atomic_path(run / "metrics.jsonl") as tmp:
+    with atomic_path(run / "metrics.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     keys: List[str] = []
     for row in rows:
@@ -141,5 +140,5 @@ def write_metrics(run: Path, rows: List[Dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     writer.writerows(rows)
-    with mio.atomic_path(run / "metrics.csv") as tmp:
+    with atomic_path(run / "metrics.csv") as tmp:
         tmp.write_text(buf.getvalue())

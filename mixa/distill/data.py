@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from timm.data import Mixup, create_transform
 from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
@@ -27,8 +28,6 @@ def split_dir(data_dir, split: str) -> Path:
 def train_transform(model, settings: Dict[str, Any]):
     """timm's training transform (random resized crop, flip, RandAugment, colour jitter, random erasing)
     for the student's input size, mean/std and interpolation."""
-    from timm.data import create_transform
-
     cfg = data_config(model)
     transform = create_transform(cfg["input_size"], is_training=True, interpolation=cfg["interpolation"],
                                  mean=cfg["mean"], std=cfg["std"], auto_augment=settings.get("auto_augment"),
@@ -41,7 +40,6 @@ def train_transform(model, settings: Dict[str, Any]):
 class ShardSampler(Sampler):
     """Every world-th of ``indices`` from ``rank``, in order, without padding (evaluation counts each
     image once)."""
-
     def __init__(self, indices, rank: int = 0, world: int = 1):
         self.indices = list(indices)[rank::world]
 
@@ -55,7 +53,6 @@ class ShardSampler(Sampler):
 class ResumableSampler(DistributedSampler):
     """DistributedSampler whose next epoch can start part-way (after a mid-epoch checkpoint): the order
     is the epoch's usual permutation, minus its first ``skip`` indices."""
-
     skip = 0
 
     def __iter__(self):
@@ -110,7 +107,6 @@ def mixup_fn(settings: Dict[str, Any], num_classes: int):
     """timm's Mixup/CutMix (it also applies the label smoothing), or None when both are off."""
     if not (settings["mixup"] > 0 or settings["cutmix"] > 0):
         return None
-    from timm.data import Mixup
 
     return Mixup(mixup_alpha=settings["mixup"], cutmix_alpha=settings["cutmix"], prob=settings["mixup_prob"],
                  switch_prob=settings["mixup_switch_prob"], label_smoothing=settings["smoothing"],

@@ -7,14 +7,12 @@ import os
 from typing import Any, List, Optional
 
 import torch
+import torch.distributed as tdist
 
 
 class Dist:
     """Rank and world from torchrun's environment; one process when not launched by torchrun."""
-
     def __init__(self, device: Optional[str] = None):
-        import torch.distributed as tdist
-
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -36,7 +34,6 @@ class Dist:
     def sum(self, values: List[float]) -> List[float]:
         if not self.enabled:
             return list(values)
-        import torch.distributed as tdist
 
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         tdist.all_reduce(t)
@@ -45,7 +42,6 @@ class Dist:
     def gather(self, obj) -> list:
         if not self.enabled:
             return [obj]
-        import torch.distributed as tdist
 
         out = [None] * self.world
         tdist.all_gather_object(out, obj)
@@ -53,13 +49,11 @@ class Dist:
 
     def barrier(self) -> None:
         if self.enabled:
-            import torch.distributed as tdist
 
             tdist.barrier()
 
     def close(self) -> None:
         if self.owns_group:
-            import torch.distributed as tdist
 
             tdist.destroy_process_group()
 
@@ -68,7 +62,6 @@ class Dist:
 class Sums:
     """Base of a dataclass of float running sums: ``add(name=value, ...)``, ``reduced(dist)`` (summed over
     processes), ``as_dict()`` / ``from_dict()`` (for a checkpoint)."""
-
     def add(self, **values: float) -> None:
         for name, value in values.items():
             setattr(self, name, getattr(self, name) + float(value))

@@ -8,9 +8,11 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from .. import metrics
 from ..errors import MixaError, UsageError
+from .data import split_dir, val_loader
 from .distributed import Dist, Sums
 from .precision import autocast, autocast_dtype
 from .teacher import (ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original,
@@ -34,8 +36,6 @@ def evaluate_loader(model: nn.Module, loader, teacher: Optional[nn.Module] = Non
                     progress: bool = False, desc: str = "eval") -> Dict[str, Any]:
     """top-1/top-5/CE loss over the loader's readable images, and with a teacher the top-1 agreement and
     mean KL(teacher || model). Stand-ins for unreadable files are counted in ``skipped``, not scored."""
-    from tqdm import tqdm
-
     device = device or torch.device("cpu")
     was_training = model.training
     model.eval()
@@ -57,7 +57,7 @@ def evaluate_loader(model: nn.Module, loader, teacher: Optional[nn.Module] = Non
         if teacher is not None:
             with autocast(device, dtype):
                 t_logits = teacher(to_teacher(images) if to_teacher else images).float()
-            agree = metrics.agreement(t_logits, logits)
+            agree = metrics.agreement_sums(t_logits, logits)
             sums.add(match=agree["match"], kl=agree["kl"])
     model.train(was_training)
     sums = sums.reduced(dist)
@@ -81,8 +81,6 @@ def evaluate(model: ModelSource, data_dir, teacher=None, *, teacher_checkpoint: 
     cannot be built (offline, no checkpoint, nothing recorded), the result has ``agreement_missing``
     (one line saying why) and everything else.
     """
-    from .data import split_dir, val_loader
-
     if batch_size < 1 or (max_images is not None and max_images < 1):
         raise UsageError("--batch-size and --num-images must be >= 1")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

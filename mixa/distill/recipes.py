@@ -10,6 +10,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import yaml
+
 from ..errors import UsageError
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")   # auto: bf16 on CUDA if supported, else fp16; off on CPU
@@ -85,8 +87,6 @@ def recipe_text(name_or_path: str) -> str:
 
 def load_recipe(recipe: Optional[Any] = None, **overrides) -> Dict[str, Any]:
     """DEFAULTS <- recipe (name, path or dict) <- overrides that are not None."""
-    import yaml
-
     settings = dict(DEFAULTS)
     if isinstance(recipe, dict):
         given = dict(recipe)

@@ -1,11 +1,13 @@
-"""One optimiser step of distillation (also what tools/bench_distill.py times)."""
+"""One optimiser step of distillation (also what benchmarks/bench_distill.py times)."""
 from __future__ import annotations
 
 import contextlib
 from typing import Any, Dict, Optional
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .losses import distillation_loss
 from .optim import create_optimizer, create_scheduler, param_groups
@@ -16,7 +18,6 @@ from .teacher import renormalizer, unwrap
 class DistillStep:
     """Forward/backward of the student on a batch, the teacher's logits on the same batch, AdamW with
     the per-iteration schedule, clipping, accumulation, AMP and EMA."""
-
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module], settings: Dict[str, Any],
                  device: torch.device, lr: float, total_steps: int, warmup_steps: int, ddp: bool = False):
         self.settings = settings
@@ -28,7 +29,6 @@ class DistillStep:
         self.to_teacher = renormalizer(self.model, teacher) if teacher is not None else None
         self.net = student
         if ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.net = DDP(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.dtype = autocast_dtype(settings["amp"], device)
@@ -37,7 +37,6 @@ class DistillStep:
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.ema = None
         if settings["ema"]:
-            from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(self.model, decay=settings["ema_decay"])
         self.step = 0

@@ -5,14 +5,15 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
-from .. import io as mio
 from ..data import data_config
-from ..errors import MixaError
+from ..errors import MixaError, UsageError
+from ..models import create_model
+from ..saved import Original, is_model_dir, load, load_target, original_of, read_config
 
 ModelSource = Union[str, os.PathLike, nn.Module]
 
@@ -22,42 +23,44 @@ def load_model(model: ModelSource, **source) -> nn.Module:
     weight-source options of a name (pretrained, checkpoint, num_classes, timm kwargs)."""
     if isinstance(model, nn.Module):
         return model
-    from ..models import load_target
-
     return load_target(str(model), **{k: v for k, v in source.items() if v is not None})
 
 
-def recorded_original(model: ModelSource, loaded: Optional[nn.Module] = None) -> Optional[Dict[str, Any]]:
+def recorded_original(model: ModelSource, loaded: Optional[nn.Module] = None) -> Optional[Original]:
     """How the model's original was built (timm name, kwargs, weights), from a saved model's config or
-    from what mixa recorded on a module; None when nothing is recorded."""
-    if not isinstance(model, nn.Module) and mio.is_model_dir(model):
-        return mio.read_config(model).get("base")
-    return getattr(loaded if loaded is not None else model, "mixa_base", None)
+    from the model itself (mixa.saved.original_of); None when it can't be recorded."""
+    if not isinstance(model, nn.Module) and is_model_dir(model):
+        return read_config(model).original
+    try:
+        return original_of(loaded if loaded is not None else model)
+    except UsageError:
+        return None
 
 
-def build_teacher(teacher, original: Optional[Dict[str, Any]], checkpoint: Optional[str] = None) -> nn.Module:
+def build_teacher(teacher, original: Optional[Original], checkpoint: Optional[str] = None) -> nn.Module:
     """The frozen teacher. ``None``/"auto": the ``original`` recorded for the student (its timm pretrained
     weights or checkpoint, its timm kwargs; the input size stays the student's). A saved mixa directory, a
     timm name/alias (pretrained, or ``checkpoint``) or an nn.Module also work."""
-    from ..models import create_model
-
     if isinstance(teacher, nn.Module):
         model = teacher
     elif teacher is None or teacher == "auto":
-        if not isinstance(original, dict) or not original.get("model"):
+        if original is None:
             raise MixaError("the model records no original to compare with; pass --teacher NAME|DIR")
-        ckpt = checkpoint or original.get("checkpoint")
-        if ckpt is None and not original.get("pretrained", True) and os.environ.get("RANK", "0") == "0":
-            print(f"mixa: warning: the model was converted from a randomly initialised {original['model']}; "
+        ckpt = checkpoint or original.checkpoint
+        if ckpt is None and original.pretrained is None:
+            raise MixaError(f"the original ({original.model}) has weights of unknown origin (the model was converted "
+                            f"from an in-memory module); pass --teacher NAME|DIR or --teacher-checkpoint PATH")
+        if ckpt is None and not original.pretrained and os.environ.get("RANK", "0") == "0":
+            print(f"mixa: warning: the model was converted from a randomly initialised {original.model}; "
                   f"the default teacher has random weights (pass --teacher or --teacher-checkpoint)", file=sys.stderr)
         try:
-            model = create_model(original["model"], pretrained=bool(original.get("pretrained", True)) and ckpt is None,
-                                 checkpoint=ckpt, **dict(original.get("kwargs") or {}))
+            model = create_model(original.model, pretrained=bool(original.pretrained) and ckpt is None,
+                                 checkpoint=ckpt, **original.kwargs)
         except MixaError as err:
-            raise MixaError(f"the recorded original {original['model']} cannot be built ({err}); "
+            raise MixaError(f"the recorded original {original.model} cannot be built ({err}); "
                             f"pass --teacher NAME|DIR or --teacher-checkpoint PATH") from None
     elif Path(str(teacher)).is_dir():
-        model = mio.load(teacher)
+        model = load(teacher)
     else:
         if os.sep in str(teacher) or str(teacher).startswith("."):
             raise MixaError(f"teacher not found: {teacher} (not a saved mixa model directory)")

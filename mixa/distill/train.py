@@ -11,8 +11,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .. import io as mio
+from timm.utils import random_seed
+from tqdm import tqdm
+
 from ..errors import MixaError, UsageError
+from ..io import write_json
+from ..transfer.run import transfer
 from . import data as D
 from .checkpoint import load_last_weights, open_run, rng_state, save_checkpoint, set_rng_state, write_metrics
 from .distributed import Dist, Sums
@@ -21,7 +25,6 @@ from .precision import autocast_dtype
 from .recipes import load_recipe
 from .step import DistillStep
 from .teacher import ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original
-
 
 TRANSFER_STAGE = "transfer"
 
@@ -34,8 +37,6 @@ def _transfer_stage(student, student_source, source, data_dir, run: Path, teache
                     s: Dict[str, Any], dist: Dist, progress: bool) -> None:
     """``transfer_steps`` of layer-wise attention transfer into RUN/transfer (resumed if it was killed),
     whose result the student starts distillation from."""
-    from ..transfer.run import transfer
-
     stage = run / TRANSFER_STAGE
     transfer(student_source, data_dir, stage, teacher=teacher, teacher_checkpoint=teacher_checkpoint,
              resume=(stage / "last").exists() or (stage / ".last.old").exists(), device=str(dist.device),
@@ -94,8 +95,6 @@ def distill(student: ModelSource, data_dir, output, teacher=None, recipe=None, *
 
 def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, settings, state, stop_after, dist,
          progress) -> Dict[str, Any]:
-    from timm.utils import random_seed
-    from tqdm import tqdm
 
     s = settings
     world, accum = dist.world, s["accum_steps"]
@@ -131,7 +130,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         load_last_weights(student, run, f"the student {student_source}")
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
-        mio.write_json(run / "run.json", {
+        write_json(run / "run.json", {
             "student": str(student_source), "data": str(data_dir), "teacher": None if teacher is None else str(teacher),
             "teacher_checkpoint": teacher_checkpoint, "settings": s, "processes": world,
             "per_process_batch": per_process, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch})

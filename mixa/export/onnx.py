@@ -12,6 +12,7 @@ that ``mixa profile model.onnx`` can report them on a board with no torch.
 from __future__ import annotations
 
 import inspect
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -22,8 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attention import MixAttention
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
+from ..macs import count_macs, count_params
+from ..models.attention_layers import attention_layers, layer_kind
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 covers it fully; LayerNormalization is a single node from 17 on
 EXPORTERS = ("torchscript", "dynamo")
@@ -67,14 +71,85 @@ def _dynamo_export(model, example, path, opset, dynamic_batch):
     program.save(str(path))
 
 
-def _add_metadata(path: Path, meta: Dict[str, str]) -> None:
+def _weights_as_initializers(graph) -> None:
+    """Make every constant of ``graph`` a plain initializer, in place.
+
+    torch's exporter stores equal parameters once and routes the copies through ``Identity`` nodes (a
+    freshly converted model has many: every zero LePE kernel, every neutral gate), and folds some constants
+    into ``Constant`` nodes. ONNX Runtime's quantizers (``quantize_dynamic`` / ``quantize_static``) expect a
+    weight to be an initializer and stop at an Identity ("Expected ... to be an initializer"). Here each
+    such Identity becomes a copy of its initializer under the Identity's output name, and each Constant an
+    initializer of the same name: the same values, one initializer per use, and nothing else changes.
+    """
+    from onnx import numpy_helper
+
+    initializers = {init.name: init for init in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    kept = []
+    for node in graph.node:
+        tensor = None
+        if node.op_type == "Identity" and node.input[0] in initializers and node.output[0] not in graph_outputs:
+            tensor = numpy_helper.to_array(initializers[node.input[0]])
+        elif node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = numpy_helper.to_array(node.attribute[0].t)
+        if tensor is None:
+            kept.append(node)
+            continue
+        copy = numpy_helper.from_array(tensor, node.output[0])
+        graph.initializer.append(copy)
+        initializers[copy.name] = copy
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _fold_constants(path: Path) -> None:
+    """ONNX Runtime's basic (hardware-independent, standard-ops-only) optimisations, written back: constant
+    folding computes the shape arithmetic torch's tracer records (Swin's window padding is computed from
+    ``x.shape``), which ORT's symbolic shape inference -- the first step of ``quant_pre_process`` -- cannot
+    follow ("Incomplete symbolic shape inference"). With a dynamic batch the shapes stay computed."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    folded = path.with_name(path.name + ".folded")
+    options.optimized_model_filepath = str(folded)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    os.replace(folded, path)
+
+
+def _finish(path: Path, meta: Dict[str, str]) -> None:
+    """Constants folded, weights as initializers (see ``_weights_as_initializers``) and mixa's metadata."""
     import onnx
 
+    _fold_constants(path)
     proto = onnx.load(str(path))
+    _weights_as_initializers(proto.graph)
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, str(value)
     onnx.save(proto, str(path))
+
+
+def attention_scopes(model: nn.Module) -> Dict[str, str]:
+    """{ONNX name scope of each attention module: its kind}. torch's TorchScript exporter names a node after
+    the module that made it: ``blocks.2.attn`` -> ``/blocks/blocks.2/attn/`` (a ModuleList entry is named
+    with its list). Stored in the file (``mixa.attention_scopes``) so that INT8 can find each attention's
+    core on a machine without torch (``mixa.export.quantize.core_nodes``)."""
+    try:
+        layers = attention_layers(model)
+    except MixaError:  # not a DeiT/Swin (e.g. RAVLT): no scopes recorded
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, MixAttention)]
+    scopes = {}
+    for path, module in layers:
+        parts: list = []
+        for part in path.split("."):
+            if part.isdigit() and parts:
+                parts.append(f"{parts[-1]}.{part}")
+            else:
+                parts.append(part)
+        scopes["/" + "/".join(parts) + "/"] = layer_kind(module) if not isinstance(module, MixAttention) \
+            else module.kind
+    return scopes
 
 
 def op_counts(path: os.PathLike | str) -> Dict[str, int]:
@@ -120,8 +195,6 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     """Write ``model`` (fp32, CPU, eval) to ``path`` as ONNX with input ``input`` (B, C, H, W) and output
     ``logits``; verify it (see ``verify_onnx``) before it replaces ``path``: a failed export leaves no file.
     """
-    from ..macs import count_macs, count_params
-
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:
@@ -129,7 +202,8 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     input_size = tuple(int(s) for s in input_size)
     model = model.to("cpu", torch.float32).eval()
     meta = {"mixa.params": count_params(model), "mixa.macs": count_macs(model, input_size),
-            "mixa.input_size": "x".join(map(str, input_size)), **(metadata or {})}
+            "mixa.input_size": "x".join(map(str, input_size)),
+            "mixa.attention_scopes": json.dumps(attention_scopes(model)), **(metadata or {})}
     # Traced at batch 2 when the batch is dynamic (torch.export specialises a dimension of size 1).
     example = torch.randn(2 if dynamic_batch else 1, *input_size)
     path = Path(path)
@@ -144,7 +218,7 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise MixaError(f"ONNX export ({exporter}) of {type(model).__name__} failed: {first[:300]}") from err
-        _add_metadata(tmp, meta)
+        _finish(tmp, meta)
         if verify:
             result.max_abs_diff, result.tolerance = verify_onnx(tmp, model, input_size,
                                                                 batch=3 if dynamic_batch else 1, rtol=rtol)

@@ -5,20 +5,39 @@
 - ``static``: weights and activations quantised with ranges calibrated on images (``quantize_static``,
   QDQ format, per-channel weights); needs calibration data.
 
-Weights are uint8 by default (``weights="u8"``, ONNX Runtime's U8U8 kernels): exact on every CPU. Signed int8
-weights (``"s8"``, U8S8) are faster on CPUs with VNNI (AVX512-VNNI / AVX-VNNI) and on ARM, but on x86 CPUs
-without VNNI the U8S8 kernels can saturate (ONNX Runtime documents this): measured here on an AVX2-only CPU
-with the quick-start student, top-1 agreement with fp32 fell to 57-73% (dynamic) and 82-90% (static) with s8
-weights, against 100% with u8 weights.
+What stays fp32 (``keep_fp32``):
+- ``"cores"`` (default): INT8 for the layers only -- the MatMul/Gemm/Conv of qkv, proj, gate, MLP, patch
+  embedding and head, where >= 95% of the MACs are at 224 px -- and fp32 for everything else:
+  * every attention core, excluded by node name (``nodes_to_exclude``): all nodes an attention module makes
+    itself between its qkv and its output projection -- the token reductions (k^T v, sum_j k_j, mean_j),
+    the normalisers and divisions (relu's q . sum k + eps, RALA's 1 / (q . mean k' + eps), SteLLA's
+    1/(N sqrt d)), the softmax / RALA reweighting, LePE and the gate product. Why: a linear attention's
+    normaliser is a Div of two data-dependent sums (ONNX Runtime issue 16219: quantising Div/Pow/Sqrt ruins
+    models) and its d x d buffer k^T v sums all N tokens, so its range grows with N. The softmax cores are
+    kept fp32 too, so that the original and the converted model are quantised alike (the split ExecuTorch's
+    XNNPACK quantizer makes). The cores are found by the name scopes ``mixa export`` records in the file
+    (``mixa.attention_scopes``).
+  * the residual additions, norms and other element-wise ops (``op_types_to_quantize`` = the layers): static
+    QDQ of the residual stream cost 1-4 of 300 images of top-1 agreement on the packaged trained teacher
+    (98.7-99.3%), layers-only static INT8 agreed on 300/300 (benchmarks/edge/INT8.md).
+- ``"none"``: ONNX Runtime's defaults (everything it can quantise).
 
-Both work on the fp32 file written by ``export_onnx``; the model is first run through ONNX Runtime's
-``quant_pre_process`` (shape inference + graph optimisation), which its documentation recommends.
+Weights (``weights``): ``"s8"`` (U8S8) is the default on CPUs with VNNI (AVX512-VNNI / AVX-VNNI) and on ARM,
+where it is exact and fastest; ``"u8"`` (U8U8) on x86 CPUs without VNNI, where ONNX Runtime's U8S8 kernels
+can saturate (measured on an AVX2-only CPU with the quick-start student: 57-73% top-1 agreement with s8
+weights against 100% with u8). ``"auto"`` picks by ``int8_weights_for_this_cpu``.
+
+Both modes first run ONNX Runtime's ``quant_pre_process`` (shape inference + graph optimisation), which its
+documentation recommends.
 """
 from __future__ import annotations
 
+import json
 import os
+import platform
 import tempfile
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
@@ -28,7 +47,40 @@ from ..errors import MixaError, UsageError
 from ..io import atomic_path
 
 QUANT_MODES = ("dynamic", "static")
-WEIGHT_TYPES = ("u8", "s8")
+WEIGHT_TYPES = ("auto", "u8", "s8")
+KEEP_FP32 = ("cores", "none")
+LAYER_OPS = ["MatMul", "Gemm", "Conv"]
+# Sub-modules of an attention layer that are layers (quantised like any Linear), not its core.
+_LAYER_SCOPES = ("qkv/", "proj/", "gate/")
+
+
+@dataclass
+class QuantizeResult:
+    path: Path
+    mode: str
+    weights: str
+    keep_fp32: str
+    excluded: List[str] = field(default_factory=list)
+
+
+def cpu_has_vnni() -> Optional[bool]:
+    """True / False from /proc/cpuinfo's flags on x86 Linux; None where it cannot tell."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_vnni", "avx_vnni"})
+    except OSError:
+        pass
+    return None
+
+
+def int8_weights_for_this_cpu() -> str:
+    """'s8' on ARM and on x86 with VNNI; 'u8' on x86 without VNNI (or when the flags cannot be read)."""
+    if platform.machine().lower() in ("arm64", "aarch64") or platform.machine().lower().startswith("arm"):
+        return "s8"
+    return "s8" if cpu_has_vnni() else "u8"
 
 
 class _BatchReader:
@@ -56,9 +108,32 @@ def _feeds(path: os.PathLike | str, batches: List[np.ndarray]) -> _BatchReader:
     return _BatchReader(spec.name, batches)
 
 
+def attention_scopes(path: os.PathLike | str) -> dict:
+    """The {name scope: kind} map ``mixa export`` wrote into the file ({} for files from elsewhere)."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(meta.get("mixa.attention_scopes", "{}"))
+
+
+def core_nodes(path: os.PathLike | str, scopes: Optional[dict] = None) -> List[str]:
+    """Names of the nodes of ``path`` that belong to an attention core (see the module docstring)."""
+    import onnx
+
+    scopes = attention_scopes(path) if scopes is None else scopes
+    names = []
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        for scope in scopes:
+            if node.name.startswith(scope) and not node.name[len(scope):].startswith(_LAYER_SCOPES):
+                names.append(node.name)
+                break
+    return names
+
+
 def quantize_onnx(fp32_path: os.PathLike | str, int8_path: os.PathLike | str, mode: str = "dynamic",
-                  calib_batches: Optional[List[np.ndarray]] = None, weights: str = "u8") -> Path:
-    """Write an INT8 version of ``fp32_path`` to ``int8_path`` (atomically); ``weights`` u8 or s8."""
+                  calib_batches: Optional[List[np.ndarray]] = None, weights: str = "auto",
+                  keep_fp32: str = "cores") -> QuantizeResult:
+    """Write an INT8 version of ``fp32_path`` to ``int8_path`` (atomically)."""
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
                                           quantize_dynamic, quantize_static)
 
@@ -66,30 +141,41 @@ def quantize_onnx(fp32_path: os.PathLike | str, int8_path: os.PathLike | str, mo
         raise UsageError(f"unknown INT8 mode {mode!r}; choose from {', '.join(QUANT_MODES)}")
     if weights not in WEIGHT_TYPES:
         raise UsageError(f"unknown INT8 weight type {weights!r}; choose from {', '.join(WEIGHT_TYPES)}")
+    if keep_fp32 not in KEEP_FP32:
+        raise UsageError(f"unknown keep_fp32 {keep_fp32!r}; choose from {', '.join(KEEP_FP32)}")
+    weights = int8_weights_for_this_cpu() if weights == "auto" else weights
     weight_type = QuantType.QUInt8 if weights == "u8" else QuantType.QInt8
     if mode == "static" and not calib_batches:
         raise UsageError("static INT8 quantization needs calibration data (--calib-data DIR)")
     int8_path = Path(int8_path)
+    scopes = attention_scopes(fp32_path)
+    if keep_fp32 == "cores" and not scopes:
+        warnings.warn(f"{fp32_path} records no attention scopes (not written by mixa export): "
+                      f"every node ONNX Runtime can quantise is quantised")
     with tempfile.TemporaryDirectory() as work, atomic_path(int8_path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prepared = Path(work) / "prepared.onnx"
         try:
-            quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(str(fp32_path), str(prepared))
         except Exception:  # pre-processing is an optimisation; quantise the plain file if it fails
             prepared = Path(fp32_path)
+        excluded = core_nodes(prepared, scopes) if keep_fp32 == "cores" else []
+        op_types = LAYER_OPS if keep_fp32 == "cores" else None
         try:
             if mode == "dynamic":
-                quantize_dynamic(str(prepared), str(tmp), weight_type=weight_type, per_channel=True)
+                quantize_dynamic(str(prepared), str(tmp), weight_type=weight_type, per_channel=True,
+                                 nodes_to_exclude=excluded, op_types_to_quantize=op_types)
             else:
                 reader = _feeds(prepared, calib_batches)
                 quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QUInt8,
-                                weight_type=weight_type, calibrate_method=CalibrationMethod.MinMax)
+                                weight_type=weight_type, calibrate_method=CalibrationMethod.MinMax,
+                                nodes_to_exclude=excluded, op_types_to_quantize=op_types)
         except (MixaError, KeyboardInterrupt):
             raise
         except Exception as err:
             raise MixaError(f"INT8 quantization ({mode}) failed: {str(err).splitlines()[0][:300]}") from err
-    return int8_path
+    return QuantizeResult(int8_path, mode, weights, keep_fp32, excluded)
 
 
 def agreement(fp32_path: os.PathLike | str, int8_path: os.PathLike | str,

@@ -1,5 +1,6 @@
 """Generic layers shared by mixa's own models."""
+from .gates import GATES, IdentityGate, LowRankGate, make_gate
 from .pointwise import PointwiseLinear
 from .rope import RoPE2d, rope_2d_tables, rope_angles
 
-__all__ = ["PointwiseLinear", "RoPE2d", "rope_2d_tables", "rope_angles"]
+__all__ = ["GATES", "IdentityGate", "LowRankGate", "make_gate", "PointwiseLinear", "RoPE2d", "rope_2d_tables", "rope_angles"]

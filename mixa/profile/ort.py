@@ -3,13 +3,14 @@ modules), so it runs on a board without torch: ``python -m mixa profile model.on
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from ..errors import MixaError, UsageError
+from .records import make_record
+from .timing import time_call
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -55,14 +56,14 @@ def input_for(sess, batch: int, resolution: Optional[int]) -> Tuple[Dict[str, np
         raise UsageError(f"expected an image model with one (B, C, H, W) input; {spec.name} has shape {shape}")
     b, c, h, w = shape
     if isinstance(b, int) and b != batch:
-        raise UsageError(f"this .onnx file takes batch {b} only; use --batch {b} or export with --dynamic-batch")
+        raise UsageError(f"this .onnx file takes batch {b} only; use --batch-size {b} or export with --dynamic-batch")
     if not isinstance(h, int) or not isinstance(w, int):
         if resolution is None:
-            raise UsageError("this .onnx file has a dynamic image size: pass --res")
+            raise UsageError("this .onnx file has a dynamic image size: pass --img-size")
         h = w = resolution
     elif resolution is not None and (h, w) != (resolution, resolution):
         raise UsageError(f"wrong input size: this .onnx file takes {h}x{w} images, not {resolution}x{resolution} "
-                         f"(re-export with mixa export --input-size {resolution})")
+                         f"(re-export with mixa export --img-size {resolution})")
     if h != w:
         raise UsageError(f"only square inputs are supported; the file takes {h}x{w}")
     dtype = _NUMPY_TYPES.get(spec.type)
@@ -74,16 +75,7 @@ def input_for(sess, batch: int, resolution: Optional[int]) -> Tuple[Dict[str, np
 
 def time_session(sess, feed: Dict[str, np.ndarray], warmup: int, repeat: int, progress=None) -> List[float]:
     """Per-call wall time (seconds) of ``repeat`` runs after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append(time.perf_counter() - start)
-        if progress is not None:
-            progress.update(1)
-    return times
+    return time_call(lambda: sess.run(None, feed), warmup=warmup, repeat=repeat, progress=progress)
 
 
 def profile_file(path: os.PathLike | str, *, threads: Optional[int], batch: int, resolution: Optional[int],
@@ -91,8 +83,6 @@ def profile_file(path: os.PathLike | str, *, threads: Optional[int], batch: int,
                  macs_per_image: Optional[int] = None, progress=None) -> Dict[str, Any]:
     """One record for an .onnx file. Params/MACs come from the arguments or from the metadata that
     ``mixa export`` writes into the file (null for files from elsewhere)."""
-    from .records import make_record
-
     sess = session(path, threads)
     feed, res = input_for(sess, batch, resolution)
     meta = metadata(sess)

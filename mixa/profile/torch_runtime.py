@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import List, Optional
 
 import torch
 from torch import nn
 
 from ..errors import MixaError, UsageError
+from .timing import time_call
 
 
 def check_device(device: str) -> torch.device:
@@ -48,16 +48,9 @@ def time_model(model: nn.Module, *, batch: int, resolution: int, device: str = "
     autocast = torch.autocast(dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16,
                               enabled=amp)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    times = []
-    with cpu_threads(threads if dev.type == "cpu" else None), torch.inference_mode(), autocast:
-        for _ in range(max(warmup, 1 if compile else 0)):
-            run(x)
+    def call():
+        run(x)
         sync()
-        for _ in range(repeat):
-            start = time.perf_counter()
-            run(x)
-            sync()
-            times.append(time.perf_counter() - start)
-            if progress is not None:
-                progress.update(1)
-    return times
+
+    with cpu_threads(threads if dev.type == "cpu" else None), torch.inference_mode(), autocast:
+        return time_call(call, warmup=max(warmup, 1 if compile else 0), repeat=repeat, progress=progress)

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..distill.optim import create_optimizer, create_scheduler, param_groups
 from ..distill.precision import autocast, autocast_dtype
@@ -73,7 +74,6 @@ def check_reference(reference: nn.Module, paths: List[str]) -> None:
 class LayerSet(nn.Module):
     """The replaced layers of a student (the same module objects: training them trains the student).
     ``forward(captured)`` returns each layer's relative error, in the order of ``paths``."""
-
     def __init__(self, layers: Dict[str, nn.Module]):
         super().__init__()
         self.paths = list(layers)
@@ -91,7 +91,6 @@ class TransferStep:
     """One optimiser step of transfer: a forward of the reference (teacher-forcing inputs and targets),
     each layer on its own inputs, AdamW with timm's per-step cosine schedule, clipping, AMP; under torchrun
     the layers' gradients are averaged by DistributedDataParallel."""
-
     def __init__(self, reference: nn.Module, layers: Dict[str, nn.Module], settings: Dict[str, Any],
                  device: torch.device, lr: float, total_steps: int, warmup_steps: int, ddp: bool = False,
                  to_reference: Optional[Callable[[Tensor], Tensor]] = None):
@@ -100,7 +99,6 @@ class TransferStep:
         self.layer_set = LayerSet(layers)
         self.net = self.layer_set
         if ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
 
             self.net = DDP(self.layer_set, device_ids=[device.index] if device.type == "cuda" else None)
         self.dtype = autocast_dtype(settings["amp"], device)

@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-import torch
+from timm.utils import random_seed
 from torch import nn
+from tqdm import tqdm
 
-from .. import io as mio
-from ..conversion.layers import attention_layers, layer_kind
 from ..data import SafeImageFolder, eval_transform, resolve_split
 from ..distill import data as D
 from ..distill.checkpoint import load_last_weights, open_run, rng_state, save_checkpoint, set_rng_state, write_metrics
@@ -27,6 +26,9 @@ from ..distill.distributed import Dist
 from ..distill.precision import autocast_dtype
 from ..distill.teacher import ModelSource, build_teacher, load_model, recorded_original, renormalizer
 from ..errors import MixaError, UsageError
+from ..io import write_json
+from ..models.attention_layers import attention_layers, layer_kind
+from ..saved import save
 from .layerwise import TransferStep, check_reference, layer_errors
 from .settings import transfer_settings
 
@@ -83,8 +85,6 @@ def _datasets(data_dir, student: nn.Module, settings: Dict[str, Any], per_proces
 
 def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoint, settings, state, stop_after,
          dist: Dist, progress: bool) -> Dict[str, Any]:
-    from timm.utils import random_seed
-    from tqdm import tqdm
 
     s = settings
     if s["batch_size"] % dist.world:
@@ -122,7 +122,7 @@ def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoin
                        f"random streams restart (the run is no longer bit-exact)")
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
-        mio.write_json(run / "run.json", {
+        write_json(run / "run.json", {
             "student": str(student_source), "data": str(data_dir), "teacher": None if teacher is None else str(teacher),
             "teacher_checkpoint": teacher_checkpoint, "settings": s, "processes": dist.world,
             "per_process_batch": per_process, "layers": list(layers)})
@@ -178,6 +178,6 @@ def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoin
     bar.close()
     complete = stepper.step >= s["steps"]
     if complete and dist.main:
-        mio.save(student, run)  # the run directory is now the transferred model (config written last)
+        save(student, run)  # the run directory is now the transferred model (config written last)
     dist.barrier()
     return {**history[-1], "first": history[0], "run": str(run), "complete": complete, "layers": list(layers)}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from ..distill.recipes import AMP_MODES
 from ..errors import UsageError
 
 # AdamW without weight decay (a regression onto fixed targets, nothing to pull towards zero), a 5% linear
@@ -30,8 +31,6 @@ DEFAULTS: Dict[str, Any] = {
 
 def transfer_settings(**overrides) -> Dict[str, Any]:
     """DEFAULTS <- overrides that are not None, validated."""
-    from ..distill.recipes import AMP_MODES
-
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise UsageError(f"unknown transfer setting(s): {', '.join(unknown)}")

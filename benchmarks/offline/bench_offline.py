@@ -62,7 +62,8 @@ def main(argv=None):
     import torch
 
     import mixa
-    from mixa import io as mio
+    from mixa.io import write_json
+    from mixa.saved import save
     from mixa.data import synthetic
     from mixa.distill import distill, evaluate
     from mixa.export import export_onnx
@@ -79,7 +80,7 @@ def main(argv=None):
 
     if args.report_only:
         remeasure_latency(results, work, args.threads, args.latency_rounds, args.profile_repeat)
-        mio.write_json(results_path, results)
+        write_json(results_path, results)
         write_report(out, results)
         return
 
@@ -102,7 +103,7 @@ def main(argv=None):
     if "teacher" not in results:
         t = evaluate(teacher, data, **ev)
         results["teacher"] = {"top1": t["top1"], "latency_ms": latency(teacher, "teacher")}
-        mio.write_json(results_path, results)
+        write_json(results_path, results)
     print(f"teacher top-1 {results['teacher']['top1']:.2f}%  latency {results['teacher']['latency_ms']:.3f} ms",
           flush=True)
 
@@ -115,18 +116,18 @@ def main(argv=None):
         t0 = time.perf_counter()
         name = f"{kind}_k{keep}_{strategy}"
         model = mixa.convert(teacher, keep=keep, attn=kind, select=strategy,
-                             calib=calib if strategy == "sensitivity" else None, calib_batches=None,
+                             calib=calib if strategy == "sensitivity" else None, calib_images=None,
                              progress=False)
         kept = model.mixa_config["selection"]["kept"]
         twin = next((r for r in results["records"] if r["kind"] == kind and sorted(r["kept"]) == sorted(kept)), None)
         if twin is not None:  # the same layers kept: the same student, the same (deterministic) run
             record = {**twin, "select": strategy, "same_as": twin["select"], "seconds": 0.0}
             results["records"].append(record)
-            mio.write_json(results_path, results)
+            write_json(results_path, results)
             print(json.dumps(record), flush=True)
             continue
         student = work / name / "student"
-        mio.save(model, student)
+        save(model, student)
         before = evaluate(model, data, teacher=teacher, **ev)
         run = work / name / "run"
         if run.exists():
@@ -141,15 +142,15 @@ def main(argv=None):
                   "top1_after": after["top1"], "agreement_after": after["agreement_top1"],
                   "latency_ms": latencies[(kind, keep)], "seconds": round(time.perf_counter() - t0, 1)}
         results["records"].append(record)
-        mio.write_json(results_path, results)
+        write_json(results_path, results)
         print(json.dumps(record), flush=True)
 
     remeasure_latency(results, work, args.threads, args.latency_rounds, args.profile_repeat)
-    mio.write_json(results_path, results)
+    write_json(results_path, results)
     results["settings"] = {"epochs": args.epochs, "train_images": args.train_images, "val_images": args.val_images,
                            "threads": args.threads, "seed": args.seed, "recipe": recipe,
                            "command": "PYTHONPATH=. python tools/bench_offline.py " + " ".join(sys.argv[1:])}
-    mio.write_json(results_path, results)
+    write_json(results_path, results)
     write_report(out, results)
     if not args.keep_work and args.work is None:
         shutil.rmtree(work, ignore_errors=True)

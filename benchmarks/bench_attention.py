@@ -4,8 +4,8 @@ For each N it times each core in PyTorch eager and in ONNX Runtime (the core exp
 prints latency, the speed-up of each linear core over softmax, and the crossover N (the smallest N of the
 grid from which the linear core is faster for every larger N).
 
-    python tools/bench_attention.py                      # N = 49 .. 16384, d = 64, 6 heads, 1 thread
-    python tools/bench_attention.py --n 197,4096 --repeat 20
+    python benchmarks/bench_attention.py                      # N = 49 .. 16384, d = 64, 6 heads, 1 thread
+    python benchmarks/bench_attention.py --n 197,4096 --repeat 20
 
 Long measurements stop after --budget seconds (at least --min-repeat runs each). ONNX Runtime's softmax
 graph materialises the (H, N, N) attention map; sizes whose map exceeds --max-map-gb are skipped there
@@ -17,7 +17,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mixa.attention import get_attention_kind, list_attention_kinds  # noqa: E402
+from mixa.profile.timing import round_robin  # noqa: E402
 
 DEFAULT_N = [49, 197, 256, 577, 1024, 2048, 4096, 8192, 16384]
 
@@ -40,13 +40,7 @@ class Core(torch.nn.Module):
 
 def measure(fn, repeat: int, min_repeat: int, budget: float) -> float:
     """Median seconds per call; one warm-up call, then up to ``repeat`` calls within ``budget`` seconds."""
-    fn()
-    times, start = [], time.perf_counter()
-    while len(times) < repeat and (len(times) < min_repeat or time.perf_counter() - start < budget):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return statistics.median(round_robin([fn], warmup=1, rounds=repeat, budget=budget, min_rounds=min_repeat)[0])
 
 
 def export_core(kind: str, heads: int, d: int, path: Path) -> None:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import List, Tuple
 
+from timm.models.swin_transformer import SwinTransformer, WindowAttention
+from timm.models.vision_transformer import Attention, VisionTransformer
 from torch import nn
 
 from ..attention import MixAttention
@@ -13,9 +15,6 @@ SUPPORTED = "timm VisionTransformer (ViT, DeiT, distilled DeiT) and SwinTransfor
 
 def family(model: nn.Module) -> str:
     """'vit' or 'swin'; a UsageError for anything mixa cannot convert."""
-    from timm.models.swin_transformer import SwinTransformer
-    from timm.models.vision_transformer import VisionTransformer
-
     if isinstance(model, VisionTransformer):
         return "vit"
     if isinstance(model, SwinTransformer):
@@ -24,9 +23,6 @@ def family(model: nn.Module) -> str:
 
 
 def _is_attention(module: nn.Module) -> bool:
-    from timm.models.swin_transformer import WindowAttention
-    from timm.models.vision_transformer import Attention
-
     return isinstance(module, (Attention, WindowAttention, MixAttention))
 
 
@@ -60,7 +56,8 @@ def set_layer(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
 
 
 def linear_layer_for(model: nn.Module, original: nn.Module, kind: str, options: dict) -> MixAttention:
-    """The MixAttention that replaces ``original`` (a timm attention layer of ``model``)."""
+    """The MixAttention of ``kind`` (a linear kind, or relu-quadratic for a kept layer) that replaces
+    ``original`` (a timm attention layer of ``model``)."""
     try:
         return MixAttention.from_timm(original, kind, num_prefix_tokens=num_prefix_tokens(model), **options)
     except ValueError as err:

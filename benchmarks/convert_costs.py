@@ -1,7 +1,7 @@
 """Params, MACs and eager-CPU forward time of models before/after `mixa convert --keep K`, side by side.
 
-    python tools/convert_costs.py --models deit_s swin_t --keep 6 --threads 1 --rounds 15
-    python tools/convert_costs.py --models deit_s --img-size 512 --rounds 5
+    python benchmarks/convert_costs.py --models deit_s swin_t --keep 6 --threads 1 --rounds 15
+    python benchmarks/convert_costs.py --models deit_s --img-size 512 --rounds 5
 
 Random-init weights (timing does not depend on them). Every round times each variant once, in turn, so
 that machine load affects all variants alike; the table gives per-variant medians and the speed-up over
@@ -10,16 +10,16 @@ the original.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 
 import torch
 from tqdm import tqdm
 
 import mixa
+from mixa.io import write_json
 from mixa.macs import count_macs, count_params
 from mixa.models import create_model
+from mixa.profile.timing import round_robin
 from mixa.report import human, table
 
 
@@ -47,16 +47,10 @@ def main() -> None:
         for kind in args.kinds:
             variants[kind] = mixa.convert(original, keep=args.keep, attn=kind, select=args.select)
         x = torch.randn(args.batch, *size)
-        times = {v: [] for v in variants}
-        with torch.inference_mode():
-            for model in variants.values():
-                for _ in range(args.warmup):
-                    model(x)
-            for _ in tqdm(range(args.rounds), desc=name, leave=False):
-                for label, model in variants.items():
-                    start = time.perf_counter()
-                    model(x)
-                    times[label].append((time.perf_counter() - start) * 1e3)
+        with torch.inference_mode(), tqdm(total=args.rounds * len(variants), desc=name, leave=False) as bar:
+            seconds = round_robin([lambda m=m: m(x) for m in variants.values()], warmup=args.warmup,
+                                  rounds=args.rounds, progress=bar)
+        times = {label: [t * 1e3 for t in s] for label, s in zip(variants, seconds)}
         base_ms = statistics.median(times["original"])
         base_macs = count_macs(original, size)
         for label, model in variants.items():
@@ -70,7 +64,6 @@ def main() -> None:
           f"{args.rounds} interleaved rounds, torch {torch.__version__}")
     print(table(rows, ["model", "variant", "params", "MACs", "median ms", "speed-up", "MAC bound"]))
     if args.json:
-        from mixa.io import write_json
         write_json(args.json, records)
 
 

@@ -1,0 +1,164 @@
+"""ExecuTorch (.pte) with the XNNPACK backend: lowering, INT8 (PT2E + XNNPACK quantizer), verification,
+and running a .pte with ExecuTorch's Python runtime. Needs the ``edge`` extra (``pip install 'mixa[edge]'``,
+executorch); the runtime half (``load_pte``) needs executorch only, not torch's model code.
+
+Lowering: ``torch.export`` -> ``to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` ->
+``to_executorch``. What XNNPACK cannot run (e.g. RALA's ELU, reductions) falls back to ExecuTorch's
+portable kernels in the same program.
+
+INT8: PT2E quantization with the ``XNNPACKQuantizer`` (symmetric int8, per-channel weights, static
+activation ranges calibrated on images): it quantises the layers (linear, conv) and leaves the attention
+matmuls, softmax and the linear-attention reductions and divisions in fp32 -- the split mixa's ONNX INT8
+makes by name (``mixa.export.quantize``).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ..errors import MixaError, UsageError
+from ..io import atomic_path
+
+EDGE_EXTRA_HINT = "pip install 'mixa[edge]' (executorch)"
+# |ExecuTorch - torch| <= RTOL * max(1, max |torch output|), as for ONNX.
+DEFAULT_RTOL = 1e-4
+
+
+def executorch_available() -> bool:
+    try:
+        import executorch.runtime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _require_executorch():
+    if not executorch_available():
+        raise MixaError(f"ExecuTorch is not installed: {EDGE_EXTRA_HINT}")
+
+
+@dataclass
+class PteResult:
+    path: Path
+    input_size: tuple
+    int8: bool
+    max_abs_diff: float
+    tolerance: float
+
+
+def _quantized_module(model, example, calib_batches):
+    """PT2E: export for training-free graph capture, annotate for XNNPACK, calibrate, convert."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_symmetric_quantization_config)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    captured = torch.export.export(model, (example,), strict=False).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(captured, quantizer)
+    with torch.no_grad():
+        for batch in calib_batches:
+            for image in torch.as_tensor(np.asarray(batch)).split(1):
+                prepared(image)
+    return convert_pt2e(prepared)
+
+
+def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 224, 224), *, int8: bool = False,
+               calib_batches: Optional[List[np.ndarray]] = None, verify: bool = True, seed: int = 0) -> PteResult:
+    """Write ``model`` (CPU, eval, batch 1) to ``path`` as an ExecuTorch program lowered to XNNPACK, then
+    run it with ExecuTorch's runtime against eager PyTorch on a random image before it replaces ``path``.
+    fp32 must match within DEFAULT_RTOL. INT8 (``int8=True``, calibrated on ``calib_batches``) is an
+    approximation: it must run and give finite outputs of the right shape; its difference is reported and
+    its accuracy is measured as top-1 agreement with fp32 on images (``agreement_pte``)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    _require_executorch()
+    if int8 and not calib_batches:
+        raise UsageError("INT8 ExecuTorch export needs calibration images (--calib-data DIR)")
+    input_size = tuple(int(s) for s in input_size)
+    model = model.to("cpu", torch.float32).eval()
+    example = torch.randn(1, *input_size, generator=torch.Generator().manual_seed(seed))
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                module = _quantized_module(model, example, calib_batches) if int8 else model
+                program = torch.export.export(module, (example,), strict=False)
+                lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+                buffer = lowered.to_executorch().buffer
+        except (MixaError, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise MixaError(f"ExecuTorch export of {type(model).__name__} failed: {first[:300]}") from err
+        tmp.write_bytes(buffer)
+        diff = tolerance = float("nan")
+        if verify:
+            with torch.no_grad():
+                expected = model(example).float().numpy()
+            got = run_pte(tmp, example.numpy())
+            if got.shape != expected.shape:
+                raise MixaError(f"{path}: ExecuTorch output shape {got.shape} != PyTorch {expected.shape}")
+            diff = float(np.max(np.abs(got - expected)))
+            tolerance = float("inf") if int8 else DEFAULT_RTOL * max(1.0, float(np.max(np.abs(expected))))
+            if not np.isfinite(diff) or diff > tolerance:
+                raise MixaError(f"{path}: ExecuTorch differs from PyTorch by {diff:.3g} (tolerance "
+                                f"{tolerance:.3g}); the export is wrong")
+    return PteResult(path, input_size, int8, diff, tolerance)
+
+
+def agreement_pte(model, int8_path: os.PathLike | str, batches) -> tuple:
+    """(images where the .pte's top-1 class equals eager ``model``'s, images)."""
+    import torch
+
+    method = load_pte(int8_path)
+    same = total = 0
+    with torch.no_grad():
+        for batch in batches:
+            for image in np.asarray(batch, dtype=np.float32):
+                image = image[None]
+                same += int(run_pte(method, image).argmax() == model(torch.from_numpy(image)).argmax())
+                total += 1
+    return same, total
+
+
+def load_pte(path: os.PathLike | str):
+    """The ``forward`` method of a .pte file, ready to ``execute([tensor])``."""
+    _require_executorch()
+    from executorch.runtime import Runtime
+
+    path = Path(path)
+    if not path.is_file():
+        raise MixaError(f"{path}: no such file")
+    try:
+        return Runtime.get().load_program(str(path)).load_method("forward")
+    except Exception as err:
+        raise MixaError(f"ExecuTorch cannot load {path}: {str(err).splitlines()[0][:300]}") from None
+
+
+def set_threads(threads: Optional[int]) -> None:
+    """Size ExecuTorch's CPU thread pool (used by XNNPACK); None leaves it as it is."""
+    if threads:
+        from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
+
+        _unsafe_reset_threadpool(int(threads))
+
+
+def input_shape(method) -> tuple:
+    """The (B, C, H, W) shape the program was exported for."""
+    return tuple(method.metadata.input_tensor_meta(0).sizes())
+
+
+def run_pte(path_or_method, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    method = load_pte(path_or_method) if isinstance(path_or_method, (str, os.PathLike)) else path_or_method
+    return method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()

@@ -1,0 +1,74 @@
+"""ExecuTorch (.pte, XNNPACK): export verified against eager, INT8 (PT2E), the CLI, profiling.
+Skipped with the reason when the ``edge`` extra (executorch) is not installed."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixa.export.executorch import executorch_available
+
+pytestmark = pytest.mark.skipif(not executorch_available(),
+                                reason="ExecuTorch is not installed (pip install 'mixa[edge]')")
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _export_helpers import tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pte_files(tmp_path_factory):
+    """fp32 and INT8 .pte of a tiny DeiT with one kept softmax layer and one RALA layer (gate and LePE
+    perturbed away from neutral)."""
+    from mixa.export.executorch import export_pte
+
+    work = tmp_path_factory.mktemp("pte")
+    model = tiny_model("vit", "rala")
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((8, 3, 32, 32), dtype=np.float32)]
+    fp32 = export_pte(model, work / "m.pte", (3, 32, 32))
+    int8 = export_pte(model, work / "m.int8.pte", (3, 32, 32), int8=True, calib_batches=calib)
+    return model, fp32, int8
+
+
+def test_pte_matches_eager_and_int8_approximates_it(pte_files):
+    from mixa.export.executorch import run_pte
+
+    model, fp32, int8 = pte_files
+    assert fp32.max_abs_diff <= fp32.tolerance
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(run_pte(fp32.path, x.numpy()), expected, atol=1e-4, rtol=1e-4)
+    got = run_pte(int8.path, x.numpy())
+    assert np.isfinite(got).all() and np.corrcoef(got.ravel(), expected.ravel())[0, 1] > 0.9
+    assert not np.allclose(got, expected, atol=1e-6)  # it really is quantised
+
+
+@pytest.mark.slow  # ~1 min per lowering on a shared 2-core CPU
+@pytest.mark.parametrize("kind", ["softmax", "relu", "stella"])
+def test_every_kind_lowers_to_xnnpack(kind, tmp_path):
+    from mixa.export.executorch import export_pte
+
+    result = export_pte(tiny_model("vit", kind), tmp_path / "m.pte", (3, 32, 32))
+    assert result.max_abs_diff <= result.tolerance
+
+
+def test_cli_export_and_profile_pte(tmp_path, capsys):
+    import mixa
+    from mixa.cli import main
+
+    mixa.save(tiny_model("vit", "stella"), tmp_path / "tiny")
+    out = tmp_path / "tiny.pte"
+    assert main(["export", "--model", str(tmp_path / "tiny"), "--output", str(out)]) == 0
+    assert "ExecuTorch" in capsys.readouterr().out and out.is_file()
+    assert main(["profile", str(out), "--repeat", "3", "--warmup", "1", "--json", str(tmp_path / "r.json")]) == 0
+    (record,) = json.loads((tmp_path / "r.json").read_text())
+    assert (record["runtime"], record["resolution"], record["batch"]) == ("executorch", 32, 1)
+    assert record["latency_ms"]["median"] > 0
+    assert main(["profile", str(out), "--img-size", "64"]) == 2
+    assert "wrong input size" in capsys.readouterr().err
+    # dynamic INT8 is an ONNX Runtime scheme: refused for .pte with one line
+    assert main(["export", "--model", str(tmp_path / "tiny"), "--output", str(tmp_path / "q.pte"),
+                 "--int8", "dynamic"]) == 2
