@@ -103,6 +103,10 @@ def main(argv=None):
     if results.get("settings") and {k: v for k, v in results["settings"].items() if k != "command"} != \
             {k: v for k, v in settings.items() if k != "command"}:
         sys.exit(f"{results_path} holds rows made with other settings; choose another --output")
+    if args.report_only and results.get("settings"):
+        settings["command"] = results["settings"]["command"]  # the command that made the rows
+        settings["report_command"] = "PYTHONPATH=. python benchmarks/proxy/bench_proxy.py " + " ".join(
+            sys.argv[1:] if argv is None else argv)
     results["settings"] = settings
 
     if args.report_only:
@@ -329,7 +333,8 @@ def write_report(out: Path, results) -> None:
              f"({s['images_seen']} images seen), mixa.quickstart.RECIPE (soft KD, weight 0.5, lr 5e-4, no "
              f"augmentation), seed {s['seed']}; after-KD numbers are the last checkpoint.",
              f"Latency: {results.get('latency_method', 'not measured yet')}.", "",
-             f"Command: `{s['command']}`", "",
+             f"Command: `{s['command']}`" + (f"; latency pass and report redone with `{s['report_command']}`"
+                                              if s.get("report_command") else ""), "",
              "| row | kind | k | kept layers | top-1 before KD | top-1 after KD | vs control | vs teacher "
              "| agreement after KD | MACs (M) | latency (ms) | speed-up | MAC ratio |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
