@@ -49,6 +49,7 @@ def main(argv=None) -> int:
     p.add_argument("--int8-images", type=int, default=500, help="unseen images for INT8 agreement")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--no-executorch", action="store_true", help="skip the ExecuTorch INT8 column (slow lowering)")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
 
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
             quantize_onnx(fp32, q, mode=mode, calib_batches=calib, weights=w, keep_fp32=keep)
             same, total = agreement(fp32, q, check)
             rows[f"ort {mode} {w} {keep}"] = 100.0 * same / total
-        if executorch_available():
+        if executorch_available() and not args.no_executorch:
             pte = work / f"{name}.int8.pte"
             export_pte(model, pte, size, int8=True, calib_batches=calib)
             same, total = agreement_pte(model, pte, check)
