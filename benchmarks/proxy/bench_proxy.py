@@ -385,12 +385,11 @@ def plot(path: Path, results) -> None:
     t, recs = results["teacher"], results["records"]
     control = next((r for r in recs if r["name"] == "control"), None)
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in recs:
-        if r.get("same_as"):
-            continue
+    colours = plt.get_cmap("tab20").colors  # 13 runs: more than the default cycle's 10 colours
+    for i, r in enumerate(rr for rr in recs if not rr.get("same_as")):
         xs = [p["images"] for p in r["curve"]]
-        style = "k-" if r["name"] == "control" else "-"
-        ax[0].plot(xs, [p["top1"] for p in r["curve"]], style, marker="o", ms=3, label=r["name"])
+        colour = "black" if r["name"] == "control" else colours[i % len(colours)]
+        ax[0].plot(xs, [p["top1"] for p in r["curve"]], "-", color=colour, marker="o", ms=3, label=r["name"])
     ax[0].axhline(t["top1"], color="grey", ls=":", label="teacher")
     ax[0].set_xlabel("KD images seen")
     ax[0].set_ylabel("val top-1 (%)")

@@ -147,7 +147,7 @@ def generate_scene(rng: np.random.Generator, image_size: int = IMAGE_SIZE) -> Di
 # the "relations" task: 64x64 images (256 tokens at patch 4), labels from relations between objects
 
 RELATIONS_SIZE = 64
-RELATIONS_OBJECT = 6
+RELATIONS_OBJECT = OBJECT_SIZE  # the shape masks (_MASKS) are drawn at this size
 RELATIONS_KEYS = 7           # red + blue objects; odd, so one colour is always in the majority
 RELATIONS_DISTRACTORS = 3    # green or yellow, never counted
 RELATIONS_MARGIN = 4         # px: the red and blue centroids differ by at least this on each axis
