@@ -56,13 +56,13 @@ def main() -> int:
                     feed = input_for(sess, 1, 224)[0]
                     calls.append(lambda s=sess, f=feed: s.run(None, f))
                     rows.append({"model": label, "mode": mode, "weights": weights})
-        times = round_robin(calls, warmup=2, rounds=args.rounds)
+        times = round_robin(calls, warmup=2, rounds=args.rounds, clock="cpu")  # thread CPU time: 1 thread, shared CPU
     for row, t in zip(rows, times):
         row["median_ms"] = statistics.median(t) * 1e3
     env = environment()
     lines = ["# INT8 weight type on this CPU: s8 (U8S8) vs u8 (U8U8), ONNX Runtime", "",
              f"Command: `PYTHONPATH=. python benchmarks/bench_edge_int8_weights.py {' '.join(sys.argv[1:])}`", "",
-             f"CPU: **{env['cpu']}** (VNNI: {cpu_has_vnni()}), {args.threads} thread, batch 1, DeiT-T/14 @224, "
+             f"CPU: **{env['cpu']}** (VNNI: {cpu_has_vnni()}), {args.threads} thread, batch 1, thread CPU time, DeiT-T/14 @224, "
              f"random-init weights, {len(times[0])} round-robin rounds; onnxruntime "
              f"{env['versions']['onnxruntime']}.", "",
              "| model | mode | u8 ms | s8 ms | s8 speed-up over u8 |", "|---|---|---:|---:|---:|"]
