@@ -53,11 +53,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
 
-    import numpy as np
+
     import torch
 
     import mixa
-    from mixa import io as mio
+    from mixa.io import write_json
+    from mixa.saved import load, save
     from mixa.data import synthetic
     from mixa.distill import distill, evaluate
     from mixa.export import agreement, export_onnx, quantize_onnx
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     if "teacher" not in results:
         t = evaluate(teacher, data, **ev)
         results["teacher"] = {"top1": t["top1"], "int8_agreement": int8_rows(teacher, "teacher")}
-        mio.write_json(path, results)
+        write_json(path, results)
     wanted = args.students.split(",") if args.students else [s[0] for s in STUDENTS]
     for name, attn, options, keep_kind in STUDENTS:
         if name not in wanted or name in done:
@@ -114,20 +115,20 @@ def main(argv=None) -> int:
         model = mixa.convert(teacher, keep=args.keep, attn=attn, select="first", attn_options=options,
                              keep_kind=keep_kind, progress=False)
         student = work / slug / "student"
-        mio.save(model, student)
+        save(model, student)
         before = evaluate(model, data, teacher=teacher, **ev)
         run = work / slug / "run"
         if run.exists():
             shutil.rmtree(run)
         distill(student, data, run, teacher=teacher, recipe=recipe, device="cpu", progress=False)
-        trained = mio.load(run / "best")
+        trained = load(run / "best")
         after = evaluate(trained, data, teacher=teacher, **ev)
         record = {"student": name, "attn": attn, "attn_options": options, "keep_kind": keep_kind,
                   "top1_before": before["top1"], "top1_after": after["top1"],
                   "agreement_after": after["agreement_top1"], "int8_agreement": int8_rows(trained, slug),
                   "seconds": round(time.perf_counter() - t0, 1)}
         results["records"].append(record)
-        mio.write_json(path, results)
+        write_json(path, results)
         print(json.dumps(record), flush=True)
         write_report(out, results, args)
     write_report(out, results, args)

@@ -4,21 +4,18 @@
     mixa.save(model, "deit_s_rala")                        # model.safetensors + config.json
     model = mixa.load("deit_s_rala")                       # rebuilt exactly, no network
 
-``import mixa`` also registers mixa's own timm models (``ravlt_t/s/b/l``).
-
-One exception: ``python -m mixa ...`` loads nothing heavy here, so that ``python -m mixa profile
-model.onnx`` runs on an edge board with only numpy and onnxruntime installed; each CLI command imports
-what it needs itself.
+``import mixa`` itself loads nothing heavy: torch and timm load with the first use of the API below, so
+that ``mixa --help`` answers at once and ``mixa profile model.onnx`` runs on an edge board with only numpy
+and onnxruntime installed. ``import mixa.models`` registers mixa's own timm models (``ravlt_t/s/b/l``)
+with timm; every API function that builds models does it too.
 """
-import sys
-
 __version__ = "0.1.0"
 
 _API = {
     "convert": "mixa.conversion",
     "attention_kinds": "mixa.conversion",
-    "save": "mixa.io",
-    "load": "mixa.io",
+    "save": "mixa.saved",
+    "load": "mixa.saved",
     "list_attention_kinds": "mixa.attention",
 }
 __all__ = ["__version__", *_API]
@@ -26,21 +23,7 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name):
     if name in _API:
-        import importlib
+        import importlib  # module-level __getattr__: deferring torch is the point (see the docstring)
 
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'mixa' has no attribute {name!r}")
-
-
-def _launched_as_module() -> bool:
-    # While `python -m mixa` imports this package, CPython sets sys.argv[0] to "-m".
-    return bool(sys.argv) and sys.argv[0] == "-m"
-
-
-if not _launched_as_module():
-    try:
-        import torch  # noqa: F401
-    except ImportError:  # an edge board with onnxruntime only: the torch-free CLI paths still work
-        pass
-    else:
-        from . import models  # noqa: F401  (registers ravlt_* with timm)

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import torch
+from timm.models.swin_transformer import WindowAttention
+from timm.models.vision_transformer import Attention
 from torch import nn
 
 
@@ -28,8 +30,6 @@ def _attention_macs(module: nn.Module, x: torch.Tensor):
     """MACs of the attention core of a known attention module, or None for other modules."""
     if hasattr(module, "attention_macs"):
         return int(module.attention_macs(x))
-    from timm.models.swin_transformer import WindowAttention
-    from timm.models.vision_transformer import Attention
 
     if isinstance(module, (Attention, WindowAttention)):
         b, n, _ = x.shape

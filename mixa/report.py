@@ -1,7 +1,7 @@
 """Plain-text tables and number formatting for command output (no third-party dependency)."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 
 def human(n: float, unit: str = "") -> str:
@@ -12,10 +12,15 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:g} {unit}".rstrip()
 
 
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    """A left-aligned text table; numbers right-aligned."""
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str], align: Optional[str] = None) -> str:
+    """A text table: numbers right-aligned, everything else left-aligned, unless ``align`` gives each
+    column's alignment ('l' or 'r', e.g. "lrr")."""
     cells = [[str(h) for h in headers]] + [["" if v is None else str(v) for v in row] for row in rows]
-    numeric = [all(_is_number(r[i]) for r in rows if r[i] is not None) and rows for i in range(len(headers))]
+    if align is not None:
+        numeric = [a == "r" for a in align]
+    else:
+        numeric = [bool(rows) and all(_is_number(r[i]) for r in rows if r[i] is not None)
+                   for i in range(len(headers))]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
     def line(row):

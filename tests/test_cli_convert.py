@@ -1,5 +1,7 @@
 """The convert / info commands: reports, checkpoints, and one-line errors with the right exit codes."""
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -21,23 +23,16 @@ def run(args, capsys):
 
 
 @pytest.fixture
-def tiny_images(tmp_path):
-    from PIL import Image
-
-    gen = torch.Generator().manual_seed(0)
-    for c in range(3):
-        (tmp_path / "calib" / f"class{c}").mkdir(parents=True)
-        for i in range(4):
-            pixels = (torch.rand(32, 32, 3, generator=gen) * 255).to(torch.uint8).numpy()
-            Image.fromarray(pixels).save(tmp_path / "calib" / f"class{c}" / f"{i}.png")
-    (tmp_path / "calib" / "class0" / "broken.png").write_bytes(b"not a png")
-    return tmp_path / "calib"
+def tiny_images(image_folder):
+    root = image_folder("calib", classes=3, per_class=4, size=32)
+    (root / "class0" / "broken.png").write_bytes(b"not a png")
+    return root
 
 
 def test_convert_with_calibration_report_and_info(tmp_path, tiny_images, capsys):
     out_dir = tmp_path / "model"
     code, out, err = run(TINY + ["--no-pretrained", "--keep", "2", "--attn", "stella", "--calib-data",
-                                 str(tiny_images), "--calib-batches", "1", "--output", str(out_dir),
+                                 str(tiny_images), "--calib-images", "12", "--output", str(out_dir),
                                  "--json", str(tmp_path / "r.json")], capsys)
     assert code == 0, err
     report = json.loads((tmp_path / "r.json").read_text())
@@ -50,7 +45,7 @@ def test_convert_with_calibration_report_and_info(tmp_path, tiny_images, capsys)
     assert "agreement with the original" in out and "sensitivity" in out
     model = mixa.load(out_dir)
     assert mixa.attention_kinds(model).count("softmax") == 2
-    code, out, _ = run(["info", str(out_dir)], capsys)
+    code, out, _ = run(["info", "--model", str(out_dir)], capsys)
     assert code == 0 and "stella" in out and "sensitivity" in out and "deit_tiny_patch16_224" in out
 
 
@@ -104,10 +99,12 @@ def test_corrupt_and_pickled_checkpoints_are_refused(tmp_path, capsys):
     torch.save({"model": Evil()}, evil)
     code, out, err = run(TINY + ["--checkpoint", str(evil), "--output", str(tmp_path / "o")], capsys)
     assert code == 1 and "cannot read checkpoint" in err and "pwned" not in out
+    # say what the file is; never pass on torch's advice to unpickle it
+    assert "never unpickles" in err and "weights_only" not in err and "False" not in err
 
 
 def test_info_on_a_non_model_dir(tmp_path, capsys):
-    code, _, err = run(["info", str(tmp_path)], capsys)
+    code, _, err = run(["info", "--model", str(tmp_path)], capsys)
     assert code == 1 and "not a mixa model directory" in err
 
 
@@ -119,3 +116,60 @@ def test_offline_hub_fails_fast_with_advice_and_no_traceback(tmp_path):
     assert proc.returncode == 1
     assert "--checkpoint" in proc.stderr and "--no-pretrained" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_convert_refuses_a_non_empty_output_unless_overwrite(tmp_path, capsys):
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    (out_dir / "notes.txt").write_text("mine")
+    code, _, err = run(TINY + ["--no-pretrained", "--keep", "2", "--output", str(out_dir)], capsys)
+    assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert [p.name for p in out_dir.iterdir()] == ["notes.txt"]  # nothing touched
+    code, _, err = run(TINY + ["--no-pretrained", "--keep", "2", "--output", str(out_dir), "--overwrite"], capsys)
+    assert code == 0, err and mixa.load(out_dir)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--num-classes", "-3"], "must be a positive integer"),
+    (["--keep", "-1"], "must be >= 0"),
+    (["--calib-images", "0"], "must be a positive integer"),
+])
+def test_out_of_range_numbers_are_usage_errors(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(TINY + ["--no-pretrained", "--output", str(tmp_path / "o")] + argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_info_names_a_truncated_weights_file(tmp_path, capsys):
+    code, _, err = run(TINY + ["--no-pretrained", "--keep", "2", "--output", str(tmp_path / "m")], capsys)
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = run(["info", "--model", str(tmp_path / "m")], capsys)
+    assert code == 1 and str(weights) in err and "Traceback" not in err
+
+
+def test_info_on_the_packaged_teacher_says_it_is_its_own_original(tmp_path, capsys):
+    from mixa.quickstart import TEACHER_DIR
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # --json into a FIFO / device is written in place, never replaced by a regular file
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE, text=True)
+    code, out, _ = run(["info", "--model", str(TEACHER_DIR), "--json", str(fifo)], capsys)
+    assert code == 0 and "not converted" in out and "random init" not in out
+    assert json.loads(reader.communicate(timeout=30)[0])["architecture"] == "deit_tiny_patch16_224"
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_convert_cli_passes_gate_lepe_and_keep_kind_options(tmp_path, capsys):
+    code, _, err = run(TINY + ["--no-pretrained", "--keep", "1", "--select", "2", "--attn", "rala", "--gate", "lowrank",
+                               "--gate-rank", "4", "--lepe-kernel", "3", "--keep-kind", "relu-quadratic",
+                               "--output", str(tmp_path / "m")], capsys)
+    assert code == 0, err
+    model = mixa.load(tmp_path / "m")
+    assert mixa.attention_kinds(model) == ["rala", "rala", "relu-quadratic", "rala"]
+    replaced = model.blocks[0].attn
+    assert replaced.options["gate"] == "lowrank" and replaced.options["gate_rank"] == 4
+    assert replaced.lepe.kernel_size == (3, 3)
+    code, _, err = run(TINY + ["--no-pretrained", "--keep", "1", "--gate", "sigmoid",
+                               "--output", str(tmp_path / "bad")], capsys)
+    assert code == 2 and "sigmoid" in err and len(err.strip().splitlines()) == 1

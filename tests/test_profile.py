@@ -124,7 +124,8 @@ def test_keep_sweep_and_compare(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args,code,message", [
-    (["missing.onnx"], 2, "no such file"),
+    (["missing.onnx"], 1, "no such file"),       # a missing input is a failure (1), like a missing dir
+    (["missing_dir/"], 1, "no such file or directory"),
     (["{onnx}", "--img-size", "64"], 2, "wrong input size"),
     (["{onnx}", "--runtime", "torch"], 2, "files run with their own runtime"),
     (["{onnx}", "--runtime", "tensorrt"], 2, "invalid choice"),
@@ -172,3 +173,20 @@ def test_keep_sweep_with_gate_and_keep_kind(tmp_path, capsys):
     assert record["macs"] == count_macs(expected, (3, 32, 32))
     assert main(["profile", str(tmp_path / "plain"), "--attn", "rala", "--keep-kind", "relu"]) == 2
     assert "--keep-kind must be one of" in capsys.readouterr().err
+
+
+def test_records_follow_the_order_of_the_targets(tmp_path, capsys, tiny_onnx):
+    """A file given after a model stays after it (files and models are profiled by different runtimes)."""
+    import json
+
+    import mixa
+    from mixa.cli import main
+    from mixa.models import create_model
+
+    mixa.save(create_model("deit_tiny_patch16_224", pretrained=False, depth=1, embed_dim=32, num_heads=2,
+                           img_size=32, patch_size=16, num_classes=3), tmp_path / "m")
+    code = main(["profile", str(tmp_path / "m"), str(tiny_onnx), "--warmup", "0", "--repeat", "2",
+                 "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    targets = [r["target"] for r in json.loads((tmp_path / "r.json").read_text())]
+    assert targets == ["m", tiny_onnx.name]

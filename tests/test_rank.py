@@ -86,23 +86,13 @@ def test_ravlt_layers_are_analysed_with_their_kinds():
     assert all(0 < r <= 16 for r in first["kv_rank"] + first["out_rank"])
 
 
-def _image_folder(root, n=4, size=40):
-    from PIL import Image
-
-    for cls in ("a", "b"):
-        (root / cls).mkdir(parents=True)
-        for i in range(n // 2):
-            Image.fromarray((torch.rand(size, size, 3) * 255).to(torch.uint8).numpy()).save(root / cls / f"{i}.png")
-    return root
-
-
-def test_cli_rank_on_saved_converted_model(tmp_path, capsys):
-    data = _image_folder(tmp_path / "data")
+def test_cli_rank_on_saved_converted_model(tmp_path, capsys, image_folder):
+    data = image_folder("data", classes=2, per_class=2, size=40)
     converted = mixa.convert(_peaky_tiny_deit(), keep=1, attn="rala", select=[0], progress=False)
     mixa.save(converted, tmp_path / "deit_rala")
     out_json = tmp_path / "r.json"
-    code = main(["analyze", "rank", str(tmp_path / "deit_rala"), "--data", str(data), "--images", "3",
-                 "--batch-size", "2", "--json", str(out_json), "--quiet"])
+    code = main(["analyze", "rank", "--model", str(tmp_path / "deit_rala"), "--data-dir", str(data),
+                 "--num-images", "3", "--batch-size", "2", "--json", str(out_json), "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "rank = singular values > 0.01" in printed and "rala" in printed
@@ -111,9 +101,9 @@ def test_cli_rank_on_saved_converted_model(tmp_path, capsys):
     assert result["layers"][1]["kv_rank"] is not None
 
 
-def test_cli_rank_usage_errors(tmp_path, capsys):
-    assert main(["analyze", "rank", "ravlt_t", "--data", str(tmp_path / "missing"), "--no-pretrained"]) == 1
+def test_cli_rank_usage_errors(tmp_path, capsys, image_folder):
+    assert main(["analyze", "rank", "--model", "ravlt_t", "--data-dir", str(tmp_path / "missing"), "--no-pretrained"]) == 1
     assert "data directory not found" in capsys.readouterr().err
-    assert main(["analyze", "rank", "no_such_model", "--data", str(tmp_path)]) == 2
-    data = _image_folder(tmp_path / "d")
-    assert main(["analyze", "rank", "ravlt_t", "--data", str(data), "--rtol", "2"]) == 2
+    assert main(["analyze", "rank", "--model", "no_such_model", "--data-dir", str(tmp_path)]) == 2
+    data = image_folder("d", classes=2, per_class=2, size=40)
+    assert main(["analyze", "rank", "--model", "ravlt_t", "--data-dir", str(data), "--rtol", "2"]) == 2

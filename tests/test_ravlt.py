@@ -1,6 +1,5 @@
 """RAVLT backbone: official state-dict layout, maths against explicit formulas, the plain NCHW twin,
 any input size, features, export."""
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -9,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import mixa  # noqa: F401  (registers ravlt_*)
 import timm
 from mixa.attention import functional as AF
 from mixa.errors import MixaError
@@ -17,18 +15,12 @@ from mixa.layers import RoPE2d, rope_2d_tables, rope_angles
 from mixa.macs import count_macs, count_params
 from mixa.models import create_model
 from mixa.models.ravlt import RAVLTAttention
+from reference.ravlt_nchw import PlainRAVLT
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFEST = ROOT / "tests" / "data" / "ravlt_state_dict_manifest.json"  # copy of shared/reference's
 PAPER = {"ravlt_t": (14.9, 2.4), "ravlt_s": (25.6, 4.6), "ravlt_b": (48.2, 9.9), "ravlt_l": (95.2, 16.0)}
 TINY = dict(embed_dims=(16, 32, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 2), head_dim=48)
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_ravlt", ROOT / "tools" / "bench_ravlt.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _tiny(**kwargs):
@@ -59,9 +51,8 @@ def test_state_dict_matches_official_manifest(name):
 def test_official_layout_file_loads_strictly_and_matches_plain_formulation(tmp_path):
     """A state dict written by the NCHW conv formulation (official layout), inside {"model": ...}, loads
     with strict=True through every entry point, and both formulations then agree."""
-    bench = _bench()
     source = _tiny()
-    plain = bench.PlainRAVLT.like(source)
+    plain = PlainRAVLT.like(source)
     official = {k: v.clone() for k, v in plain.state_dict().items()}
     assert official["layers.0.blocks.0.attn.qkvo.weight"].shape == (64, 16, 1, 1)
     path = tmp_path / "RAVLT_T.pth"
@@ -200,7 +191,7 @@ def test_attention_matches_explicit_formulas(kind):
 @pytest.mark.parametrize("size", [(64, 64), (96, 64), (80, 112)])
 def test_any_input_size_matches_plain_formulation(size):
     model = _tiny()
-    plain = _bench().PlainRAVLT.like(model).eval()
+    plain = PlainRAVLT.like(model).eval()
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         torch.testing.assert_close(model(x), plain(x), rtol=1e-4, atol=1e-5)

@@ -4,29 +4,12 @@ import numpy as np
 import pytest
 
 from mixa.data import synthetic as S
+from reference.pixels import components
 
 
 def _find_objects(image, rgb, tol=40):
-    """Top-left corners of the objects of colour ``rgb``, read from the pixels alone: the 4-connected
-    components of the pixels within ``tol`` of that colour (objects never touch)."""
-    close = (np.abs(image.astype(int) - np.asarray(rgb)[None, None, :]) <= tol).all(-1)
-    seen = np.zeros_like(close)
-    corners = []
-    for y0, x0 in zip(*np.nonzero(close)):
-        if seen[y0, x0]:
-            continue
-        stack, ys, xs = [(y0, x0)], [], []
-        seen[y0, x0] = True
-        while stack:
-            y, x = stack.pop()
-            ys.append(y)
-            xs.append(x)
-            for ny, nx in ((y + 1, x), (y - 1, x), (y, x + 1), (y, x - 1)):
-                if 0 <= ny < close.shape[0] and 0 <= nx < close.shape[1] and close[ny, nx] and not seen[ny, nx]:
-                    seen[ny, nx] = True
-                    stack.append((ny, nx))
-        corners.append((min(xs), min(ys)))
-    return corners
+    """Top-left corners of the objects of colour ``rgb``, read from the pixels alone."""
+    return [(x0, y0) for x0, y0, _, _ in components(image, rgb, tol)]
 
 
 def test_deterministic_and_order_independent():

@@ -24,12 +24,18 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.models.swin_transformer import WindowAttention
+from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from ..attention import MixAttention
+from ..attention import MixAttention, regions_from_window_mask
 from ..attention import functional as AF
 from ..attention.registry import get_attention_kind
 from ..errors import UsageError
+from ..io import save_figure
+from ..models.ravlt import RAVLTAttention
+from ..report import table
 
 DEFAULT_RTOL = 1e-2
 
@@ -92,7 +98,7 @@ def _mix_views(m: MixAttention, args, kwargs) -> _Views:
     mask = kwargs.get("mask")  # Swin's shifted-window mask, as timm passes it
     core = get_attention_kind(m.kind).core
     if mask is not None and m.kind != "softmax":
-        y = AF.masked_by_regions(core, q, k, v, regions_from_mask(mask))
+        y = AF.masked_by_regions(core, q, k, v, regions_from_window_mask(mask))
     elif mask is not None:
         nw = mask.shape[0]
         bias = mask.to(q.dtype).view(1, nw, 1, n, n).expand(b // nw, nw, 1, n, n).reshape(b, 1, n, n)
@@ -104,12 +110,6 @@ def _mix_views(m: MixAttention, args, kwargs) -> _Views:
     if m.gate is not None:
         out = out * m.gate(x)
     return _Views(m.kind, q, k, v, y, _heads(out, b, n, m.num_heads))
-
-
-def regions_from_mask(mask: Tensor) -> Tensor:
-    from ..attention import regions_from_window_mask
-
-    return regions_from_window_mask(mask)
 
 
 def _timm_views(m: nn.Module, args, kwargs) -> _Views:
@@ -143,11 +143,6 @@ def _ravlt_views(m: nn.Module, args, kwargs) -> _Views:
 
 
 def _adapter(module: nn.Module) -> Optional[Callable]:
-    from timm.models.swin_transformer import WindowAttention
-    from timm.models.vision_transformer import Attention
-
-    from ..models.ravlt import RAVLTAttention
-
     if isinstance(module, MixAttention):
         return _mix_views
     if isinstance(module, RAVLTAttention):
@@ -223,7 +218,6 @@ def rank_analysis(model: nn.Module, batches: Iterable[Tensor], rtol: float = DEF
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     try:
-        from tqdm.auto import tqdm
 
         model.eval()
         bar = tqdm(total=max_images, unit="img", desc="rank", disable=not progress)
@@ -257,8 +251,6 @@ def _mean(values: Optional[List[float]]) -> Optional[float]:
 
 def rank_table(result: dict) -> str:
     """One row per layer: kind, N, d and the mean over heads of the KV, core and output ranks."""
-    from ..report import table
-
     rows = []
     for i, layer in enumerate(result["layers"]):
         kv = _mean(layer["kv_rank"])
@@ -279,7 +271,6 @@ def plot_ranks(result: dict, path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise UsageError("plotting needs matplotlib: pip install 'mixa[plot]'") from None
-    from ..io import atomic_path
 
     layers = result["layers"]
     xs = list(range(len(layers)))
@@ -299,6 +290,5 @@ def plot_ranks(result: dict, path) -> None:
     ax.set_ylabel(f"rank (rtol {result['rtol']:g})")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=str(path).rsplit(".", 1)[-1] if "." in str(path) else "png", dpi=150)
+    save_figure(fig, path, dpi=150)
     plt.close(fig)

@@ -12,7 +12,7 @@ import sys
 from typing import List, Optional
 
 # Order = the pipeline. A name whose module is missing is simply not offered.
-COMMANDS = ["convert", "info", "distill", "eval", "export", "profile", "analyze", "quickstart"]
+COMMANDS = ["convert", "info", "transfer", "distill", "eval", "export", "profile", "analyze", "plan", "quickstart"]
 
 
 def _command_modules():

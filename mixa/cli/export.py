@@ -10,7 +10,7 @@ HELP = "export a mixa model directory or timm model to .onnx or .pte (verified),
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", "-m", required=True, metavar="DIR|NAME",
+    p.add_argument("-m", "--model", required=True, metavar="DIR|NAME",
                    help="a saved mixa model directory or a timm model name/alias")
     add_model_source_arguments(p)
     out = p.add_mutually_exclusive_group(required=True)

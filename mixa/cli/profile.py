@@ -9,23 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List
 
-from mixa.cli._common import add_model_source_arguments, model_source_kwargs
+from mixa.cli._common import add_model_source_arguments, int_list, model_source_kwargs
 
 HELP = "measure latency (ONNX Runtime / PyTorch, CPU / CUDA) of models or .onnx files, vs keep and resolution"
 RUNTIMES = ("ort", "torch", "torch-compile")
 FILE_SUFFIXES = (".onnx", ".pte")
-
-
-def _int_list(text: str) -> List[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated non-negative integers, got {text!r}")
-    return values
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,17 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "torch-compile. Files run with their own runtime (.onnx: ONNX Runtime, .pte: ExecuTorch)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: synchronised timing, fp32 and AMP, with --runtime torch/torch-compile")
-    p.add_argument("--threads", type=_int_list, default=[1], help="CPU threads, e.g. 1,2,4 (default 1)")
-    p.add_argument("--batch-size", "-b", type=int, default=None,
+    p.add_argument("--threads", type=int_list, default=[1], help="CPU threads, e.g. 1,2,4 (default 1)")
+    p.add_argument("-b", "--batch-size", type=int, default=None,
                    help="batch size (default 1 on CPU, 256 on CUDA)")
-    p.add_argument("--img-size", type=_int_list, default=None, metavar="PX[,PX...]",
+    p.add_argument("--img-size", type=int_list, default=None, metavar="PX[,PX...]",
                    help="input resolutions, e.g. 224,384,512,1024 (default: the trained size / the file's)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
     p.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default 20)")
     p.add_argument("--compare", metavar="NAME",
                    help="also profile this original (a timm name, model dir or file) first; speed-ups are "
                         "relative to it")
-    p.add_argument("--keep-sweep", type=_int_list, default=None, metavar="K,...",
+    p.add_argument("--keep-sweep", type=int_list, default=None, metavar="K,...",
                    help="convert each model target on the fly keeping softmax in k layers, for each k")
     p.add_argument("--attn", default=None, metavar="KIND",
                    help="linear kind for conversion on the fly (default rala); alone it means --keep-sweep 6")
@@ -87,16 +76,16 @@ def _file_records(args, files, threads, batch, progress) -> list:
     return records
 
 
-def _model_records(args, threads, batch, progress) -> list:
+def _model_records(args, targets, threads, batch, progress, original: bool = False) -> list:
     from mixa.export.targets import load_model
     from mixa.profile.models import keep_sweep, profile_model
 
     source = model_source_kwargs(args)
     variants = []
-    if args.compare:
+    if original:
         label, model = load_model(args.compare, **source)
         variants.append((f"{label} (original)", model))
-    for target in args.model_targets:
+    for target in targets:
         label, model = load_model(target, **source)
         if args.keep_sweep is None:
             variants.append((label, model))
@@ -113,7 +102,7 @@ def _model_records(args, threads, batch, progress) -> list:
 
 
 def run(args) -> int:
-    from mixa.errors import UsageError
+    from mixa.errors import MixaError, UsageError
     from mixa.profile.records import format_table, plot, write_csv, write_json
 
     files = [t for t in args.targets if t.endswith(FILE_SUFFIXES)]
@@ -133,19 +122,25 @@ def run(args) -> int:
         if not args.model_targets:
             raise UsageError("--keep-sweep / --attn convert models on the fly: give a model name or directory, "
                              "not an .onnx file")
-    if args.compare and args.compare.endswith(FILE_SUFFIXES):
-        files.insert(0, args.compare)
-        args.compare = None
-    for path in files:
+    compare_file = bool(args.compare) and args.compare.endswith(FILE_SUFFIXES)
+    for path in files + ([args.compare] if compare_file else []):
         if not Path(path).is_file():
-            raise UsageError(f"{path}: no such file")
+            raise MixaError(f"{path}: no such file")
 
     threads = args.threads
-    measurements = len(files) * len(args.img_size or [None]) * len(threads)
+    measurements = (len(files) + compare_file) * len(args.img_size or [None]) * len(threads)
     progress = _progress(measurements * args.repeat) if measurements else None
-    records = _file_records(args, files, threads, batch, progress)
-    if args.model_targets or args.compare:  # the only path that imports torch
-        records += _model_records(args, threads, batch, progress)
+    # the original first, then the targets in the order given; only model targets import torch
+    records = []
+    if compare_file:
+        records += _file_records(args, [args.compare], threads, batch, progress)
+    elif args.compare:
+        records += _model_records(args, [], threads, batch, progress, original=True)
+    for target in args.targets:
+        if target in files:
+            records += _file_records(args, [target], threads, batch, progress)
+        else:
+            records += _model_records(args, [target], threads, batch, progress)
     if progress is not None:
         progress.close()
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from mixa.quickstart import DEFAULT_SIZES, RECIPE, TASK  # light: no torch at import
+
 HELP = "watch mixa do its whole job offline in minutes: the embedded ViT teacher on synthetic data"
 
 
@@ -14,12 +16,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep", type=int, default=6, help="layers that keep softmax, of 12 (default 6)")
     p.add_argument("--select", default="sensitivity", choices=["sensitivity", "first", "last", "uniform"],
                    help="how the kept layers are chosen (default sensitivity, on synthetic calibration images)")
-    p.add_argument("--epochs", type=int, help="distillation epochs (default 3)")
-    p.add_argument("--train-images", type=int, default=6000, metavar="N", help="synthetic training images (default 6000)")
-    p.add_argument("--val-images", type=int, default=1000, metavar="N", help="synthetic validation images (default 1000)")
+    p.add_argument("--epochs", type=int, help=f"distillation epochs (default {RECIPE['epochs']})")
+    p.add_argument("--train-images", type=int, default=DEFAULT_SIZES["train"], metavar="N",
+                   help=f"synthetic training images of the {TASK!r} task (default {DEFAULT_SIZES['train']})")
+    p.add_argument("--val-images", type=int, default=DEFAULT_SIZES["val"], metavar="N",
+                   help=f"synthetic validation images (default {DEFAULT_SIZES['val']})")
+    p.add_argument("--calib-images", type=int, default=256, metavar="N",
+                   help="calibration images for sensitivity selection (default 256)")
     p.add_argument("--threads", type=int, metavar="N", help="torch and ONNX Runtime threads (default: torch's default)")
     p.add_argument("--seed", type=int, default=1,
-                   help="data and training seed (default 1; the teacher was trained and selected on seed 0)")
+                   help="data and training seed (default 1; the teacher was trained on seed 0)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -34,9 +40,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--keep must be in [0, 12]")
     if args.epochs is not None and args.epochs < 1:
         raise UsageError("--epochs must be >= 1")
+    if args.calib_images < 1:
+        raise UsageError("--calib-images must be >= 1")
     if args.threads is not None and args.threads < 1:
         raise UsageError("--threads must be >= 1")
     quickstart(args.output, attn=args.attn, keep=args.keep, select=args.select,
-               sizes={"train": args.train_images, "val": args.val_images}, seed=args.seed,
+               sizes={"train": args.train_images, "val": args.val_images}, calib_images=args.calib_images,
+               seed=args.seed,
                threads=args.threads, progress=args.progress, epochs=args.epochs)
     return 0

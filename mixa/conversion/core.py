@@ -2,75 +2,63 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import os
 from typing import Any, Dict, Iterable, List, Optional, Union
 
 import torch
 from torch import nn
 
-from .. import __version__
 from ..attention import MixAttention, get_attention_kind, list_attention_kinds, list_keep_kinds
+from ..data import eval_loader
 from ..errors import UsageError
 from ..models import create_model
+from ..models.attention_layers import attention_layers, family, layer_kind, linear_layer_for, set_layer
+from ..models.record import rebuild_record
+from ..saved import LAYER_OPTIONS, original_of
 from . import select as S
-from .layers import attention_layers, family, layer_kind, linear_layer_for, set_layer
 
 ModelOrName = Union[str, nn.Module]
 CalibData = Union[None, str, os.PathLike, torch.Tensor, Iterable]
-
-# Options of a linear layer that a user may set; everything else is derived from the original layer.
-LAYER_OPTIONS = ("gate", "gate_rank", "lepe", "lepe_kernel")
-
-
-def _base_record(model: nn.Module) -> Dict[str, Any]:
-    base = getattr(model, "mixa_base", None)
-    if base is None:
-        arch = getattr(model, "pretrained_cfg", {}).get("architecture")
-        raise UsageError(f"cannot record how to rebuild this {type(model).__name__}"
-                         f"{f' ({arch})' if arch else ''}: build it with mixa.models.create_model or pass a name")
-    return base
-
 
 def _resized(model: nn.Module, patch_size: Optional[int], window_size: Optional[int]) -> nn.Module:
     """The same model rebuilt with another patch size (ViT) or window size (Swin), weights resampled
     with timm's own checkpoint adapter (patch-embedding kernel + absolute position embedding, or
     relative-position-bias tables; windows and masks are rebuilt by the model itself)."""
-    import importlib
-
     fam = family(model)
     if patch_size is not None and fam != "vit":
         raise UsageError("--patch-size applies to ViT/DeiT models; use --window-size for Swin")
     if window_size is not None and fam != "swin":
         raise UsageError("--window-size applies to Swin models; use --patch-size for ViT/DeiT")
-    base = _base_record(model)
+    arch, kwargs = rebuild_record(model)
     resize = {"patch_size": patch_size} if patch_size is not None else {"window_size": window_size}
-    target = create_model(base["model"], pretrained=False, **{**base["kwargs"], **resize})
+    target = create_model(arch, pretrained=False, **{**kwargs, **resize})
     adapt = importlib.import_module(type(model).__module__).checkpoint_filter_fn
     try:
         target.load_state_dict(adapt(model.state_dict(), target), strict=True)
     except (RuntimeError, AssertionError) as err:
-        raise UsageError(f"cannot resize {base['model']} to {resize}: {str(err).splitlines()[0]}") from None
-    target.mixa_base = base
+        raise UsageError(f"cannot resize {arch} to {resize}: {str(err).splitlines()[0]}") from None
     return target.eval()
 
 
-def calibration_batches(calib: CalibData, model: nn.Module, max_batches: Optional[int],
-                         batch_size: int = 32) -> List[torch.Tensor]:
-    """Calibration images as a list of tensors: from an ImageFolder dir (the model's eval transform),
-    a tensor (one batch), or any iterable of tensors / (images, labels) pairs."""
-    from ..data import eval_loader
-
+def calibration_batches(calib: CalibData, model: nn.Module, images: Optional[int] = None,
+                        batch_size: int = 32) -> List[torch.Tensor]:
+    """At most ``images`` calibration images as a list of batches: from an ImageFolder dir (the model's eval
+    transform, a fixed shuffled order), a tensor (one batch), or any iterable of tensors / (images, labels)."""
     if isinstance(calib, (str, os.PathLike)):
         calib = eval_loader(calib, model, batch_size=batch_size, shuffle=True)
     elif isinstance(calib, torch.Tensor):
         calib = [calib]
-    batches = []
+    batches, seen = [], 0
     for batch in calib:
         if batch is None:  # a batch of unreadable images
             continue
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        batches.append(images)
-        if max_batches is not None and len(batches) >= max_batches:
+        batch = batch[0] if isinstance(batch, (tuple, list)) else batch
+        if images is not None:
+            batch = batch[:images - seen]
+        batches.append(batch)
+        seen += len(batch)
+        if images is not None and seen >= images:
             break
     if not batches:
         raise UsageError("calibration data yielded no images")
@@ -78,7 +66,7 @@ def calibration_batches(calib: CalibData, model: nn.Module, max_batches: Optiona
 
 
 def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = "rala",
-            select: S.Select = None, calib: CalibData = None, calib_batches: Optional[int] = 8,
+            select: S.Select = None, calib: CalibData = None, calib_images: Optional[int] = 256,
             patch_size: Optional[int] = None, window_size: Optional[int] = None,
             checkpoint: Optional[str] = None, pretrained: bool = True, num_classes: Optional[int] = None,
             attn_options: Optional[Dict[str, Any]] = None, keep_kind: str = "softmax", progress: bool = True,
@@ -86,12 +74,12 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
     """Keep softmax attention in ``keep`` layers and replace every other one with ``attn``.
 
     model_or_name: a timm name or alias (deit_s, swin_t, ...) built with pretrained weights, a local
-        ``checkpoint`` or random init (``pretrained=False``); or a model from ``mixa.models.create_model``
-        (left untouched: the result is a converted copy).
+        ``checkpoint`` or random init (``pretrained=False``); or a timm model (left untouched: the result
+        is a converted copy; its weights' origin is recorded when mixa built or loaded it, else unknown).
     keep: layers that keep softmax, 0..depth (default 6, or len(select) when select is a list).
-    select: 'first' | 'last' | 'uniform' | 'sensitivity' | list of indices. Default: 'sensitivity' when
+    select: 'first' | 'last' | 'uniform' | 'sensitivity' | 'transfer' | list of indices. Default: 'sensitivity' when
         ``calib`` is given, else 'uniform'.
-    calib: calibration images (ImageFolder dir, tensor, or iterable of batches), ``calib_batches`` of them.
+    calib: calibration images (ImageFolder dir, tensor, or iterable of batches), at most ``calib_images``.
     attn_options: options of the linear layers: gate ('linear' | 'lowrank' | 'identity' | 'none', see
         mixa.layers.gates), gate_rank, lepe (bool), lepe_kernel (odd int).
     keep_kind: what the kept layers compute: 'softmax' (the pretrained layers as they are) or
@@ -114,11 +102,11 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
         if checkpoint is not None or num_classes is not None or timm_kwargs:
             raise UsageError("checkpoint / num_classes / timm kwargs apply only when converting by name")
         model = copy.deepcopy(model_or_name).eval()
-        family(model)
     else:
         model = create_model(model_or_name, pretrained=pretrained, checkpoint=checkpoint,
                              num_classes=num_classes, **timm_kwargs)
-        family(model)
+    family(model)
+    converted_from = original_of(model)
     if patch_size is not None or window_size is not None:
         model = _resized(model, patch_size, window_size)
 
@@ -138,18 +126,18 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
         if not 0 <= keep <= depth:
             raise UsageError(f"--keep must be in [0, {depth}] for this model ({depth} attention layers); got {keep}")
         strategy = select or ("sensitivity" if calib is not None else "uniform")
-    if strategy == "sensitivity" and calib is None:
-        raise UsageError("--select sensitivity needs calibration data (--calib-data DIR); "
+    if strategy in S.SCORED and calib is None:
+        raise UsageError(f"--select {strategy} needs calibration data (--calib-data DIR); "
                          "or choose first, last, uniform or explicit indices")
 
     def replacement(original: nn.Module) -> MixAttention:
         return linear_layer_for(model, original, attn, options)
 
     scores = None
-    batches = calibration_batches(calib, model, calib_batches) if calib is not None else None
-    if strategy == "sensitivity":
+    batches = calibration_batches(calib, model, calib_images) if calib is not None else None
+    if strategy in S.SCORED:
         if 0 < keep < depth:
-            scores = S.sensitivity_scores(model, layers, batches, replacement, set_layer, progress=progress)
+            scores = S.SCORED[strategy](model, layers, batches, replacement, set_layer, progress=progress)
             kept = S.top_k(scores, keep)
         else:
             kept = list(range(keep))
@@ -162,6 +150,7 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
         elif keep_kind != "softmax":
             set_layer(model, path, linear_layer_for(model, original, keep_kind, {}))
 
+    model.mixa_original = converted_from
     model.mixa_config = {
         "keep": keep, "attn": attn, "attn_options": options, "keep_kind": keep_kind, "patch_size": patch_size,
         "window_size": window_size,
@@ -170,50 +159,4 @@ def convert(model_or_name: ModelOrName, keep: Optional[int] = None, attn: str = 
                           "source": str(calib) if isinstance(calib, (str, os.PathLike)) else type(calib).__name__,
                           "batches": len(batches), "images": sum(len(b) for b in batches)}},
     }
-    return model.eval()
-
-
-def model_config(model: nn.Module) -> Dict[str, Any]:
-    """The JSON config that rebuilds ``model`` exactly (see mixa.io)."""
-    from ..io import FORMAT
-
-    base = _base_record(model)
-    conv = getattr(model, "mixa_config", {})
-    try:
-        layers = [{"path": path, "kind": layer_kind(m),
-                   **({"options": {k: m.options[k] for k in LAYER_OPTIONS}} if isinstance(m, MixAttention) else {})}
-                  for path, m in attention_layers(model)]
-    except UsageError:  # a model mixa cannot convert (e.g. ravlt_*) is saved as it is
-        layers = []
-    return {
-        "format": FORMAT,
-        "mixa_version": __version__,
-        "base": base,
-        "num_classes": getattr(model, "num_classes", None),
-        "patch_size": conv.get("patch_size"),
-        "window_size": conv.get("window_size"),
-        "keep": conv.get("keep", len(layers)),
-        "attn": conv.get("attn"),
-        "attn_options": conv.get("attn_options", {}),
-        "keep_kind": conv.get("keep_kind", "softmax"),
-        "selection": conv.get("selection"),
-        "layers": layers,
-    }
-
-
-def build_from_config(cfg: Dict[str, Any]) -> nn.Module:
-    """The module tree described by a saved config, with random weights (mixa.io.load fills them)."""
-    base = cfg["base"]
-    resize = {k: cfg[k] for k in ("patch_size", "window_size") if cfg.get(k) is not None}
-    model = create_model(base["model"], pretrained=False, **{**base["kwargs"], **resize})
-    layers = dict(attention_layers(model)) if cfg["layers"] else {}
-    if cfg["layers"] and len(layers) != len(cfg["layers"]):
-        raise UsageError(f"config lists {len(cfg['layers'])} attention layers, {base['model']} has {len(layers)}")
-    for entry in cfg["layers"]:
-        if entry["kind"] != "softmax":
-            set_layer(model, entry["path"], linear_layer_for(model, layers[entry["path"]], entry["kind"],
-                                                             entry.get("options", {})))
-    model.mixa_base = base
-    model.mixa_config = {k: cfg.get(k) for k in ("keep", "attn", "attn_options", "keep_kind", "patch_size",
-                                                  "window_size", "selection")}
     return model.eval()

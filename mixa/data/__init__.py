@@ -1,6 +1,6 @@
-"""Image data: ImageFolder loading that survives unreadable files, with the model's eval transforms."""
-from .folder import (SafeImageFolder, collate_skipping_unreadable, data_config, eval_loader, eval_transform,
-                     resolve_split)
+"""Image data: image folders that pass over unreadable files, the model's eval transforms and loaders."""
+from .folder import (UNREADABLE, SafeImageFolder, available_cores, collate_readable, data_config, eval_loader,
+                     eval_transform, resolve_split, resolve_workers)
 
-__all__ = ["SafeImageFolder", "collate_skipping_unreadable", "data_config", "eval_loader", "eval_transform",
-           "resolve_split"]
+__all__ = ["UNREADABLE", "SafeImageFolder", "available_cores", "collate_readable", "data_config", "eval_loader", "eval_transform",
+           "resolve_split", "resolve_workers"]

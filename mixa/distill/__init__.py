@@ -2,10 +2,28 @@
 
     metrics = mixa.distill.distill("deit_s_rala", "/data/imagenet", "runs/deit_s_rala", recipe="deit_s")
     result = mixa.distill.evaluate("runs/deit_s_rala/best", "/data/imagenet", teacher="auto")
-"""
-from .losses import agreement, cross_entropy, distillation_loss, kd_loss
-from .recipes import DEFAULTS, load_recipe
-from .train import DistillStep, build_teacher, distill, evaluate, lr_at, param_groups
 
-__all__ = ["distill", "evaluate", "load_recipe", "DEFAULTS", "DistillStep", "build_teacher", "lr_at",
-           "param_groups", "cross_entropy", "kd_loss", "distillation_loss", "agreement"]
+Modules, one concept each: recipes (settings, AMP_MODES, KD_KINDS; no torch), losses, augment (a posterize
+for every Pillow), data (loaders, samplers), teacher (student and teacher resolution), optim (AdamW groups,
+cosine schedule), precision (autocast), distributed (processes, running sums), step (one optimiser step),
+checkpoint (run directory, exact resume), evaluation, train (the run).
+
+The names below load their module on first use, so that ``mixa distill --help`` reads AMP_MODES and
+KD_KINDS without importing torch.
+"""
+import importlib
+
+_API = {
+    "AMP_MODES": "recipes", "KD_KINDS": "recipes", "DEFAULTS": "recipes", "load_recipe": "recipes",
+    "recipe_names": "recipes",
+    "cross_entropy": "losses", "kd_loss": "losses", "distillation_loss": "losses",
+    "DistillStep": "step", "param_groups": "optim", "build_teacher": "teacher",
+    "evaluate": "evaluation", "distill": "train",
+}
+__all__ = list(_API)
+
+
+def __getattr__(name):
+    if name in _API:
+        return getattr(importlib.import_module(f"{__name__}.{_API[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

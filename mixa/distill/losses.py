@@ -16,20 +16,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..conversion.select import kl_per_sample
-
-KD_KINDS = ("soft", "hard", "none")
+from .recipes import KD_KINDS
 
 
 def cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.0) -> Tensor:
-    """Mean cross-entropy; ``target`` is (B,) class indices or (B, C) probabilities."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    """Mean cross-entropy; ``target`` is (B,) class indices or (B, C) probabilities (no smoothing added)."""
     if target.dim() == logits.dim():  # soft targets
-        return -(target.float() * logp).sum(-1).mean()
-    nll = -logp.gather(-1, target.long().unsqueeze(-1)).squeeze(-1)
-    if smoothing > 0:
-        return ((1.0 - smoothing) * nll - smoothing * logp.mean(-1)).mean()
-    return nll.mean()
+        return F.cross_entropy(logits.float(), target.float())
+    return F.cross_entropy(logits.float(), target.long(), label_smoothing=smoothing)
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, kind: str = "soft",
@@ -40,11 +34,10 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, kind: str = "soft",
     if kind == "soft":
         log_s = F.log_softmax(student_logits / temperature, dim=-1)
         log_t = F.log_softmax(teacher_logits / temperature, dim=-1)
-        kl = (log_t.exp() * (log_t - log_s)).sum(-1)
-        return kl.mean() * temperature ** 2
+        return F.kl_div(log_s, log_t, reduction="batchmean", log_target=True) * temperature ** 2
     if kind == "hard":
         return F.cross_entropy(student_logits, teacher_logits.argmax(-1))
-    raise ValueError(f"unknown kd kind {kind!r} (choose from {', '.join(KD_KINDS[:2])})")
+    raise ValueError(f"unknown kd kind {kind!r} (choose from {', '.join(k for k in KD_KINDS if k != 'none')})")
 
 
 def split_heads(output: Union[Tensor, Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
@@ -67,19 +60,3 @@ def distillation_loss(output, target: Tensor, teacher_logits: Optional[Tensor], 
     kdl = kd_loss(kd_logits, teacher_logits, kd, temperature)
     loss = (1.0 - weight) * ce + weight * kdl
     return {"loss": loss, "ce": ce.detach(), "kd": kdl.detach()}
-
-
-@torch.no_grad()
-def agreement(student_logits: Tensor, teacher_logits: Tensor) -> Dict[str, Tensor]:
-    """Per-batch sums: top-1 matches and KL(teacher || student) at temperature 1."""
-    match = (student_logits.argmax(-1) == teacher_logits.argmax(-1)).sum()
-    return {"match": match, "kl": kl_per_sample(teacher_logits, student_logits).sum()}
-
-
-@torch.no_grad()
-def topk_correct(logits: Tensor, target: Tensor, ks=(1, 5)) -> Dict[int, Tensor]:
-    """Number of samples whose label is among the top-k logits, for each k (k capped at C)."""
-    kmax = min(max(ks), logits.shape[-1])
-    top = logits.topk(kmax, dim=-1).indices
-    hit = top == target.unsqueeze(-1)
-    return {k: hit[:, :min(k, kmax)].any(-1).sum() for k in ks}

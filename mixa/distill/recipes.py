@@ -1,16 +1,21 @@
 """Training recipes: YAML files of settings, the defaults below, then flags on top.
 
-A recipe is a flat mapping whose keys are the fields of ``DEFAULTS``. ``--recipe NAME`` looks for
-``recipes/NAME.yaml`` in the source tree; any path to a YAML file works too.
+A recipe is a flat mapping whose keys are the fields of ``DEFAULTS``. ``--recipe NAME`` reads the
+packaged ``mixa.recipes`` (the repository's recipes/ directory, installed as package data); any path
+to a YAML file works too. This module imports no torch: the CLI reads its choices for ``--help``.
 """
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
+
+import yaml
 
 from ..errors import UsageError
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+AMP_MODES = ("auto", "bf16", "fp16", "none")   # auto: bf16 on CUDA if supported, else fp16; off on CPU
+KD_KINDS = ("soft", "hard", "none")            # loss against the teacher (see mixa.distill.losses)
 
 # The defaults are the MixA fine-tuning settings (ATTENTION.md section 1) where the paper gives them and
 # DeiT's where it does not (kd weight 0.5, temperature 1, smoothing 0.1, RandAugment m9, erasing 0.25).
@@ -27,10 +32,10 @@ DEFAULTS: Dict[str, Any] = {
     "betas": [0.9, 0.999],
     "eps": 1.0e-8,
     "clip_grad": 5.0,         # max global grad norm; null: off
-    "amp": "auto",            # auto (bf16 on CUDA if supported, else fp16; off on CPU) | bf16 | fp16 | none
+    "amp": "auto",            # one of AMP_MODES
     "ema": False,
     "ema_decay": 0.9998,
-    "kd": "soft",             # soft | hard | none
+    "kd": "soft",             # one of KD_KINDS
     "kd_weight": 0.5,         # loss = (1 - kd_weight) * CE + kd_weight * KD
     "kd_temperature": 1.0,
     "smoothing": 0.1,
@@ -45,42 +50,53 @@ DEFAULTS: Dict[str, Any] = {
     "hflip": 0.5,             # horizontal-flip probability (0 where left/right is part of the label)
     "scale": [0.08, 1.0],     # RandomResizedCrop area range; [1, 1]: no crop
     "seed": 0,
-    "workers": 8,
+    "workers": "auto",        # data-loader processes per process; auto: min(4, available cores)
     "eval_batch_size": None,  # null: per-process batch
     "save_every_steps": 500,  # also write RUN/last every N optimiser steps inside an epoch; 0: epoch ends only
+    "transfer_steps": 0,      # > 0: first a layer-wise attention transfer of that many steps (RUN/transfer)
+    "transfer_lr": 2.0e-3,    # its peak lr (the other transfer settings: mixa.transfer.settings)
 }
 
-AMP_CHOICES = ("auto", "bf16", "fp16", "none")
+def _packaged() -> Dict[str, Any]:
+    """Named recipes shipped with mixa: name -> resource."""
+    try:
+        folder = resources.files("mixa.recipes")
+    except ModuleNotFoundError:  # a broken install: say so instead of "unknown recipe"
+        raise UsageError("the packaged recipes (mixa.recipes) are missing from this install; "
+                         "pass a .yaml path to --recipe") from None
+    return {entry.name.rsplit(".", 1)[0]: entry for entry in folder.iterdir() if entry.name.endswith(".yaml")}
 
 
-def recipe_path(name_or_path: str) -> Path:
+def recipe_names() -> List[str]:
+    return sorted(_packaged())
+
+
+def recipe_text(name_or_path: str) -> str:
+    """The YAML text of a packaged recipe NAME or of a .yaml path."""
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise UsageError(f"recipe file not found: {path}")
-        return path
-    path = RECIPES_DIR / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
-        raise UsageError(f"unknown recipe {name_or_path!r} (known: {', '.join(known) or 'none'}; or a .yaml path)")
-    return path
+        return path.read_text()
+    packaged = _packaged()
+    if name_or_path not in packaged:
+        raise UsageError(f"unknown recipe {name_or_path!r} (known: {', '.join(sorted(packaged)) or 'none'}; "
+                         f"or a .yaml path)")
+    return packaged[name_or_path].read_text()
 
 
 def load_recipe(recipe: Optional[Any] = None, **overrides) -> Dict[str, Any]:
     """DEFAULTS <- recipe (name, path or dict) <- overrides that are not None."""
-    import yaml
-
     settings = dict(DEFAULTS)
     if isinstance(recipe, dict):
         given = dict(recipe)
     elif recipe is not None:
-        path = recipe_path(str(recipe))
         try:
-            given = yaml.safe_load(path.read_text()) or {}
+            given = yaml.safe_load(recipe_text(str(recipe))) or {}
         except yaml.YAMLError as err:
-            raise UsageError(f"cannot parse recipe {path}: {str(err).splitlines()[0]}") from None
+            raise UsageError(f"cannot parse recipe {recipe}: {str(err).splitlines()[0]}") from None
         if not isinstance(given, dict):
-            raise UsageError(f"recipe {path} must be a mapping of settings")
+            raise UsageError(f"recipe {recipe} must be a mapping of settings")
     else:
         given = {}
     given.pop("description", None)
@@ -105,15 +121,18 @@ def validate(s: Dict[str, Any]) -> None:
     if s["warmup_epochs"] < 0 or s["warmup_epochs"] > s["epochs"]:
         # a warm-up longer than the run is clamped rather than refused (tiny test runs)
         s["warmup_epochs"] = max(0, min(s["warmup_epochs"], s["epochs"]))
-    if s["kd"] not in ("soft", "hard", "none"):
-        raise UsageError(f"kd must be soft, hard or none, got {s['kd']!r}")
+    if s["kd"] not in KD_KINDS:
+        raise UsageError(f"kd must be one of {', '.join(KD_KINDS)}, got {s['kd']!r}")
     if not 0.0 <= float(s["kd_weight"]) <= 1.0:
         raise UsageError(f"kd_weight must be in [0, 1], got {s['kd_weight']}")
     if float(s["kd_temperature"]) <= 0:
         raise UsageError(f"kd_temperature must be > 0, got {s['kd_temperature']}")
-    if s["amp"] not in AMP_CHOICES:
-        raise UsageError(f"amp must be one of {', '.join(AMP_CHOICES)}, got {s['amp']!r}")
+    if s["amp"] not in AMP_MODES:
+        raise UsageError(f"amp must be one of {', '.join(AMP_MODES)}, got {s['amp']!r}")
     if not 0.0 <= float(s["smoothing"]) < 1.0:
         raise UsageError(f"smoothing must be in [0, 1), got {s['smoothing']}")
-    if s["workers"] < 0:
-        raise UsageError(f"workers must be >= 0, got {s['workers']}")
+    if isinstance(s["transfer_steps"], bool) or not isinstance(s["transfer_steps"], int) or s["transfer_steps"] < 0:
+        raise UsageError(f"transfer_steps must be an integer >= 0, got {s['transfer_steps']!r}")
+    if s["workers"] != "auto" and (isinstance(s["workers"], bool) or not isinstance(s["workers"], int)
+                                   or s["workers"] < 0):
+        raise UsageError(f"workers must be 'auto' or an integer >= 0, got {s['workers']!r}")

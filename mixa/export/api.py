@@ -10,7 +10,11 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import numpy as np
 from torch import nn
 
+from ..data import eval_loader
 from ..errors import UsageError
+from .executorch import agreement_pte, export_pte
+from .onnx import DEFAULT_OPSET, export_onnx
+from .quantize import agreement, quantize_onnx
 from .targets import at_resolution, trained_size
 
 FORMATS = (".onnx", ".pte")
@@ -21,15 +25,9 @@ CalibSource = Union[None, str, os.PathLike, List[np.ndarray]]
 def image_batches(root: os.PathLike | str, model: nn.Module, input_size, limit: int,
                   batch_size: int = 16) -> Iterator[np.ndarray]:
     """numpy float32 batches of at most ``limit`` images from an ImageFolder (or DIR/val), with the model's
-    eval transform at ``input_size``."""
-    from torch.utils.data import DataLoader
-
-    from ..data import SafeImageFolder, collate_skipping_unreadable, eval_transform, resolve_split
-
-    dataset = SafeImageFolder(resolve_split(root), transform=eval_transform(model, input_size))
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate_skipping_unreadable)
+    eval transform at ``input_size`` (unreadable files skipped)."""
     seen = 0
-    for batch in loader:
+    for batch in eval_loader(root, model, batch_size=batch_size, input_size=input_size):
         if batch is None:
             continue
         images = batch[0][: limit - seen].numpy()
@@ -72,10 +70,6 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
         used for calibration.
     int8_weights / keep_fp32: ONNX INT8 policy, see ``mixa.export.quantize``.
     """
-    from .executorch import agreement_pte, export_pte
-    from .onnx import DEFAULT_OPSET, export_onnx
-    from .quantize import agreement, quantize_onnx
-
     output = Path(output)
     fmt = output.suffix
     if fmt not in FORMATS:

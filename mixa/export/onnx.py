@@ -23,8 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attention import MixAttention
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
+from ..macs import count_macs, count_params
+from ..models.attention_layers import attention_layers, layer_kind
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 covers it fully; LayerNormalization is a single node from 17 on
 EXPORTERS = ("torchscript", "dynamo")
@@ -132,9 +135,6 @@ def attention_scopes(model: nn.Module) -> Dict[str, str]:
     the module that made it: ``blocks.2.attn`` -> ``/blocks/blocks.2/attn/`` (a ModuleList entry is named
     with its list). Stored in the file (``mixa.attention_scopes``) so that INT8 can find each attention's
     core on a machine without torch (``mixa.export.quantize.core_nodes``)."""
-    from ..attention import MixAttention
-    from ..conversion.layers import attention_layers, layer_kind
-
     try:
         layers = attention_layers(model)
     except MixaError:  # not a DeiT/Swin (e.g. RAVLT): no scopes recorded
@@ -195,8 +195,6 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     """Write ``model`` (fp32, CPU, eval) to ``path`` as ONNX with input ``input`` (B, C, H, W) and output
     ``logits``; verify it (see ``verify_onnx``) before it replaces ``path``: a failed export leaves no file.
     """
-    from ..macs import count_macs, count_params
-
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:

@@ -8,13 +8,12 @@ from typing import Optional, Tuple
 from torch import nn
 
 from ..errors import UsageError
+from ..saved import load_target
 
 
 def load_model(target: str, **source) -> Tuple[str, nn.Module]:
     """(label, model in eval mode) for a saved mixa model directory or a timm name / alias; ``source`` are
     ``mixa.models.load_target``'s weight-source options."""
-    from ..models import load_target
-
     return (Path(target).name or target), load_target(target, **source)
 
 

@@ -1,14 +1,6 @@
-"""Model building (timm names, aliases, checkpoints) and mixa's own timm models."""
-import importlib
+"""Model building (timm names, aliases, checkpoints), the attention layers of timm families, and mixa's own
+timm models (``ravlt_*``, registered with timm on import)."""
+from . import ravlt  # noqa: F401  (registers ravlt_t/s/b/l with timm)
+from .factory import ALIASES, create_model, load_checkpoint_into, load_state_dict_file, resolve_name
 
-from .factory import (ALIASES, create_model, load_checkpoint_into, load_state_dict_file, load_target,
-                      resolve_name)
-
-try:  # ravlt_* register themselves with timm on import (added by the RAVLT work)
-    importlib.import_module(".ravlt", __name__)
-except ModuleNotFoundError as err:
-    if err.name != f"{__name__}.ravlt":
-        raise
-
-__all__ = ["ALIASES", "create_model", "load_checkpoint_into", "load_state_dict_file", "load_target",
-           "resolve_name"]
+__all__ = ["ALIASES", "create_model", "load_checkpoint_into", "load_state_dict_file", "resolve_name"]

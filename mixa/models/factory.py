@@ -7,6 +7,12 @@ import os
 import socket
 from pathlib import Path
 from typing import Any, Dict, Optional
+from urllib.parse import urlparse
+
+import timm
+import torch
+from huggingface_hub import constants as hub_constants
+from safetensors.torch import load_file
 
 from ..errors import MixaError, UsageError
 
@@ -22,8 +28,6 @@ ALIASES = {
 
 def resolve_name(name: str) -> str:
     """Alias -> timm name; a clear error for names timm does not know."""
-    import timm
-
     full = ALIASES.get(name, name)
     if not timm.is_model(full):
         hint = ", ".join(ALIASES)
@@ -35,20 +39,16 @@ def load_state_dict_file(path: os.PathLike | str) -> Dict[str, Any]:
     """Read a local checkpoint without unpickling code: .safetensors, or .pth/.pth.tar/.bin with
     ``torch.load(weights_only=True)``. Unwraps the usual ``{"model": ...}`` / ``{"state_dict": ...}``
     wrappers and DDP's ``module.`` prefix."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise MixaError(f"checkpoint not found: {path}")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(path))
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt, truncated or pickled code: never fall back to full unpickling
-        raise MixaError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # never fall back to full unpickling, whatever torch suggests
+        raise MixaError(f"cannot read checkpoint {path}: {_why_unreadable(err)}") from None
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -58,6 +58,14 @@ def load_state_dict_file(path: os.PathLike | str) -> Dict[str, Any]:
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+def _why_unreadable(err: Exception) -> str:
+    text = str(err)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return ("it holds pickled Python objects besides tensors, and mixa never unpickles code from a file; "
+                "re-save it as .safetensors (or a state dict of tensors) where you trust its source")
+    return (text.splitlines() or [type(err).__name__])[0][:200] or "truncated or corrupt file"
 
 
 def _filter_for(model) -> Optional[Any]:
@@ -92,13 +100,7 @@ def load_checkpoint_into(model, path: os.PathLike | str) -> None:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    from urllib.parse import urlparse
-
-    try:
-        from huggingface_hub import constants
-        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    except ImportError:
-        host = "huggingface.co"
+    host = urlparse(hub_constants.ENDPOINT).hostname or "huggingface.co"
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -110,18 +112,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def _local_cache_only_when_offline():
     """Without a route to the hub, ask huggingface_hub for its local cache only: a cached download still
     loads, and a missing one fails at once instead of after a minute of retries."""
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        yield
-        return
-    previous = constants.HF_HUB_OFFLINE
+    previous = hub_constants.HF_HUB_OFFLINE
     if not previous and not _hub_reachable():
-        constants.HF_HUB_OFFLINE = True
+        hub_constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = previous
+        hub_constants.HF_HUB_OFFLINE = previous
 
 
 def create_model(name: str, *, pretrained: bool = True, checkpoint: Optional[str] = None,
@@ -130,8 +127,6 @@ def create_model(name: str, *, pretrained: bool = True, checkpoint: Optional[str
 
     Offline, a hub download ends in a MixaError that says what to do instead.
     """
-    import timm
-
     full = resolve_name(name)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
@@ -155,26 +150,8 @@ def create_model(name: str, *, pretrained: bool = True, checkpoint: Optional[str
     img_size = getattr(getattr(model, "patch_embed", None), "img_size", None)
     if img_size is not None:
         model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, *tuple(img_size))}
-    # What rebuilds this model offline (mixa.save records it; the distillation teacher is built from it).
-    model.mixa_base = {"model": full, "kwargs": kwargs,
-                       "checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
-                       "pretrained": bool(pretrained and checkpoint is None)}
+    # Where the weights came from: mixa.save records it as the original of a conversion (the teacher).
+    model.mixa_source = {"checkpoint": str(Path(checkpoint).resolve()) if checkpoint is not None else None,
+                         "pretrained": bool(pretrained and checkpoint is None)}
     return model.eval()
 
-
-def load_target(target: str, *, pretrained: bool = True, checkpoint: Optional[str] = None,
-                num_classes: Optional[int] = None, **timm_kwargs):
-    """What a command's MODEL argument names: a saved mixa model directory (``mixa.load``) or a timm name /
-    alias (``create_model``), in eval mode. The weight-source options apply to names only."""
-    from ..io import is_model_dir, load
-
-    path = Path(target)
-    if is_model_dir(path):
-        if checkpoint or num_classes or timm_kwargs:
-            raise UsageError("--checkpoint/--num-classes/--model-arg apply to model names, not saved directories")
-        return load(path)
-    if path.exists() or "/" in target or target.endswith(".onnx"):
-        raise MixaError(f"{target} is not a saved mixa model directory (needs config.json and model.safetensors)"
-                        if path.exists() else f"{target}: no such file or directory")
-    return create_model(target, pretrained=pretrained, checkpoint=checkpoint, num_classes=num_classes,
-                        **timm_kwargs)

@@ -8,14 +8,20 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
+from ..conversion import convert
+from ..export import export_onnx
+from ..export.targets import at_resolution, trained_size
+from ..macs import count_macs, count_params
+from .ort import profile_file
+from .records import make_record
+from .torch_runtime import check_device, time_model
+
 
 def keep_sweep(model: nn.Module, keeps: Sequence[int], attn: str = "rala", *, label: str = "model",
                keep_kind: str = "softmax", attn_options: Optional[Dict[str, Any]] = None
                ) -> List[Tuple[str, nn.Module]]:
     """(label, converted model) for each k in ``keeps``: softmax (or ``keep_kind``) kept in k layers,
     ``attn`` elsewhere (uniform selection: latency does not depend on which layers are kept)."""
-    from ..conversion import convert
-
     suffix = "" if keep_kind == "softmax" else f" kept={keep_kind}"
     return [(f"{label} keep={k} {attn}{suffix}",
              convert(model, keep=k, attn=attn, keep_kind=keep_kind, attn_options=attn_options, progress=False))
@@ -28,13 +34,6 @@ def profile_model(model: nn.Module, *, label: str, runtime: str = "ort", resolut
     """Records for ``model`` at each resolution (None: its trained size) and thread count. ``runtime``:
     'ort' (exported to ONNX in a temporary directory, then timed), 'torch' or 'torch-compile' (CUDA also
     timed with AMP)."""
-    from ..export import export_onnx
-    from ..export.targets import at_resolution, trained_size
-    from ..macs import count_macs, count_params
-    from .ort import profile_file
-    from .records import make_record
-    from .torch_runtime import check_device, time_model
-
     if runtime != "ort":
         check_device(device)
     records = []

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import MixaError, UsageError
+from .records import make_record
 from .timing import time_call
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
@@ -82,8 +83,6 @@ def profile_file(path: os.PathLike | str, *, threads: Optional[int], batch: int,
                  macs_per_image: Optional[int] = None, progress=None) -> Dict[str, Any]:
     """One record for an .onnx file. Params/MACs come from the arguments or from the metadata that
     ``mixa export`` writes into the file (null for files from elsewhere)."""
-    from .records import make_record
-
     sess = session(path, threads)
     feed, res = input_for(sess, batch, resolution)
     meta = metadata(sess)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..errors import UsageError
+from .records import make_record
 from .timing import time_call
 
 
@@ -15,7 +16,6 @@ def profile_pte(path: os.PathLike | str, *, threads: Optional[int], batch: int =
     import torch
 
     from ..export.executorch import input_shape, load_pte, set_threads
-    from .records import make_record
 
     set_threads(threads)  # before loading: the XNNPACK delegate takes the pool when it is initialised
     method = load_pte(path)

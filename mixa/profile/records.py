@@ -10,7 +10,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .. import __version__
 from ..errors import MixaError
+from ..io import atomic_path, save_figure
+from ..io import write_json as write_json_file
+from ..report import table
 
 LIBRARIES = ("mixa", "numpy", "onnxruntime", "onnx", "torch", "timm")
 
@@ -51,8 +55,6 @@ def environment() -> Dict[str, Any]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     if versions["mixa"] is None:  # run from a source tree, not installed
-        from .. import __version__
-
         versions["mixa"] = __version__
     return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "os": platform.platform(), "python": platform.python_version(), "versions": versions}
@@ -87,9 +89,7 @@ def format_table(records: List[Dict[str, Any]]) -> str:
                      str(r["resolution"]), "-" if r["params"] is None else f"{r['params'] / 1e6:.2f}",
                      _giga(r["macs"]), f"{lat['median']:.2f}", f"{lat['p90']:.2f}", f"{lat['min']:.2f}",
                      f"{r['images_per_s']:.1f}", f"{base / lat['median']:.2f}x"])
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+    return table(rows, headers, align="l" + "r" * (len(headers) - 1))
 
 
 CSV_FIELDS = ["target", "runtime", "device", "threads", "batch", "resolution", "params", "macs",
@@ -98,8 +98,6 @@ CSV_FIELDS = ["target", "runtime", "device", "threads", "batch", "resolution", "
 
 
 def write_csv(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
-    from ..io import atomic_path
-
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -112,9 +110,7 @@ def write_csv(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
 
 
 def write_json(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
-    from ..io import write_json as _write
-
-    _write(path, records)
+    write_json_file(path, records)
 
 
 def plot(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
@@ -126,8 +122,6 @@ def plot(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise MixaError("--plot needs matplotlib: pip install 'mixa[plot]'") from None
-    from ..io import atomic_path
-
     vary = [k for k in ("runtime", "device", "threads", "batch") if len({r[k] for r in records}) > 1]
     lines: Dict[str, List[tuple]] = {}
     for r in records:
@@ -145,7 +139,5 @@ def plot(path: os.PathLike | str, records: List[Dict[str, Any]]) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    suffix = os.path.splitext(str(path))[1] or ".png"
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=suffix.lstrip("."), dpi=120)
+    save_figure(fig, path)
     plt.close(fig)

@@ -1,0 +1,221 @@
+"""Does `mixa plan`'s pre-KD agreement rank configurations as post-KD top-1 does?
+
+Runs ``mixa.plan.plan`` on a benchmark's teacher (the kinds and ks of its rows), joins every plan row with
+the benchmark's post-KD top-1 of the same (kind, k), and reports:
+
+- Spearman rank correlation of plan agreement (and of -KL) with post-KD top-1 over the (kind, k) rows,
+  with a one-sided permutation p-value (is it above what random rankings give?);
+- for every latency budget (each row's plan latency in turn): is the row the plan recommends
+  (``best_under(max_latency_ms=...)``) the post-KD best under the same budget, how many points it gives
+  away if not, and the hit rate of a random pick among the rows within the budget, for comparison.
+
+Target (the benchmark fails when it is not met): Spearman rho >= 0.5 with permutation p < 0.05.
+
+    PYTHONPATH=. python benchmarks/plan/rank_correlation.py                       # the offline benchmark
+    PYTHONPATH=. python benchmarks/plan/rank_correlation.py --results benchmarks/proxy/results.json \
+        --output benchmarks/plan/proxy                                           # the proxy benchmark
+
+Writes OUTPUT/results.json, OUTPUT/RESULTS.md and OUTPUT/plan.png. Plan rows are cached in --work-dir, so a
+killed run resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+TARGET_RHO, TARGET_P = 0.5, 0.05
+
+
+def ranks(values: Sequence[float]) -> List[float]:
+    """1-based ranks, ties sharing their average rank."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            out[order[t]] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    mx, my = sum(x) / len(x), sum(y) / len(y)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
+    sxx, syy = sum((a - mx) ** 2 for a in x), sum((b - my) ** 2 for b in y)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else float("nan")
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    return pearson(ranks(x), ranks(y))
+
+
+def permutation_p(x: Sequence[float], y: Sequence[float], trials: int = 20000, seed: int = 0) -> float:
+    """One-sided: the share of random orderings of y whose Spearman rho with x is at least the observed."""
+    observed, rng, y = spearman(x, y), random.Random(seed), list(y)
+    hits = 0
+    for _ in range(trials):
+        rng.shuffle(y)
+        hits += spearman(x, y) >= observed - 1e-12
+    return (hits + 1) / (trials + 1)
+
+
+def budget_study(rows: List[Dict]) -> Dict:
+    """Every row's plan latency as a budget: the plan's pick vs the post-KD best within it."""
+    from mixa.plan import PlanRow, best_under
+
+    by_key = {(r["kind"], r["keep"]): r for r in rows}
+    plan_rows = [PlanRow(**r["plan"]) for r in rows]
+    budgets, hits, regrets, chance = [], 0, [], []
+    for budget in sorted({r.latency_ms for r in plan_rows}):
+        within = [by_key[(r.kind, r.keep)] for r in plan_rows if r.latency_ms <= budget]
+        pick = best_under(plan_rows, max_latency_ms=budget)
+        best = max(r["top1_after"] for r in within)
+        got = by_key[(pick.kind, pick.keep)]["top1_after"]
+        hit = got == best
+        hits += hit
+        regrets.append(best - got)
+        chance.append(sum(r["top1_after"] == best for r in within) / len(within))
+        budgets.append({"max_latency_ms": budget, "rows_within": len(within), "plan_pick": f"{pick.kind} k={pick.keep}",
+                        "pick_top1_after": got, "best_top1_after": best, "hit": hit})
+    n = len(budgets)
+    return {"budgets": budgets, "hits": hits, "count": n, "hit_rate": hits / n, "mean_regret": sum(regrets) / n,
+            "max_regret": max(regrets), "random_pick_hit_rate": sum(chance) / n}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default="benchmarks/offline/results.json",
+                   help="a benchmark's results.json: records with kind, keep, kept, top1_after")
+    p.add_argument("--model", default=None,
+                   help="the benchmark's teacher (default: its settings' teacher, else mixa/assets/teacher)")
+    p.add_argument("--calib-data", default=None, metavar="DIR",
+                   help="calibration ImageFolder (default: the benchmark's own calibration images, "
+                        "SyntheticShapes('calib', N, seed=its data seed[, task=its task]))")
+    p.add_argument("--calib-images", type=int, default=None, help="default: the benchmark's, else 256")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--work-dir", default="/tmp/mixa-plan-benchmark")
+    p.add_argument("--output", default="benchmarks/plan")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)  # relative paths (defaults and arguments) are the repository's
+
+    from mixa.io import write_json
+    from mixa.plan import format_table, plan, plan_to_dict, plot
+
+    bench = json.loads(Path(args.results).read_text())
+    # the (kind, k) rows: sensitivity selection, linear kinds (no control / teacher rows), each once
+    records = [r for r in bench["records"] if r.get("select", "sensitivity") == "sensitivity"
+               and r["kind"] != "softmax" and not r.get("same_as")]
+    bench_settings = bench.get("settings", {})
+    seed, task = bench_settings.get("seed", 1), bench_settings.get("task")
+    args.model = args.model or bench_settings.get("teacher") or "mixa/assets/teacher"
+    args.calib_images = args.calib_images or bench_settings.get("calib_images") or 256
+    if args.calib_data:
+        calib, calib_text = args.calib_data, args.calib_data
+    else:
+        from mixa.data.synthetic import SyntheticShapes
+
+        by_task = {"task": task} if task else {}
+        calib = SyntheticShapes("calib", args.calib_images, seed=seed, **by_task).tensors()[0]
+        calib_text = (f"SyntheticShapes('calib', {args.calib_images}, seed={seed}"
+                      + (f", task={task!r})" if task else ")"))
+    kinds = sorted({r["kind"] for r in records})
+    ks = sorted({r["keep"] for r in records})
+    result = plan(args.model, calib, attn=kinds, keep=ks, threads=args.threads, calib_images=args.calib_images,
+                  work_dir=args.work_dir, rounds=args.rounds, repeat=args.repeat)
+    print(format_table(result))
+
+    plan_by_key = {(r.kind, r.keep): r for r in result.rows}
+    rows = []
+    for r in sorted(records, key=lambda r: (r["kind"], r["keep"])):
+        pr = plan_by_key[(r["kind"], r["keep"])]
+        rows.append({"kind": r["kind"], "keep": r["keep"], "kept_benchmark": r["kept"], "kept_plan": pr.kept,
+                     "top1_after": r["top1_after"], "agreement_before_benchmark": r.get("agreement_before"),
+                     "plan": plan_to_dict(result)["rows"][result.rows.index(pr)]})
+    mismatched = [f"{r['kind']} k={r['keep']}" for r in rows if sorted(r["kept_benchmark"]) != sorted(r["kept_plan"])]
+    after = [r["top1_after"] for r in rows]
+    agreement = [r["plan"]["agreement"] for r in rows]
+    rho = spearman(agreement, after)
+    metrics = {
+        "rows": len(rows),
+        "spearman_agreement_vs_top1_after": rho,
+        "permutation_p": permutation_p(agreement, after),
+        "spearman_minus_kl_vs_top1_after": spearman([-r["plan"]["kl"] for r in rows], after),
+        "kept_layers_differ": mismatched,
+        "top1_after_range": [min(after), max(after)],
+    }
+    if all(r["agreement_before_benchmark"] is not None for r in rows):
+        metrics["spearman_benchmark_agreement_before_vs_top1_after"] = spearman(
+            [r["agreement_before_benchmark"] for r in rows], after)
+    val = bench.get("settings", {}).get("val_images")
+    if val:
+        mean = sum(after) / len(after) / 100
+        metrics["top1_after_standard_error_points"] = 100 * math.sqrt(mean * (1 - mean) / val)
+    metrics["target"] = f"rho >= {TARGET_RHO} with permutation p < {TARGET_P}"
+    metrics["target_met"] = rho >= TARGET_RHO and metrics["permutation_p"] < TARGET_P
+    study = budget_study(rows)
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "PYTHONPATH=. python benchmarks/plan/rank_correlation.py " + " ".join(argv if argv is not None
+                                                                                     else sys.argv[1:])
+    write_json(out / "results.json", {"benchmark": args.results,
+                                      "model": args.model, "calib": calib_text, "command": command.strip(),
+                                      "metrics": metrics, "budget_study": study, "rows": rows,
+                                      "plan": plan_to_dict(result)})
+    plot(out / "plan.png", result)
+    write_report(out, args, calib_text, command.strip(), result, rows, metrics, study)
+    print(json.dumps({**metrics, **{k: v for k, v in study.items() if k != "budgets"}}, indent=2))
+    return 0 if metrics["target_met"] else 1
+
+
+def write_report(out: Path, args, calib_text: str, command: str, result, rows, metrics, study) -> None:
+    m, s = metrics, study
+    lines = [
+        "# mixa plan: does pre-KD agreement rank configurations as post-KD top-1 does?", "",
+        f"Benchmark: `{args.results}` (post-KD top-1 of every (kind, k), sensitivity selection). Plan: "
+        f"`{args.model}`, calibration images {calib_text}, ONNX Runtime, {args.threads} thread(s), "
+        f"{result.environment.get('cpu')}.", "",
+        f"Command: `{command}`", "",
+        "| kind | k | kept (plan) | plan agreement % | plan KL | plan latency ms | speed-up | post-KD top-1 |",
+        "|---|---:|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        pr = r["plan"]
+        lines.append(f"| {r['kind']} | {r['keep']} | {r['kept_plan']} | {pr['agreement']:.1f} | {pr['kl']:.4f} | "
+                     f"{pr['latency_ms']:.3f} | {pr['speedup']:.2f}x | {r['top1_after']:.1f} |")
+    lines += [
+        "", "## Results", "",
+        f"- Spearman rho (plan agreement vs post-KD top-1) over {m['rows']} rows: **{m['spearman_agreement_vs_top1_after']:.3f}**"
+        f" (one-sided permutation p = {m['permutation_p']:.3f}); with -KL instead of agreement: "
+        f"{m['spearman_minus_kl_vs_top1_after']:.3f}."]
+    if "spearman_benchmark_agreement_before_vs_top1_after" in m:
+        lines.append(f"- Cross-check, the benchmark's own pre-KD agreement (its val images) vs post-KD top-1: "
+                     f"{m['spearman_benchmark_agreement_before_vs_top1_after']:.3f}.")
+    lines += [
+        f"- Post-KD top-1 spans {m['top1_after_range'][0]:.1f}-{m['top1_after_range'][1]:.1f}%"
+        + (f"; one standard error of a top-1 on the benchmark's val images is "
+           f"{m['top1_after_standard_error_points']:.2f} points." if "top1_after_standard_error_points" in m else "."),
+        f"- Kept layers that differ between plan and benchmark: {', '.join(m['kept_layers_differ']) or 'none'}.",
+        f"- Latency budgets (each row's plan latency): the plan's pick is the post-KD best in {s['hits']} of "
+        f"{s['count']} ({100 * s['hit_rate']:.0f}%; a random pick within the budget: "
+        f"{100 * s['random_pick_hit_rate']:.0f}%); it gives away {s['mean_regret']:.2f} points on average, "
+        f"{s['max_regret']:.2f} at most.",
+        f"- Target ({m['target']}): **{'met' if m['target_met'] else 'not met'}**.", ""]
+    (out / "RESULTS.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

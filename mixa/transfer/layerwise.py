@@ -1,0 +1,186 @@
+"""Layer-wise attention transfer, teacher-forced: every replaced (linear) attention layer learns to give the
+output of the softmax layer it replaced, *given the same input* -- the reference model's activation at that
+layer. One forward pass of the reference serves every layer; the layers never see each other's outputs, so
+they learn independently (and in parallel).
+
+Loss: the relative squared error ||y - t||^2 / ||t||^2 of each layer's output y against the reference's t
+(sums over the batch), added over layers. Why not plain MSE: attention outputs grow with depth and differ
+by orders of magnitude between layers; the relative error weighs every layer alike, is comparable across
+layers and models (``--select transfer`` ranks layers by it) and reads as "fraction of the output not
+reproduced". Each layer's parameters receive gradients from its own term only, and AdamW's per-parameter
+normalisation makes the optimisation insensitive to that per-layer scale; the normalisation is what makes
+the numbers meaningful.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..distill.optim import create_optimizer, create_scheduler, param_groups
+from ..distill.precision import autocast, autocast_dtype
+from ..errors import MixaError
+
+# (positional args, keyword args, output) of one reference layer for one batch
+Activation = Tuple[Tuple[Any, ...], Dict[str, Any], Tensor]
+
+
+def relative_error(output: Tensor, target: Tensor) -> Tensor:
+    """||output - target||^2 / ||target||^2 over the whole batch, in fp32."""
+    output, target = output.float(), target.float()
+    return (output - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
+
+
+def _detached(value):
+    if isinstance(value, Tensor):
+        return value.detach()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_detached(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _detached(v) for k, v in value.items()}
+    return value
+
+
+@torch.no_grad()
+def capture(reference: nn.Module, paths: List[str], images: Tensor) -> Dict[str, Activation]:
+    """Run ``reference`` once on ``images`` and return each layer's inputs and output at ``paths``."""
+    captured: Dict[str, Activation] = {}
+    handles = []
+    for path in paths:
+        def hook(module, args, kwargs, output, path=path):
+            captured[path] = (_detached(args), _detached(kwargs), output.detach())
+
+        handles.append(reference.get_submodule(path).register_forward_hook(hook, with_kwargs=True))
+    try:
+        reference(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def check_reference(reference: nn.Module, paths: List[str]) -> None:
+    """Every replaced layer's path must exist in the reference (the same architecture)."""
+    for path in paths:
+        try:
+            reference.get_submodule(path)
+        except AttributeError:
+            raise MixaError(f"the reference model has no layer {path!r}: it is not the original of this "
+                            f"student (pass the right --teacher)") from None
+
+
+class LayerSet(nn.Module):
+    """The replaced layers of a student (the same module objects: training them trains the student).
+    ``forward(captured)`` returns each layer's relative error, in the order of ``paths``."""
+    def __init__(self, layers: Dict[str, nn.Module]):
+        super().__init__()
+        self.paths = list(layers)
+        self.layers = nn.ModuleList(layers.values())
+
+    def forward(self, captured: Dict[str, Activation]) -> Tensor:
+        errors = []
+        for path, layer in zip(self.paths, self.layers):
+            args, kwargs, target = captured[path]
+            errors.append(relative_error(layer(*args, **kwargs), target))
+        return torch.stack(errors)
+
+
+class TransferStep:
+    """One optimiser step of transfer: a forward of the reference (teacher-forcing inputs and targets),
+    each layer on its own inputs, AdamW with timm's per-step cosine schedule, clipping, AMP; under torchrun
+    the layers' gradients are averaged by DistributedDataParallel."""
+    def __init__(self, reference: nn.Module, layers: Dict[str, nn.Module], settings: Dict[str, Any],
+                 device: torch.device, lr: float, total_steps: int, warmup_steps: int, ddp: bool = False,
+                 to_reference: Optional[Callable[[Tensor], Tensor]] = None):
+        self.reference, self.settings, self.device = reference, settings, device
+        self.to_reference = to_reference
+        self.layer_set = LayerSet(layers)
+        self.net = self.layer_set
+        if ddp:
+
+            self.net = DDP(self.layer_set, device_ids=[device.index] if device.type == "cuda" else None)
+        self.dtype = autocast_dtype(settings["amp"], device)
+        self.optimizer = create_optimizer(param_groups(self.layer_set, settings["weight_decay"]), lr, settings)
+        self.scheduler = create_scheduler(self.optimizer, total_steps, warmup_steps, settings)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.step = 0
+
+    def targets(self, images: Tensor) -> Dict[str, Activation]:
+        with autocast(self.device, self.dtype):
+            x = self.to_reference(images) if self.to_reference is not None else images
+            return capture(self.reference, self.layer_set.paths, x)
+
+    def forward_backward(self, images: Tensor) -> Tensor:
+        """One batch, one optimiser step; returns each layer's relative error (detached)."""
+        captured = self.targets(images)
+        self.layer_set.train()
+        with autocast(self.device, self.dtype):
+            errors = self.net(captured)
+        loss = errors.sum()
+        self.scheduler.step_update(self.step)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.settings["clip_grad"]:
+            torch.nn.utils.clip_grad_norm_(self.layer_set.parameters(), float(self.settings["clip_grad"]))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return errors.detach()
+
+    def current_lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "step": self.step,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+@torch.no_grad()
+def layer_errors(reference: nn.Module, layers: Dict[str, nn.Module], batches,
+                 to_reference: Optional[Callable[[Tensor], Tensor]] = None, device=None,
+                 dtype: Optional[torch.dtype] = None, dist=None) -> Dict[str, float]:
+    """Each layer's relative error over all ``batches`` (tensors or (images, ...) tuples): the sums of
+    squared errors and of squared targets over every image (and every process, with ``dist``), then
+    their ratio."""
+    device = device or torch.device("cpu")
+    paths = list(layers)
+    err = torch.zeros(len(paths), dtype=torch.float64)
+    ref = torch.zeros(len(paths), dtype=torch.float64)
+    modes = {path: layer.training for path, layer in layers.items()}
+    for layer in layers.values():
+        layer.eval()
+    try:
+        for batch in batches:
+            if batch is None:
+                continue
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            images = images.to(device)
+            with autocast(device, dtype):
+                captured = capture(reference, paths, to_reference(images) if to_reference else images)
+                for i, path in enumerate(paths):
+                    args, kwargs, target = captured[path]
+                    out, target = layers[path](*args, **kwargs).float(), target.float()
+                    err[i] += (out - target).pow(2).sum().item()
+                    ref[i] += target.pow(2).sum().item()
+    finally:
+        for path, layer in layers.items():
+            layer.train(modes[path])
+    sums = err.tolist() + ref.tolist()
+    if dist is not None:
+        sums = dist.sum(sums)
+    return {path: sums[i] / max(sums[len(paths) + i], 1e-12) for i, path in enumerate(paths)}

@@ -1,0 +1,1 @@
+"""mixa.recipes: the named distillation recipes (NAME.yaml), read by mixa.distill.recipes."""
