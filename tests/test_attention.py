@@ -301,7 +301,7 @@ def test_gate_option_validation_and_old_bool_configs():
     assert MixAttention(16, 2, kind="rala", gate=True).options["gate"] == "linear"
     assert MixAttention(16, 2, kind="rala", gate=False).gate is None
     assert MixAttention(16, 2, kind="rala", gate="lowrank", gate_rank=3).options["gate_rank"] == 3
-    assert MixAttention(16, 2, kind="rala").options["gate"] == "linear"  # the registry default
+    assert MixAttention(16, 2, kind="rala").options["gate"] == "identity"  # the registry default (measured: benchmarks/edge)
     with pytest.raises(ValueError, match="unknown gate"):
         MixAttention(16, 2, kind="rala", gate="tanh")
     with pytest.raises(ValueError, match="odd"):

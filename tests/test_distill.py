@@ -184,7 +184,7 @@ def test_no_weight_decay_on_norms_biases_tokens_and_gates():
     model.blocks[1].attn = MixAttention.from_timm(model.blocks[1].attn, "rala", num_prefix_tokens=1)
     decay, plain = _groups(model)
     assert {"pos_embed", "cls_token", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias",
-            "blocks.1.attn.gate.weight", "blocks.1.attn.lepe.weight"} <= plain
+            "blocks.1.attn.gate.scale", "blocks.1.attn.lepe.weight"} <= plain
     assert {"blocks.0.attn.qkv.weight", "blocks.1.attn.qkv.weight", "head.weight",
             "patch_embed.proj.weight"} <= decay
     assert decay | plain == {n for n, _ in model.named_parameters()} and not decay & plain

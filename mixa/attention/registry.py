@@ -90,5 +90,5 @@ register_attention(AttentionKind(
     # mean_j k'_j = p K (N d), denominator q . mean k' (N d)
     core_macs=lambda h, n, d: h * (2 * n * d * d + 4 * n * d),
     description="rank-augmented linear attention (RALA, CVPR 2025) with output gate and LePE",
-    module_defaults={"gate": "linear", "lepe": True},
+    module_defaults={"gate": "identity", "lepe": True},
 ))
