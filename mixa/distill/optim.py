@@ -43,3 +43,18 @@ def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_
     return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=settings["min_lr"],
                              warmup_t=warmup_steps, warmup_lr_init=settings["warmup_lr"], warmup_prefix=True,
                              t_in_epochs=False)
+
+
+def clipped_step(optimizer: torch.optim.Optimizer, parameters, clip_grad, scaler=None) -> None:
+    """One optimiser update of already-computed gradients: unscale (AMP), clip the global norm when
+    ``clip_grad`` is set, step through the GradScaler when there is one, and clear the gradients."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if clip_grad:
+        torch.nn.utils.clip_grad_norm_(parameters, float(clip_grad))
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .losses import distillation_loss
-from .optim import create_optimizer, create_scheduler, param_groups
+from .optim import clipped_step, create_optimizer, create_scheduler, param_groups
 from .precision import autocast, autocast_dtype
 from .teacher import renormalizer, unwrap
 
@@ -75,16 +75,7 @@ class DistillStep:
 
     def _optimizer_step(self) -> None:
         self.scheduler.step_update(self.step)
-        if self.scaler is not None:
-            self.scaler.unscale_(self.optimizer)
-        if self.settings["clip_grad"]:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(self.settings["clip_grad"]))
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        clipped_step(self.optimizer, self.model.parameters(), self.settings["clip_grad"], self.scaler)
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)

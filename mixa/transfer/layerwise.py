@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..distill.optim import create_optimizer, create_scheduler, param_groups
+from ..distill.optim import clipped_step, create_optimizer, create_scheduler, param_groups
 from ..distill.precision import autocast, autocast_dtype
 from ..errors import MixaError
 
@@ -122,17 +122,9 @@ class TransferStep:
         self.scheduler.step_update(self.step)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        if self.settings["clip_grad"]:
-            torch.nn.utils.clip_grad_norm_(self.layer_set.parameters(), float(self.settings["clip_grad"]))
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        clipped_step(self.optimizer, self.layer_set.parameters(), self.settings["clip_grad"], self.scaler)
         self.step += 1
         return errors.detach()
 
