@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from safetensors import SafetensorError
@@ -31,13 +31,15 @@ from .errors import MixaError, UsageError
 from .io import atomic_path, write_json
 from .models import create_model
 from .models.attention_layers import attention_layers, layer_kind, linear_layer_for, set_layer
-from .models.record import build_on_meta, rebuild_record
+from .models.record import build_on_meta, describe_differences, rebuild_record, shape_differences, shapes
 
 PathLike = Union[str, os.PathLike]
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT = "mixa-model/2"
 READABLE_FORMATS = ("mixa-model/1", FORMAT)
+# What mixa.convert records on a model (``model.mixa_config``) and the config keeps, field for field.
+CONVERSION_FIELDS = ("keep", "attn", "attn_options", "keep_kind", "patch_size", "window_size", "selection")
 # Options of a replaced attention layer that rebuild it (MixAttention.options minus what the timm layer gives).
 LAYER_OPTIONS = ("gate", "gate_rank", "lepe", "lepe_kernel")
 
@@ -162,8 +164,7 @@ def _attach(model: nn.Module, cfg: SavedConfig) -> None:
     """What a rebuilt model must carry so that saving it again records the same original and conversion."""
     if cfg.converted:
         model.mixa_original = cfg.original
-        model.mixa_config = {"keep": cfg.keep, "attn": cfg.attn, "attn_options": cfg.attn_options,
-                             "keep_kind": cfg.keep_kind, "patch_size": cfg.patch_size, "window_size": cfg.window_size, "selection": cfg.selection}
+        model.mixa_config = {name: getattr(cfg, name) for name in CONVERSION_FIELDS}
 
 
 def load(directory: PathLike, device: str = "cpu") -> nn.Module:
@@ -180,26 +181,29 @@ def load(directory: PathLike, device: str = "cpu") -> nn.Module:
     return model.to(device).eval()
 
 
-def build_original(cfg: SavedConfig, checkpoint: Optional[str] = None) -> nn.Module:
-    """The recorded original of a saved model (its default teacher), with its recorded weights
-    (or ``checkpoint``). Errors say what to pass when those weights can't be had."""
-    original = cfg.original
+def build_original(original: Original, checkpoint: Optional[str] = None) -> nn.Module:
+    """A recorded original (the default teacher) with its recorded weights, or ``checkpoint``. Errors say
+    what to pass when those weights can't be had."""
     if checkpoint is None and original.checkpoint is None and original.pretrained is None:
         raise MixaError(f"the original ({original.model}) has weights of unknown origin (the model was converted "
-                        f"from an in-memory module): pass a teacher (--teacher NAME|DIR or --teacher-checkpoint)")
-    model = create_model(original.model, pretrained=bool(original.pretrained) and checkpoint is None,
-                         checkpoint=checkpoint or original.checkpoint, **original.kwargs)
-    return model
+                        f"from an in-memory module); pass --teacher NAME|DIR or --teacher-checkpoint PATH")
+    try:
+        return create_model(original.model, pretrained=bool(original.pretrained) and checkpoint is None,
+                            checkpoint=checkpoint or original.checkpoint, **original.kwargs)
+    except MixaError as err:
+        raise MixaError(f"the recorded original {original.model} cannot be built ({err}); "
+                        f"pass --teacher NAME|DIR or --teacher-checkpoint PATH") from None
 
 
 # --- writing -------------------------------------------------------------------------------------------
 
-def original_of(model: nn.Module) -> Original:
-    """What ``model`` was converted from; for an unconverted model, the model itself."""
+def original_of(model: nn.Module, record: Optional[Tuple[str, Dict[str, Any]]] = None) -> Original:
+    """What ``model`` was converted from; for an unconverted model, the model itself (``record``: its
+    rebuild record when the caller already has it)."""
     original = getattr(model, "mixa_original", None)
     if original is not None:
         return original
-    arch, kwargs = rebuild_record(model)
+    arch, kwargs = record if record is not None else rebuild_record(model)
     source = getattr(model, "mixa_source", None) or {}
     return Original(arch, kwargs, checkpoint=source.get("checkpoint"), pretrained=source.get("pretrained"))
 
@@ -214,22 +218,17 @@ def config_of(model: nn.Module) -> SavedConfig:
     except UsageError:  # a family mixa does not convert (e.g. ravlt_*) is saved as it is
         layers = []
     conversion = getattr(model, "mixa_config", None) or {}
-    return SavedConfig(
-        architecture=arch, kwargs=kwargs, original=original_of(model), layers=layers,
-        num_classes=getattr(model, "num_classes", None),
-        keep=conversion.get("keep"), attn=conversion.get("attn"), attn_options=conversion.get("attn_options") or {},
-        keep_kind=conversion.get("keep_kind") or "softmax",
-        patch_size=conversion.get("patch_size"), window_size=conversion.get("window_size"),
-        selection=conversion.get("selection"))
+    recorded = {name: conversion[name] for name in CONVERSION_FIELDS if conversion.get(name) is not None}
+    return SavedConfig(architecture=arch, kwargs=kwargs, original=original_of(model, record=(arch, kwargs)),
+                       layers=layers, num_classes=getattr(model, "num_classes", None), **recorded)
 
 
 def _check_rebuilds(model: nn.Module, cfg: SavedConfig) -> None:
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in build(cfg, meta=True).state_dict().items()}
-    differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    want, got = shapes(model), shapes(build(cfg, meta=True))
+    differ = shape_differences(want, got)
     if differ:
         raise UsageError(f"cannot record how to rebuild this {type(model).__name__}: the rebuilt model differs at "
-                         + ", ".join(f"{k} {want.get(k)} vs {got.get(k)}" for k in differ[:3]))
+                         + describe_differences(differ, want, got))
 
 
 def save(model: nn.Module, directory: PathLike) -> Path:

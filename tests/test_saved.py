@@ -59,7 +59,7 @@ def test_unknown_origin_needs_an_explicit_teacher(tmp_path):
     name, kwargs = TIMM_MODELS["deit"]
     mixa.save(mixa.convert(timm.create_model(name, **kwargs), keep=1, attn="relu", progress=False), tmp_path / "m")
     with pytest.raises(MixaError, match="unknown origin.*--teacher"):
-        build_original(read_config(tmp_path / "m"))
+        build_original(read_config(tmp_path / "m").original)
 
 
 def test_a_model_that_cannot_be_rebuilt_is_refused_and_nothing_is_written(tmp_path):
@@ -83,7 +83,7 @@ def test_the_original_of_a_converted_saved_model_is_the_saved_model(tmp_path):
     code = main(["convert", "--model", str(tmp_path / "teacher"), "--keep", "2", "--attn", "stella",
                  "--output", str(tmp_path / "student")])
     assert code == 0
-    original = build_original(read_config(tmp_path / "student"))
+    original = build_original(read_config(tmp_path / "student").original)
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(original.eval()(x), teacher.eval()(x))
 

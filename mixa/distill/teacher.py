@@ -13,7 +13,7 @@ from torch import nn
 from ..data import data_config
 from ..errors import MixaError, UsageError
 from ..models import create_model
-from ..saved import Original, is_model_dir, load, load_target, original_of, read_config
+from ..saved import Original, build_original, is_model_dir, load, load_target, original_of, read_config
 
 ModelSource = Union[str, os.PathLike, nn.Module]
 
@@ -46,19 +46,11 @@ def build_teacher(teacher, original: Optional[Original], checkpoint: Optional[st
     elif teacher is None or teacher == "auto":
         if original is None:
             raise MixaError("the model records no original to compare with; pass --teacher NAME|DIR")
-        ckpt = checkpoint or original.checkpoint
-        if ckpt is None and original.pretrained is None:
-            raise MixaError(f"the original ({original.model}) has weights of unknown origin (the model was converted "
-                            f"from an in-memory module); pass --teacher NAME|DIR or --teacher-checkpoint PATH")
-        if ckpt is None and not original.pretrained and os.environ.get("RANK", "0") == "0":
+        if (checkpoint or original.checkpoint) is None and original.pretrained is False \
+                and os.environ.get("RANK", "0") == "0":
             print(f"mixa: warning: the model was converted from a randomly initialised {original.model}; "
                   f"the default teacher has random weights (pass --teacher or --teacher-checkpoint)", file=sys.stderr)
-        try:
-            model = create_model(original.model, pretrained=bool(original.pretrained) and ckpt is None,
-                                 checkpoint=ckpt, **original.kwargs)
-        except MixaError as err:
-            raise MixaError(f"the recorded original {original.model} cannot be built ({err}); "
-                            f"pass --teacher NAME|DIR or --teacher-checkpoint PATH") from None
+        model = build_original(original, checkpoint)
     elif Path(str(teacher)).is_dir():
         model = load(teacher)
     else:

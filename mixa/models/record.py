@@ -10,7 +10,7 @@ same way, and a model that cannot be rebuilt is refused with what differs.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import timm
 import torch
@@ -135,8 +135,18 @@ def build_on_meta(arch: str, kwargs: Dict[str, Any]) -> nn.Module:
         return timm.create_model(arch, pretrained=False, **kwargs)
 
 
-def _shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
+def shapes(model: nn.Module) -> Dict[str, Tuple[int, ...]]:
+    """State-dict name -> shape (the comparison that says whether a rebuilt model fits the weights)."""
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def shape_differences(want: Dict[str, Tuple[int, ...]], got: Dict[str, Tuple[int, ...]]) -> List[str]:
+    """The names whose shapes differ (or that only one side has), sorted."""
+    return sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+
+
+def describe_differences(differ: List[str], want, got) -> str:
+    return ", ".join(f"{k} {want.get(k)} vs {got.get(k)}" for k in differ[:3])
 
 
 def _replaced_prefixes(model: nn.Module) -> Tuple[str, ...]:
@@ -165,12 +175,12 @@ def rebuild_record(model: nn.Module) -> Tuple[str, Dict[str, Any]]:
         kwargs["pretrained_cfg_overlay"] = overlay
     rebuilt = build_on_meta(arch, kwargs) if kwargs else default
     replaced = _replaced_prefixes(model)
-    want = {k: v for k, v in _shapes(model).items() if not k.startswith(replaced)}
-    got = {k: v for k, v in _shapes(rebuilt).items() if not k.startswith(replaced)}
-    differ = sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k))
+    want = {k: v for k, v in shapes(model).items() if not k.startswith(replaced)}
+    got = {k: v for k, v in shapes(rebuilt).items() if not k.startswith(replaced)}
+    differ = shape_differences(want, got)
     if differ:
         known = "no settings reader for this class" if reader is None else f"settings read: {kwargs}"
         raise UsageError(f"cannot record how to rebuild this {type(model).__name__} ({arch}; {known}): "
                          f"the rebuilt model differs at {len(differ)} weight(s), e.g. "
-                         + ", ".join(f"{k} {want.get(k)} vs {got.get(k)}" for k in differ[:3]))
+                         + describe_differences(differ, want, got))
     return arch, kwargs
