@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import numpy as np
 from torch import nn
 
+from ..conversion import calibration_batches
 from ..data import eval_loader
 from ..errors import UsageError
 from .executorch import agreement_pte, export_pte
@@ -44,14 +45,7 @@ def _batches(source: CalibSource, model, input_size, limit: int) -> Optional[Lis
         if not Path(source).is_dir():
             raise UsageError(f"--calib-data: directory not found: {source}")
         return list(image_batches(source, model, input_size, limit))
-    batches, seen = [], 0
-    for batch in source:
-        batch = np.asarray(batch, dtype=np.float32)[: limit - seen]
-        batches.append(batch)
-        seen += len(batch)
-        if seen >= limit:
-            break
-    return batches
+    return [np.asarray(batch, dtype=np.float32) for batch in calibration_batches(source, model, limit)]
 
 
 def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[int] = None,
