@@ -46,7 +46,6 @@ SELECTIONS = ("sensitivity", "first", "last", "uniform")
 
 
 def _checked(attn: Sequence[str], keep: Sequence[int], select: str, depth: int) -> Tuple[List[str], List[int]]:
-
     linear = list_attention_kinds(linear_only=True)
     attn = attn.split(",") if isinstance(attn, str) else list(attn)
     keep = [keep] if isinstance(keep, int) else list(keep)
@@ -65,7 +64,6 @@ def _checked(attn: Sequence[str], keep: Sequence[int], select: str, depth: int) 
 
 
 def _calibration(calib, model: nn.Module, images: int) -> List[torch.Tensor]:
-
     if images < 1:
         raise UsageError(f"--calib-images must be >= 1; got {images}")
     return calibration_batches(calib, model, images=images)
@@ -96,7 +94,6 @@ class _Cache:
             return None
 
     def put(self, name: str, value: Dict[str, Any]) -> None:
-
         if self.root is not None:
             write_json(self.root / f"{name}.json", value)
 
@@ -137,7 +134,6 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
     resolution: input size in px (default: the model's trained size); threads: torch and ORT threads.
     rounds / repeat / warmup: the round-robin latency timing (``time_against``).
     """
-
     if min(rounds, repeat) < 1 or warmup < 0:
         raise UsageError("rounds and repeat must be >= 1, warmup >= 0")
     if threads is not None and threads < 1:

@@ -73,7 +73,6 @@ def best_under(rows: Sequence[PlanRow], max_latency_ms: Optional[float] = None,
 
 
 def format_table(plan: Plan) -> str:
-
     cells = [(r.kind, r.keep, ",".join(map(str, r.kept)) or "-", f"{r.agreement:.1f}", f"{max(r.kl, 0.0):.4f}",
               human(r.params), human(r.macs), f"{r.latency_ms:.3f}", f"{r.speedup:.2f}x", "*" if r.pareto else "")
              for r in plan.rows]
