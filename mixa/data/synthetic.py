@@ -204,6 +204,63 @@ def generate_relations_scene(rng: np.random.Generator, image_size: int = RELATIO
 
 
 # ----------------------------------------------------------------------------------------------------
+# the "nearest" task: 64x64 images (256 tokens at patch 4), labels from the object nearest to a marker
+
+NEAREST_SIZE = 64
+NEAREST_COLORS = {"red": (225, 45, 45), "blue": (50, 80, 230), "green": (45, 185, 70), "yellow": (225, 205, 50)}
+NEAREST_PER_COLOR = 2        # every colour twice: counting colours says nothing about the label
+MARKER_RGB = (245, 245, 245)  # the white cross the question is about
+NEAREST_MARGIN = 4.0         # px: the second-nearest object is at least this much farther than the nearest
+NEAREST_SIDE_MARGIN = 2      # px: the nearest object's centre is at least this far left or right of the marker's
+
+NEAREST_CLASSES = tuple(f"{colour}_{side}" for colour in sorted(NEAREST_COLORS) for side in ("left", "right"))
+assert list(NEAREST_CLASSES) == sorted(NEAREST_CLASSES)
+
+
+def nearest_label(marker_xy: Tuple[int, int], key_objects: Sequence[Tuple[Tuple[int, int], str]]) -> int:
+    """``2 * (colour index, sorted names) + (the nearest object lies right of the marker)`` for the key
+    object whose corner (= centre, all objects have one size) is nearest to the marker's."""
+    marker = np.asarray(marker_xy, dtype=np.float64)
+    xy = np.asarray([p for p, _ in key_objects], dtype=np.float64)
+    nearest = int(np.argmin(np.hypot(*(xy - marker).T)))
+    colour = key_objects[nearest][1]
+    return 2 * sorted(NEAREST_COLORS).index(colour) + int(xy[nearest, 0] > marker[0])
+
+
+def generate_nearest_scene(rng: np.random.Generator, image_size: int = NEAREST_SIZE) -> Dict:
+    """A white cross (the marker) and eight objects, two of each of four colours, anywhere in a 64x64
+    image. The label asks which colour the object nearest to the marker has and whether it lies left or
+    right of the marker: one object, picked by distance, decides it, so the model must select rather
+    than average (what linear attention does well). Layouts with a near-tie (second-nearest within
+    ``NEAREST_MARGIN`` px) or the nearest object straight above/below the marker are redrawn."""
+    size = RELATIONS_OBJECT
+    colours = [c for c in NEAREST_COLORS for _ in range(NEAREST_PER_COLOR)]
+    while True:
+        objects: List[Dict] = []
+        for colour in ["marker"] + colours:
+            for _attempt in range(200):
+                xy = tuple(int(v) for v in rng.integers(1, image_size - size, size=2))
+                if not any(_overlaps(xy, o["xy"], gap=2, size=size) for o in objects):
+                    objects.append({"color": colour, "xy": xy})
+                    break
+        if len(objects) < len(colours) + 1:
+            continue
+        marker = np.asarray(objects[0]["xy"], dtype=np.float64)
+        xy = np.asarray([o["xy"] for o in objects[1:]], dtype=np.float64)
+        dist = np.sort(np.hypot(*(xy - marker).T))
+        nearest = xy[int(np.argmin(np.hypot(*(xy - marker).T)))]
+        if dist[1] - dist[0] >= NEAREST_MARGIN and abs(nearest[0] - marker[0]) >= NEAREST_SIDE_MARGIN:
+            break
+    objects[0]["shape"], objects[0]["rgb"] = "cross", MARKER_RGB
+    for obj in objects[1:]:
+        obj["shape"] = ("square", "ring")[int(rng.integers(2))]
+        obj["rgb"] = NEAREST_COLORS[obj["color"]]
+    image = _render(rng, objects, image_size, size)
+    keys = [(o["xy"], o["color"]) for o in objects[1:]]
+    return {"image": image, "label": nearest_label(objects[0]["xy"], keys), "objects": objects}
+
+
+# ----------------------------------------------------------------------------------------------------
 # the task registry
 
 @dataclass(frozen=True)
@@ -221,6 +278,9 @@ TASKS: Dict[str, Task] = {
                    "32x32, five key objects: majority left/right, above/below, red/blue (16 tokens at patch 8)"),
     "relations": Task("relations", RELATIONS_SIZE, RELATIONS_CLASSES, generate_relations_scene,
                       "64x64, seven key objects: red vs blue count and centroids (256 tokens at patch 4)"),
+    "nearest": Task("nearest", NEAREST_SIZE, NEAREST_CLASSES, generate_nearest_scene,
+                    "64x64, a marker and eight objects: colour and side of the object nearest the marker "
+                    "(256 tokens at patch 4)"),
 }
 DEFAULT_TASK = "shapes"
 
