@@ -1,15 +1,14 @@
-"""The proxy benchmark's task (``relations``) and its packaged teacher: deterministic scenes, labels
-re-derived from the pixels alone, the data command line, and the teacher's accuracy on unseen scenes."""
+"""The proxy benchmark's tasks (``nearest``, and the earlier ``relations``) and the packaged proxy teacher:
+deterministic scenes, labels re-derived from the pixels alone, the data command line, and the teacher's
+accuracy on unseen scenes."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mixa.data import synthetic as S
+from mixa.quickstart import PROXY_TEACHER_DIR as TEACHER_DIR, TASK
 from reference.pixels import components
-
-TEACHER_DIR = Path(__file__).resolve().parents[1] / "mixa" / "assets" / "relations_teacher"
 
 
 def test_relations_task_is_registered_and_big_enough():
@@ -57,6 +56,42 @@ def test_relations_classes_balanced():
     assert counts.min() > 150 and counts.max() < 250, counts  # 200 expected, binomial sd ~13
 
 
+def test_nearest_task_is_registered():
+    task = S.get_task("nearest")
+    assert task.image_size == 64 and (task.image_size // 4) ** 2 >= 196
+    assert list(task.classes) == sorted(task.classes) and len(task.classes) == 8
+    a = S.SyntheticShapes("val", 6, seed=3, task="nearest")
+    assert np.array_equal(a.images[4], S.SyntheticShapes("val", 1, seed=3, offset=4, task="nearest").images[0])
+    assert not np.array_equal(a.images, S.SyntheticShapes("val", 6, seed=4, task="nearest").images)
+
+
+def test_nearest_labels_from_pixels():
+    """Find the white marker and the coloured objects in the pixels and apply the documented rule:
+    the class names the colour of the object whose centre is nearest the marker's centre and whether it
+    lies left or right of the marker. Every colour is there exactly twice (counts decide nothing) and
+    every label has a visible margin: the runner-up is >= NEAREST_MARGIN px farther."""
+    for i in range(60):
+        sample = S.make_sample(0, "val", i, task="nearest")
+        marker = components(sample["image"], S.MARKER_RGB)
+        assert len(marker) == 1, (i, marker)
+        centre = lambda box: np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])  # noqa: E731
+        m = centre(marker[0])
+        found = []
+        for colour, rgb in S.NEAREST_COLORS.items():
+            boxes = components(sample["image"], rgb)
+            assert len(boxes) == S.NEAREST_PER_COLOR, (i, colour, boxes)
+            found += [(np.hypot(*(centre(b) - m)), colour, centre(b)[0] > m[0]) for b in boxes]
+        found.sort(key=lambda f: f[0])
+        assert found[1][0] - found[0][0] >= S.NEAREST_MARGIN - 1e-9, (i, found[:2])
+        _, colour, right = found[0]
+        assert S.NEAREST_CLASSES[sample["label"]] == f"{colour}_{'right' if right else 'left'}", i
+
+
+def test_nearest_classes_balanced():
+    counts = np.bincount(S.SyntheticShapes("val", 1600, seed=0, task="nearest").labels, minlength=8)
+    assert counts.min() > 150 and counts.max() < 250, counts  # 200 expected, binomial sd ~13
+
+
 def test_data_command_line(tmp_path, capsys):
     from PIL import Image
 
@@ -82,7 +117,7 @@ def test_data_command_line(tmp_path, capsys):
 
 
 def test_packaged_teacher_accuracy_on_unseen_scenes():
-    """The packaged relations teacher on 500 scenes of a seed it never saw (trained on seed 0 train
+    """The packaged proxy teacher on 500 scenes of a seed it never saw (trained on seed 0 train
     scenes, validated on seed 0 val): within 5 points of the val top-1 its training recorded (500
     images: binomial sd ~0.6 points at 98%) and far above chance (12.5%); its training record says which
     task and seeds made it, and its convergence flag agrees with its own val curve."""
@@ -91,7 +126,7 @@ def test_packaged_teacher_accuracy_on_unseen_scenes():
     import mixa
 
     training = json.loads((TEACHER_DIR / "training.json").read_text())
-    assert training["task"] == "relations" and "seed" in training and "data_seed" in training
+    assert training["task"] == TASK and "seed" in training and "data_seed" in training
     history = training["history"]
     end, at_75 = history[-1]["val_top1"], 0.75 * training["steps"]
     lo = [h for h in history if h["step"] <= at_75][-1]  # history is in step order
@@ -101,7 +136,7 @@ def test_packaged_teacher_accuracy_on_unseen_scenes():
     assert training["converged"] == (end - top1_75 < 0.3)
     assert (TEACHER_DIR / "model.safetensors").stat().st_size <= 20 * 2 ** 20
     model = mixa.load(TEACHER_DIR).eval()
-    x, y = S.SyntheticShapes("val", 500, seed=7, task="relations").tensors()
+    x, y = S.SyntheticShapes("val", 500, seed=7, task=TASK).tensors()
     with torch.no_grad():
         top1 = 100.0 * (torch.cat([model(b) for b in x.split(250)]).argmax(-1) == y).float().mean().item()
     assert abs(top1 - training["val_top1"]) < 5.0, (top1, training["val_top1"])
@@ -116,10 +151,10 @@ def test_replacing_attention_costs_points_before_kd():
     import torch
 
     import mixa
-    from mixa.quickstart import RELATIONS_TEACHER_DIR, load_teacher
+    from mixa.quickstart import PROXY_TEACHER_DIR, load_teacher
 
-    teacher = load_teacher(RELATIONS_TEACHER_DIR).eval()
-    x, y = S.SyntheticShapes("val", 200, seed=7, task="relations").tensors()
+    teacher = load_teacher(PROXY_TEACHER_DIR).eval()
+    x, y = S.SyntheticShapes("val", 200, seed=7, task=TASK).tensors()
 
     def top1(model):
         with torch.no_grad():
@@ -128,7 +163,7 @@ def test_replacing_attention_costs_points_before_kd():
     base = top1(teacher)
     uniform = top1(mixa.convert(teacher, keep=6, attn="rala", select="uniform", progress=False))
     assert base - uniform >= 15.0, (base, uniform)
-    calib = S.SyntheticShapes("calib", 32, seed=7, task="relations").tensors()[0]
+    calib = S.SyntheticShapes("calib", 32, seed=7, task=TASK).tensors()[0]
     chosen = mixa.convert(teacher, keep=6, attn="rala", select="sensitivity", calib=[calib], calib_images=None,
                           progress=False)
     assert top1(chosen) > uniform + 10.0

@@ -1,4 +1,4 @@
-"""The packaged teachers and the quick start pipeline (task "relations", mixa/assets/relations_teacher).
+"""The packaged teachers and the quick start pipeline (task "nearest", mixa/assets/nearest_teacher).
 
 The first teacher (task "shapes", mixa/assets/teacher) is still packaged and tested here: tools/bench_offline.py
 and tests/test_export.py use it."""
@@ -10,7 +10,7 @@ import torch
 import mixa
 from mixa.saved import read_config
 from mixa.data import synthetic
-from mixa.quickstart import RELATIONS_TEACHER_DIR, SHAPES_TEACHER_DIR, load_teacher
+from mixa.quickstart import PROXY_TEACHER_DIR, SHAPES_TEACHER_DIR, TASK, load_teacher
 
 # Val scenes the teacher never saw (its training watched val samples 0..999 of seed 0 to stop).
 FRESH = dict(split="val", length=400, seed=0, offset=5000)
@@ -26,7 +26,7 @@ def fresh_val():
     return synthetic.SyntheticShapes(**FRESH).tensors()
 
 
-@pytest.mark.parametrize("directory, size", [(SHAPES_TEACHER_DIR, 32), (RELATIONS_TEACHER_DIR, 64)])
+@pytest.mark.parametrize("directory, size", [(SHAPES_TEACHER_DIR, 32), (PROXY_TEACHER_DIR, 64)])
 def test_packaged_teachers_small_and_loadable(directory, size):
     assert (directory / "model.safetensors").stat().st_size <= 20 * 2 ** 20
     cfg = read_config(directory)
@@ -87,7 +87,7 @@ def test_quickstart_end_to_end_tiny(tmp_path):
     for key in ("teacher_top1", "student_top1", "agreement_top1", "teacher_latency_ms", "student_latency_ms",
                 "teacher_params", "student_macs"):
         assert key in summary
-    assert summary["attn"] == "stella" and len(summary["kept_layers"]) == 6 and summary["task"] == "relations"
+    assert summary["attn"] == "stella" and len(summary["kept_layers"]) == 6 and summary["task"] == TASK
     assert summary["student_minus_teacher"] == pytest.approx(summary["student_top1"] - summary["teacher_top1"])
     assert summary["verdict"] in (out / "summary.md").read_text()
     assert (out / "teacher.onnx").is_file() and (out / "student.onnx").is_file()
@@ -97,7 +97,7 @@ def test_quickstart_end_to_end_tiny(tmp_path):
                      progress=False)
     assert again["top1"] == pytest.approx(summary["student_top1"], abs=1e-6)
     assert again["images"] == 200
-    teacher_again = evaluate(RELATIONS_TEACHER_DIR, out / "data", batch_size=100, workers=0, device="cpu",
+    teacher_again = evaluate(PROXY_TEACHER_DIR, out / "data", batch_size=100, workers=0, device="cpu",
                              progress=False)
     assert teacher_again["top1"] == pytest.approx(summary["teacher_top1"], abs=1e-6)
     # A second run finds every stage done and rebuilds the same summary.
@@ -120,17 +120,17 @@ def test_quickstart_rejects_bad_input(capsys):
 
 
 def test_quickstart_recipe_keeps_images_intact():
-    """The distillation recipe of the quick start must not flip, crop or recolour: left/right,
-    above/below and colour are the label. Its training transform equals the eval transform."""
+    """The distillation recipe of the quick start must not flip, crop or recolour: left/right and
+    colour are the label. Its training transform equals the eval transform."""
     from PIL import Image
 
     from mixa.distill.data import train_transform
     from mixa.distill.recipes import load_recipe
     from mixa.quickstart import RECIPE
 
-    teacher = load_teacher(RELATIONS_TEACHER_DIR)
+    teacher = load_teacher(PROXY_TEACHER_DIR)
     transform = train_transform(teacher, load_recipe(RECIPE))
-    ds = synthetic.SyntheticShapes("val", 4, seed=0, task="relations")
+    ds = synthetic.SyntheticShapes("val", 4, seed=0, task=TASK)
     for i in range(4):
         for _ in range(3):
             assert torch.allclose(transform(Image.fromarray(ds.images[i])), ds[i][0], atol=1e-6)

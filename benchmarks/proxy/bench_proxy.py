@@ -1,6 +1,7 @@
-"""Proxy benchmark: conversion + KD on the ``relations`` task (256 tokens) and its converged teacher.
+"""Proxy benchmark: conversion + KD on a 256-token synthetic task and its converged teacher.
 
-Every row is one KD run from mixa/assets/relations_teacher with one recipe (mixa.quickstart.RECIPE with
+The task is the one the teacher was trained on (its training.json): by default mixa/assets/nearest_teacher
+and the ``nearest`` task. Every row is one KD run from the teacher with one recipe (mixa.quickstart.RECIPE with
 ``--epochs`` epochs over ``--train-images`` images, seed --seed); rows differ only in the student:
 
 - ``control``: the teacher itself, fine-tuned with exactly that recipe and itself as the KD teacher
@@ -14,11 +15,15 @@ agreement after every epoch (``--train-images`` images seen per point, the first
 Latency: every model exported to ONNX and timed by ONNX Runtime (1 thread, batch 1), round-robin over
 all files at the end so that each sees the same load of a shared machine.
 
-    PYTHONPATH=. python benchmarks/proxy/bench_proxy.py --output benchmarks/proxy --work /work/proxy_runs/bench
+    PYTHONPATH=. python benchmarks/proxy/bench_proxy.py --work /work/proxy_runs/nearest
+
+writes benchmarks/proxy/<task>/ (benchmarks/proxy/relations/ holds the earlier task's run).
 
 OUTPUT/results.json gets each row as it finishes (a killed run resumes: finished rows are kept, an
 interrupted KD run continues from its last checkpoint); OUTPUT/RESULTS.md and OUTPUT/proxy.png are
-rewritten after every row. ``--report-only`` redoes the latency pass and the report.
+rewritten after every row. Rows can be shared out between processes, one per core (``--only`` with
+disjoint row lists; they add their rows to the same results.json under a file lock); a sharded run
+skips the latency pass, which ``--report-only`` then does once, alone on the machine, with the report.
 """
 from __future__ import annotations
 
@@ -31,8 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 REPO = Path(__file__).resolve().parents[2]
-TEACHER_DIR = REPO / "mixa" / "assets" / "relations_teacher"
-TASK = "relations"
+TEACHER_DIR = REPO / "mixa" / "assets" / "nearest_teacher"
 STRATEGIES = ("sensitivity", "first", "last", "uniform")
 
 
@@ -50,6 +54,26 @@ def rows(kinds, main_kind: str):
     return order
 
 
+def teacher_task(directory: Path) -> str:
+    """The task a packaged teacher was trained on, from its training record."""
+    return json.loads((Path(directory) / "training.json").read_text())["task"]
+
+
+def update_results(path: Path, change) -> dict:
+    """Read-modify-write of results.json under an exclusive lock, so that several benchmark processes
+    (``--only`` shards) can add their rows to one file; returns the file's new contents."""
+    import fcntl
+
+    from mixa.io import write_json
+
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = json.loads(path.read_text()) if path.exists() else {"records": []}
+        change(results)
+        write_json(path, results)
+    return results
+
+
 def load_teacher(directory: Path):
     """The packaged teacher; mixa.load records a saved plain model as its own original, so students
     converted from it name it as their distillation teacher."""
@@ -60,12 +84,12 @@ def load_teacher(directory: Path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="benchmarks/proxy")
+    p.add_argument("--output", default=None, help="default benchmarks/proxy/<the teacher's task>")
     p.add_argument("--teacher", default=str(TEACHER_DIR), help="saved teacher dir (default the packaged one)")
     p.add_argument("--work", default="proxy-work", help="data, students, KD runs and ONNX files (kept: resumable)")
     p.add_argument("--epochs", type=int, default=3, help="KD epochs = points of the curve after the first")
     p.add_argument("--train-images", type=int, default=800, help="training images (seen once per epoch)")
-    p.add_argument("--val-images", type=int, default=500)
+    p.add_argument("--val-images", type=int, default=2000)
     p.add_argument("--calib-images", type=int, default=128)
     p.add_argument("--seed", type=int, default=1, help="data and KD seed (the teacher was trained on seed 0)")
     p.add_argument("--threads", type=int, default=1)
@@ -78,7 +102,6 @@ def main(argv=None):
     import torch
 
     import mixa
-    from mixa.io import write_json
     from mixa.saved import is_model_dir, load, save
     from mixa.attention import list_attention_kinds
     from mixa.conversion.select import top_k
@@ -89,39 +112,45 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     teacher_dir = Path(args.teacher).resolve()
-    out, work = Path(args.output), Path(args.work)
+    task = teacher_task(teacher_dir)
+    out, work = Path(args.output or REPO / "benchmarks" / "proxy" / task), Path(args.work)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {"records": []}
     recipe = {**RECIPE, "epochs": args.epochs, "seed": args.seed, "save_every_steps": 0}
-    settings = {"task": TASK, "teacher": str(teacher_dir.relative_to(REPO)) if teacher_dir.is_relative_to(REPO) else str(teacher_dir),
+    settings = {"task": task, "teacher": str(teacher_dir.relative_to(REPO)) if teacher_dir.is_relative_to(REPO) else str(teacher_dir),
                 "epochs": args.epochs, "train_images": args.train_images, "val_images": args.val_images,
                 "calib_images": args.calib_images, "seed": args.seed, "threads": args.threads, "recipe": recipe,
                 "images_seen": args.epochs * args.train_images,
                 "command": "PYTHONPATH=. python benchmarks/proxy/bench_proxy.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    if results.get("settings") and {k: v for k, v in results["settings"].items() if k != "command"} != \
-            {k: v for k, v in settings.items() if k != "command"}:
-        sys.exit(f"{results_path} holds rows made with other settings; choose another --output")
-    if args.report_only and results.get("settings"):
-        settings["command"] = results["settings"]["command"]  # the command that made the rows
-        settings["report_command"] = "PYTHONPATH=. python benchmarks/proxy/bench_proxy.py " + " ".join(
-            sys.argv[1:] if argv is None else argv)
-    results["settings"] = settings
+    command = settings.pop("command")
+
+    def claim(results):
+        """Rows in one file must come from one set of settings; the first command that made rows is
+        the one reported (a shard's --only or a --report-only pass is recorded beside it)."""
+        made = results.get("settings")
+        if made and {k: v for k, v in made.items() if not k.endswith("command")} != settings:
+            sys.exit(f"{results_path} holds rows made with other settings; choose another --output")
+        results["settings"] = {**settings, "command": (made or {}).get("command", command)}
+        if args.report_only:
+            results["settings"]["report_command"] = command
+
+    results = update_results(results_path, claim)
 
     if args.report_only:
         remeasure_latency(results, work, args.threads, args.latency_rounds, args.latency_repeat)
         op_breakdown(results, work, args.threads)
-        write_json(results_path, results)
+        results = update_results(results_path, lambda r: r.update(
+            {k: results[k] for k in ("teacher", "records", "latency_method", "op_profile")}))
         write_report(out, results)
         return
 
     data = work / "data"
     synthetic.write_image_folder(data, seed=args.seed, sizes={"train": args.train_images, "val": args.val_images},
-                                 task=TASK, progress=True)
+                                 task=task, progress=True)
     teacher = load_teacher(teacher_dir).eval()
     input_size = tuple(teacher.pretrained_cfg["input_size"])
-    calib_x, _ = synthetic.SyntheticShapes("calib", args.calib_images, seed=args.seed, task=TASK).tensors()
+    calib_x, _ = synthetic.SyntheticShapes("calib", args.calib_images, seed=args.seed, task=task).tensors()
     calib = list(calib_x.split(64))
     ev = {"batch_size": 250, "workers": 0, "device": "cpu", "progress": False}
 
@@ -136,9 +165,9 @@ def main(argv=None):
     if "teacher" not in results:
         t = evaluate(teacher, data, **ev)
         export(teacher, "teacher")
-        results["teacher"] = {"top1": t["top1"], "macs": count_macs(teacher, input_size),
-                              "training": json.loads((teacher_dir / "training.json").read_text())["command"]}
-        write_json(results_path, results)
+        record = {"top1": t["top1"], "macs": count_macs(teacher, input_size),
+                  "training": json.loads((teacher_dir / "training.json").read_text())["command"]}
+        results = update_results(results_path, lambda r: r.setdefault("teacher", record))
     print(f"teacher top-1 {results['teacher']['top1']:.2f}%", flush=True)
 
     kinds = list_attention_kinds(linear_only=True)
@@ -146,6 +175,7 @@ def main(argv=None):
     for name, kind, keep, select in rows(kinds, "rala"):
         if wanted is not None and name not in wanted:
             continue
+        results = update_results(results_path, lambda r: None)  # rows and scores other shards added
         if any(r["name"] == name for r in results["records"]):
             continue
         t0 = time.perf_counter()
@@ -153,13 +183,15 @@ def main(argv=None):
             model = load_teacher(teacher_dir)
             kept = list(range(12))
         else:
-            scores = results.setdefault("sensitivity_scores", {})
+            scores = results.get("sensitivity_scores", {})
             if select == "sensitivity" and kind not in scores:
                 # Sensitivity = the k layers with the largest scores; the scores do not depend on k, so
                 # they are computed once per kind and the other k reuse them (the same kept layers).
                 model = mixa.convert(teacher, keep=keep, attn=kind, select="sensitivity", calib=calib,
                                      calib_images=None, progress=False)
-                scores[kind] = model.mixa_config["selection"]["scores"]
+                score = model.mixa_config["selection"]["scores"]
+                results = update_results(results_path, lambda r: r.setdefault("sensitivity_scores", {})
+                                         .setdefault(kind, score))
             elif select == "sensitivity":
                 model = mixa.convert(teacher, keep=keep, attn=kind, select=top_k(scores[kind], keep),
                                      progress=False)
@@ -169,8 +201,7 @@ def main(argv=None):
             twin = next((r for r in results["records"] if r["kind"] == kind and r["kept"] == kept), None)
             if twin is not None:  # the same layers kept: the same student, the same deterministic run
                 record = {**twin, "name": name, "select": select, "same_as": twin["name"], "seconds": 0.0}
-                results["records"].append(record)
-                write_json(results_path, results)
+                results = update_results(results_path, lambda r: r["records"].append(record))
                 write_report(out, results)
                 print(json.dumps({k: v for k, v in record.items() if k != "curve"}), flush=True)
                 continue
@@ -191,14 +222,18 @@ def main(argv=None):
                   "mean_kl_after": final["mean_kl"], "macs": count_macs(model, input_size),
                   "onnx": str(export(load(run / "last"), name).relative_to(work)),
                   "curve": curve, "seconds": round(time.perf_counter() - t0, 1)}
-        results["records"].append(record)
-        write_json(results_path, results)
+        results = update_results(results_path, lambda r: r["records"].append(record))
         write_report(out, results)
         print(json.dumps({k: v for k, v in record.items() if k != "curve"}), flush=True)
 
+    if args.only:
+        print("a shard of the rows: when every shard is done, run the latency pass and the report once, "
+              "alone on the machine, with --report-only", flush=True)
+        return
     remeasure_latency(results, work, args.threads, args.latency_rounds, args.latency_repeat)
     op_breakdown(results, work, args.threads)
-    write_json(results_path, results)
+    results = update_results(results_path, lambda r: r.update(
+        {k: results[k] for k in ("teacher", "records", "latency_method", "op_profile")}))
     write_report(out, results)
 
 
@@ -325,7 +360,7 @@ def write_report(out: Path, results) -> None:
     def ms(v):
         return f"{v:.2f}" if v else "—"
 
-    lines = ["# Proxy benchmark: conversion + KD on the relations task (256 tokens)", "",
+    lines = [f"# Proxy benchmark: conversion + KD on the {s['task']} task (256 tokens)", "",
              f"Teacher: {s['teacher']}, 12 softmax blocks, top-1 **{t['top1']:.2f}%** on "
              f"{s['val_images']} val scenes of seed {s['seed']} (it was trained on seed 0), "
              f"{t['macs'] / 1e6:.1f} M MACs, latency {ms(t.get('latency_ms'))} ms.",

@@ -227,14 +227,22 @@ def nearest_label(marker_xy: Tuple[int, int], key_objects: Sequence[Tuple[Tuple[
     return 2 * sorted(NEAREST_COLORS).index(colour) + int(xy[nearest, 0] > marker[0])
 
 
-def generate_nearest_scene(rng: np.random.Generator, image_size: int = NEAREST_SIZE) -> Dict:
+def generate_nearest_scene(rng: np.random.Generator, image_size: int = NEAREST_SIZE,
+                           num_objects: Optional[int] = None) -> Dict:
     """A white cross (the marker) and eight objects, two of each of four colours, anywhere in a 64x64
     image. The label asks which colour the object nearest to the marker has and whether it lies left or
     right of the marker: one object, picked by distance, decides it, so the model must select rather
     than average (what linear attention does well). Layouts with a near-tie (second-nearest within
-    ``NEAREST_MARGIN`` px) or the nearest object straight above/below the marker are redrawn."""
+    ``NEAREST_MARGIN`` px) or the nearest object straight above/below the marker are redrawn.
+
+    ``num_objects=n`` draws n objects of random colours instead: easier scenes for a training
+    curriculum (with one object the answer needs no selection at all); the task itself is the default."""
     size = RELATIONS_OBJECT
-    colours = [c for c in NEAREST_COLORS for _ in range(NEAREST_PER_COLOR)]
+    if num_objects is None:
+        colours = [c for c in NEAREST_COLORS for _ in range(NEAREST_PER_COLOR)]
+    else:
+        names = sorted(NEAREST_COLORS)
+        colours = [names[int(i)] for i in rng.integers(len(names), size=int(num_objects))]
     while True:
         objects: List[Dict] = []
         for colour in ["marker"] + colours:
@@ -249,7 +257,8 @@ def generate_nearest_scene(rng: np.random.Generator, image_size: int = NEAREST_S
         xy = np.asarray([o["xy"] for o in objects[1:]], dtype=np.float64)
         dist = np.sort(np.hypot(*(xy - marker).T))
         nearest = xy[int(np.argmin(np.hypot(*(xy - marker).T)))]
-        if dist[1] - dist[0] >= NEAREST_MARGIN and abs(nearest[0] - marker[0]) >= NEAREST_SIDE_MARGIN:
+        clear = len(dist) < 2 or dist[1] - dist[0] >= NEAREST_MARGIN
+        if clear and abs(nearest[0] - marker[0]) >= NEAREST_SIDE_MARGIN:
             break
     objects[0]["shape"], objects[0]["rgb"] = "cross", MARKER_RGB
     for obj in objects[1:]:
