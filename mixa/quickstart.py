@@ -4,9 +4,9 @@
 
 Stages (each result is printed, and kept in OUTPUT so a killed run resumes after the last finished one):
 
-1. data     -- the ``nearest`` task (mixa.data.synthetic: 64x64 images, 256 tokens at patch 4) written
+1. data     -- the ``extremes`` task (mixa.data.synthetic: 64x64 images, 256 tokens at patch 4) written
                as an ImageFolder: OUTPUT/data/{train,val}
-2. teacher  -- the packaged, converged 12-block ViT (mixa/assets/nearest_teacher), evaluated on val
+2. teacher  -- the packaged, converged 12-block ViT (mixa/assets/extremes_teacher), evaluated on val
 3. convert  -- keep softmax in ``keep`` layers chosen by sensitivity on calibration images, ``attn``
                elsewhere: OUTPUT/converted (also evaluated as is: the cost before fine-tuning)
 4. distill  -- KD fine-tuning from the teacher: OUTPUT/distill (best/ and last/ checkpoints)
@@ -32,8 +32,8 @@ from .errors import UsageError
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 # The quick start's and the proxy benchmark's teacher; TASK is the task its training.json names (a test
 # checks), kept here as a constant so that the command line can name it without reading files.
-PROXY_TEACHER_DIR = ASSETS_DIR / "nearest_teacher"
-TASK = "nearest"
+PROXY_TEACHER_DIR = ASSETS_DIR / "extremes_teacher"
+TASK = "extremes"
 # The first teacher (task "shapes", 16 tokens), still used by tools/bench_offline.py and tests/test_export.py.
 SHAPES_TEACHER_DIR = ASSETS_DIR / "teacher"
 TEACHER_DIR = SHAPES_TEACHER_DIR

@@ -1,4 +1,4 @@
-"""The proxy benchmark's tasks (``nearest``, and the earlier ``relations``) and the packaged proxy teacher:
+"""The proxy benchmark's tasks (``extremes``, and the earlier ``relations``) and the packaged proxy teacher:
 deterministic scenes, labels re-derived from the pixels alone, the data command line, and the teacher's
 accuracy on unseen scenes."""
 import json
@@ -56,40 +56,41 @@ def test_relations_classes_balanced():
     assert counts.min() > 150 and counts.max() < 250, counts  # 200 expected, binomial sd ~13
 
 
-def test_nearest_task_is_registered():
-    task = S.get_task("nearest")
+def test_extremes_task_is_registered():
+    task = S.get_task("extremes")
     assert task.image_size == 64 and (task.image_size // 4) ** 2 >= 196
     assert list(task.classes) == sorted(task.classes) and len(task.classes) == 8
-    a = S.SyntheticShapes("val", 6, seed=3, task="nearest")
-    assert np.array_equal(a.images[4], S.SyntheticShapes("val", 1, seed=3, offset=4, task="nearest").images[0])
-    assert not np.array_equal(a.images, S.SyntheticShapes("val", 6, seed=4, task="nearest").images)
+    a = S.SyntheticShapes("val", 6, seed=3, task="extremes")
+    assert np.array_equal(a.images[4], S.SyntheticShapes("val", 1, seed=3, offset=4, task="extremes").images[0])
+    assert not np.array_equal(a.images, S.SyntheticShapes("val", 6, seed=4, task="extremes").images)
 
 
-def test_nearest_labels_from_pixels():
-    """Find the white marker and the coloured objects in the pixels and apply the documented rule:
-    the class names the colour of the object whose centre is nearest the marker's centre and whether it
-    lies left or right of the marker. Every colour is there exactly twice (counts decide nothing) and
-    every label has a visible margin: the runner-up is >= NEAREST_MARGIN px farther."""
+def test_extremes_labels_from_pixels():
+    """Find the red and blue objects in the pixels and apply the documented rule: 4 * (the leftmost
+    key object is red) + 2 * (the topmost one is red) + (more reds than blues); every extreme has a
+    visible margin over the runner-up."""
     for i in range(60):
-        sample = S.make_sample(0, "val", i, task="nearest")
-        marker = components(sample["image"], S.MARKER_RGB)
-        assert len(marker) == 1, (i, marker)
-        centre = lambda box: np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])  # noqa: E731
-        m = centre(marker[0])
-        found = []
-        for colour, rgb in S.NEAREST_COLORS.items():
-            boxes = components(sample["image"], rgb)
-            assert len(boxes) == S.NEAREST_PER_COLOR, (i, colour, boxes)
-            found += [(np.hypot(*(centre(b) - m)), colour, centre(b)[0] > m[0]) for b in boxes]
-        found.sort(key=lambda f: f[0])
-        assert found[1][0] - found[0][0] >= S.NEAREST_MARGIN - 1e-9, (i, found[:2])
-        _, colour, right = found[0]
-        assert S.NEAREST_CLASSES[sample["label"]] == f"{colour}_{'right' if right else 'left'}", i
+        sample = S.make_sample(0, "val", i, task="extremes")
+        found = [(box, colour) for colour in ("red", "blue")
+                 for box in components(sample["image"], S.KEY_COLORS[colour])]
+        assert len(found) == S.RELATIONS_KEYS, (i, found)
+        by_x = sorted(found, key=lambda f: f[0][0])
+        by_y = sorted(found, key=lambda f: f[0][1])
+        assert by_x[1][0][0] - by_x[0][0][0] >= S.EXTREMES_MARGIN and by_y[1][0][1] - by_y[0][0][1] >= S.EXTREMES_MARGIN
+        reds = sum(colour == "red" for _, colour in found)
+        expected = 4 * (by_x[0][1] == "red") + 2 * (by_y[0][1] == "red") + (2 * reds > len(found))
+        assert sample["label"] == expected, i
 
 
-def test_nearest_classes_balanced():
-    counts = np.bincount(S.SyntheticShapes("val", 1600, seed=0, task="nearest").labels, minlength=8)
-    assert counts.min() > 150 and counts.max() < 250, counts  # 200 expected, binomial sd ~13
+def test_extremes_answers_are_independent():
+    """The answers are drawn before the layout, so each class is equally likely and the majority colour
+    says nothing about the leftmost one (with colours drawn first it would: a shortcut for a mean)."""
+    labels = S.SyntheticShapes("val", 1600, seed=0, task="extremes").labels
+    counts = np.bincount(labels, minlength=8)
+    assert counts.min() > 150 and counts.max() < 250, counts
+    left_red, more_red = labels // 4, labels % 2
+    agree = np.mean(left_red == more_red)
+    assert abs(agree - 0.5) < 0.05, agree  # sd of the mean ~0.0125
 
 
 def test_data_command_line(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""The packaged teachers and the quick start pipeline (task "nearest", mixa/assets/nearest_teacher).
+"""The packaged teachers and the quick start pipeline (task "extremes", mixa/assets/extremes_teacher).
 
 The first teacher (task "shapes", mixa/assets/teacher) is still packaged and tested here: tools/bench_offline.py
 and tests/test_export.py use it."""
@@ -120,8 +120,8 @@ def test_quickstart_rejects_bad_input(capsys):
 
 
 def test_quickstart_recipe_keeps_images_intact():
-    """The distillation recipe of the quick start must not flip, crop or recolour: left/right and
-    colour are the label. Its training transform equals the eval transform."""
+    """The distillation recipe of the quick start must not flip, crop or recolour: leftmost, topmost
+    and colour are the label. Its training transform equals the eval transform."""
     from PIL import Image
 
     from mixa.distill.data import train_transform

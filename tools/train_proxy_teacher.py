@@ -1,10 +1,11 @@
-"""Train the proxy-benchmark teacher packaged in mixa/assets/nearest_teacher/ on the ``nearest`` task.
+"""Train the proxy-benchmark teachers packaged in mixa/assets/: ``extremes_teacher`` (the proxy task) and
+``relations_teacher`` (the earlier task, also the extremes teacher's starting point).
 
 Reproduces the packaged weights (same seeds, same torch build, same thread count):
 
-    PYTHONPATH=. python tools/train_proxy_teacher.py --task nearest --output mixa/assets/nearest_teacher --threads 2
-
-(``--task relations`` trains the same architecture on the earlier proxy task.)
+    PYTHONPATH=. python tools/train_proxy_teacher.py --task relations --output mixa/assets/relations_teacher --steps 1000
+    PYTHONPATH=. python tools/train_proxy_teacher.py --task extremes --output mixa/assets/extremes_teacher \
+        --init mixa/assets/relations_teacher --steps 1600 --lr 5e-4 --threads 2
 
 A 12-block timm ViT (deit_tiny layout: width 64, 2 heads of 32, MLP 4x) on 64x64 images at patch 4:
 256 patch tokens + the class token, the token count of DeiT-T at 224 px / patch 14. Unlike the quick
@@ -26,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -74,26 +74,10 @@ def flatness(history, steps: int):
             "gain_last_quarter": round(end - top1_75, 3)}
 
 
-def training_batch(args, step: int):
-    """Fresh scenes for one step (sample indices never repeat); during the curriculum, scene i holds
-    1..n objects with n = 1 + 7 * step / curriculum (drawn from the scene's own generator)."""
-    indices = range(step * args.batch_size, (step + 1) * args.batch_size)
-    if step >= args.curriculum:
-        return synthetic.SyntheticShapes("train", args.batch_size, seed=args.data_seed,
-                                         offset=indices[0], task=args.task).tensors()
-    top = 1 + int(7 * step / args.curriculum)
-    scenes = []
-    for i in indices:
-        rng = synthetic.sample_rng(args.data_seed, "train", i)
-        scenes.append(synthetic.generate_nearest_scene(rng, num_objects=int(rng.integers(1, top + 1))))
-    images = synthetic.to_tensor(np.stack([s["image"] for s in scenes]))
-    return images, torch.tensor([s["label"] for s in scenes])
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="mixa/assets/nearest_teacher")
-    p.add_argument("--task", default="nearest", choices=synthetic.list_tasks())
+    p.add_argument("--output", default="mixa/assets/extremes_teacher")
+    p.add_argument("--task", default="extremes", choices=synthetic.list_tasks())
     p.add_argument("--seed", type=int, default=0, help="model init and training-order seed")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=2000)
@@ -106,15 +90,13 @@ def main(argv=None):
     p.add_argument("--patch-size", type=int, default=4)
     p.add_argument("--val-size", type=int, default=2000)
     p.add_argument("--eval-every", type=int, default=100)
-    p.add_argument("--curriculum", type=int, default=0, metavar="STEPS",
-                   help="nearest task only: for the first STEPS steps scenes hold 1..n objects, n rising "
-                        "from 1 to 8, so that the model learns to find the marker and read colours before "
-                        "it must select among many (without it the loss sat at chance for 260+ steps)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from the weights of a saved model of the same architecture (e.g. the "
+                        "relations teacher: it already tells key objects from distractors and knows where "
+                        "they are; from random init the extremes task sat at chance for 200+ steps)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1: the machine is shared; no spinning thread barriers)")
     args = p.parse_args(argv)
-    if args.curriculum and args.task != "nearest":
-        p.error("--curriculum is for the nearest task")
 
     import timm
 
@@ -127,6 +109,10 @@ def main(argv=None):
     kwargs = teacher_kwargs(args)
     model = timm.create_model(TIMM_NAME, pretrained=False, **kwargs)
     init_sincos_pos_embed(model)
+    if args.init:
+        from mixa.saved import load
+
+        model.load_state_dict(load(args.init).state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
     def lr_at(step):
@@ -151,7 +137,8 @@ def main(argv=None):
     model.train()
     t0 = time.time() - seconds
     while step < args.steps:
-        x, y = training_batch(args, step)
+        x, y = synthetic.SyntheticShapes("train", args.batch_size, seed=args.data_seed,
+                                         offset=step * args.batch_size, task=args.task).tensors()
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         loss = F.cross_entropy(model(x), y)

@@ -1,7 +1,7 @@
 """Proxy benchmark: conversion + KD on a 256-token synthetic task and its converged teacher.
 
-The task is the one the teacher was trained on (its training.json): by default mixa/assets/nearest_teacher
-and the ``nearest`` task. Every row is one KD run from the teacher with one recipe (mixa.quickstart.RECIPE with
+The task is the one the teacher was trained on (its training.json): by default mixa/assets/extremes_teacher
+and the ``extremes`` task. Every row is one KD run from the teacher with one recipe (mixa.quickstart.RECIPE with
 ``--epochs`` epochs over ``--train-images`` images, seed --seed); rows differ only in the student:
 
 - ``control``: the teacher itself, fine-tuned with exactly that recipe and itself as the KD teacher
@@ -15,7 +15,7 @@ agreement after every epoch (``--train-images`` images seen per point, the first
 Latency: every model exported to ONNX and timed by ONNX Runtime (1 thread, batch 1), round-robin over
 all files at the end so that each sees the same load of a shared machine.
 
-    PYTHONPATH=. python benchmarks/proxy/bench_proxy.py --work /work/proxy_runs/nearest
+    PYTHONPATH=. python benchmarks/proxy/bench_proxy.py --work /work/proxy_runs/extremes
 
 writes benchmarks/proxy/<task>/ (benchmarks/proxy/relations/ holds the earlier task's run).
 
@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 REPO = Path(__file__).resolve().parents[2]
-TEACHER_DIR = REPO / "mixa" / "assets" / "nearest_teacher"
+TEACHER_DIR = REPO / "mixa" / "assets" / "extremes_teacher"
 STRATEGIES = ("sensitivity", "first", "last", "uniform")
 
 

@@ -1,6 +1,6 @@
 """Procedurally generated image-classification tasks that need global spatial reasoning.
 
-Two tasks, by name (``TASKS``; ``get_task(name)``):
+Three tasks, by name (``TASKS``; ``get_task(name)``):
 
 ``shapes`` (32x32; the quick start's first task). Every image holds five red or blue *key* objects and
 two green or yellow distractors, all of random shapes, on a noisy background; no object crosses the
@@ -15,12 +15,20 @@ so 8 classes, named ``{left|right}_{above|below}_{blues|reds}``; class index =
 ``4 * right + 2 * below + reds``, which is also the sorted order of the names, so an ImageFolder of
 the task (classes sorted by folder name) has exactly these indices.
 
-``relations`` (64x64: 256 tokens for a ViT at patch 4, the proxy benchmark's task). Seven red or blue
+``relations`` (64x64: 256 tokens for a ViT at patch 4, the first proxy task). Seven red or blue
 key objects (at least one of each) and three green or yellow distractors anywhere in the image. The
 label compares the two colour groups: is the red group's centroid left or right of the blue group's,
 above or below it, and are there more reds or more blues; 8 classes
 ``{redleft|redright}_{redabove|redbelow}_{blues|reds}``, index ``4 * right + 2 * below + reds``
 (again the sorted order). Centroids closer than ``RELATIONS_MARGIN`` px on an axis are redrawn.
+
+``extremes`` (64x64, the proxy benchmark's and the quick start's task). Scenes like those of
+``relations`` (seven red or blue key objects, three distractors), asked about their extremes: is the
+leftmost key object red, is the topmost one red, are there more reds; 8 classes
+``left{blue|red}_top{blue|red}_{blues|reds}``, index ``4 * leftred + 2 * topred + reds``. The answers are
+drawn first and the colours assigned to match, so the classes are uniform and independent. ``relations``
+asks for means (centroids, counts), which a linear attention computes as well as softmax does; an
+extreme is an argmin over the whole image, which softmax attention gets by sharpening.
 
 No patch decides a label: every object anywhere in the image counts, and distractors must be told
 apart from key objects first. Aggregating over the whole image is the job of attention, so replacing
@@ -204,69 +212,81 @@ def generate_relations_scene(rng: np.random.Generator, image_size: int = RELATIO
 
 
 # ----------------------------------------------------------------------------------------------------
-# the "nearest" task: 64x64 images (256 tokens at patch 4), labels from the object nearest to a marker
+# the "extremes" task: the relations scenes, labels from the extreme objects (an argmin, not a mean)
 
-NEAREST_SIZE = 64
-NEAREST_COLORS = {"red": (225, 45, 45), "blue": (50, 80, 230), "green": (45, 185, 70), "yellow": (225, 205, 50)}
-NEAREST_PER_COLOR = 2        # every colour twice: counting colours says nothing about the label
-MARKER_RGB = (245, 245, 245)  # the white cross the question is about
-NEAREST_MARGIN = 4.0         # px: the second-nearest object is at least this much farther than the nearest
-NEAREST_SIDE_MARGIN = 2      # px: the nearest object's centre is at least this far left or right of the marker's
+EXTREMES_MARGIN = 3  # px: the leftmost (topmost) key object is at least this much left of (above) the next
 
-NEAREST_CLASSES = tuple(f"{colour}_{side}" for colour in sorted(NEAREST_COLORS) for side in ("left", "right"))
-assert list(NEAREST_CLASSES) == sorted(NEAREST_CLASSES)
-
-
-def nearest_label(marker_xy: Tuple[int, int], key_objects: Sequence[Tuple[Tuple[int, int], str]]) -> int:
-    """``2 * (colour index, sorted names) + (the nearest object lies right of the marker)`` for the key
-    object whose corner (= centre, all objects have one size) is nearest to the marker's."""
-    marker = np.asarray(marker_xy, dtype=np.float64)
-    xy = np.asarray([p for p, _ in key_objects], dtype=np.float64)
-    nearest = int(np.argmin(np.hypot(*(xy - marker).T)))
-    colour = key_objects[nearest][1]
-    return 2 * sorted(NEAREST_COLORS).index(colour) + int(xy[nearest, 0] > marker[0])
+EXTREMES_CLASSES = tuple(
+    f"left{a}_top{b}_{colour}"
+    for a in ("blue", "red")
+    for b in ("blue", "red")
+    for colour in ("blues", "reds")
+)
+assert list(EXTREMES_CLASSES) == sorted(EXTREMES_CLASSES)
 
 
-def generate_nearest_scene(rng: np.random.Generator, image_size: int = NEAREST_SIZE,
-                           num_objects: Optional[int] = None) -> Dict:
-    """A white cross (the marker) and eight objects, two of each of four colours, anywhere in a 64x64
-    image. The label asks which colour the object nearest to the marker has and whether it lies left or
-    right of the marker: one object, picked by distance, decides it, so the model must select rather
-    than average (what linear attention does well). Layouts with a near-tie (second-nearest within
-    ``NEAREST_MARGIN`` px) or the nearest object straight above/below the marker are redrawn.
+def extremes_label(key_objects: Sequence[Tuple[Tuple[int, int], str]]) -> int:
+    """``4 * (the leftmost key object is red) + 2 * (the topmost one is red) + (more reds than blues)``
+    from the key objects ``((x, y) top-left corner, colour)``."""
+    leftmost = min(key_objects, key=lambda o: o[0][0])[1]
+    topmost = min(key_objects, key=lambda o: o[0][1])[1]
+    reds = sum(colour == "red" for _, colour in key_objects)
+    return 4 * int(leftmost == "red") + 2 * int(topmost == "red") + int(2 * reds > len(key_objects))
 
-    ``num_objects=n`` draws n objects of random colours instead: easier scenes for a training
-    curriculum (with one object the answer needs no selection at all); the task itself is the default."""
+
+def generate_extremes_scene(rng: np.random.Generator, image_size: int = RELATIONS_SIZE) -> Dict:
+    """Scenes like those of ``relations`` (seven red or blue key objects, three green or yellow
+    distractors, anywhere in 64x64), asked about their extremes: the colour of the leftmost and of the
+    topmost key object, and which colour has more objects. Two of the three answers are a selection
+    over the whole image (an argmin over positions), which softmax attention does by sharpening and a
+    linear attention can only approximate with a weighted mean; the count keeps a signal a model picks
+    up early.
+
+    The three answers are drawn first, uniformly and independently, and the colours are then assigned
+    to a random layout to match them, so that no answer predicts another (with colours drawn first, the
+    majority colour would usually also be the leftmost: a shortcut a mean could take). Layouts whose
+    two leftmost (or two topmost) key objects are within ``EXTREMES_MARGIN`` px are redrawn."""
     size = RELATIONS_OBJECT
-    if num_objects is None:
-        colours = [c for c in NEAREST_COLORS for _ in range(NEAREST_PER_COLOR)]
-    else:
-        names = sorted(NEAREST_COLORS)
-        colours = [names[int(i)] for i in rng.integers(len(names), size=int(num_objects))]
+    left_red, top_red, more_red = (bool(b) for b in rng.integers(2, size=3))
     while True:
         objects: List[Dict] = []
-        for colour in ["marker"] + colours:
+        for _ in range(RELATIONS_KEYS + RELATIONS_DISTRACTORS):
             for _attempt in range(200):
                 xy = tuple(int(v) for v in rng.integers(1, image_size - size, size=2))
                 if not any(_overlaps(xy, o["xy"], gap=2, size=size) for o in objects):
-                    objects.append({"color": colour, "xy": xy})
+                    objects.append({"xy": xy})
                     break
-        if len(objects) < len(colours) + 1:
+        if len(objects) < RELATIONS_KEYS + RELATIONS_DISTRACTORS:
             continue
-        marker = np.asarray(objects[0]["xy"], dtype=np.float64)
-        xy = np.asarray([o["xy"] for o in objects[1:]], dtype=np.float64)
-        dist = np.sort(np.hypot(*(xy - marker).T))
-        nearest = xy[int(np.argmin(np.hypot(*(xy - marker).T)))]
-        clear = len(dist) < 2 or dist[1] - dist[0] >= NEAREST_MARGIN
-        if clear and abs(nearest[0] - marker[0]) >= NEAREST_SIDE_MARGIN:
+        keys = np.asarray([o["xy"] for o in objects[:RELATIONS_KEYS]])
+        xs, ys = np.sort(keys[:, 0]), np.sort(keys[:, 1])
+        if xs[1] - xs[0] < EXTREMES_MARGIN or ys[1] - ys[0] < EXTREMES_MARGIN:
+            continue
+        left, top = int(np.argmin(keys[:, 0])), int(np.argmin(keys[:, 1]))
+        if left == top and left_red != top_red:
+            continue  # one object cannot be both colours
+        fixed = {left: left_red, top: top_red}
+        free = [i for i in range(RELATIONS_KEYS) if i not in fixed]
+        fixed_reds = sum(fixed.values())
+        # Reds in all: a majority as asked, and both colours present (1..6 of 7).
+        options = [r for r in range(1, RELATIONS_KEYS)
+                   if (2 * r > RELATIONS_KEYS) == more_red and 0 <= r - fixed_reds <= len(free)]
+        if options:
             break
-    objects[0]["shape"], objects[0]["rgb"] = "cross", MARKER_RGB
-    for obj in objects[1:]:
-        obj["shape"] = ("square", "ring")[int(rng.integers(2))]
-        obj["rgb"] = NEAREST_COLORS[obj["color"]]
+    reds = int(options[int(rng.integers(len(options)))]) - fixed_reds
+    red_free = set(rng.permutation(free)[:reds].tolist())
+    for i, obj in enumerate(objects):
+        if i < RELATIONS_KEYS:
+            obj["color"] = "red" if fixed.get(i, i in red_free) else "blue"
+        else:
+            obj["color"] = "green" if rng.random() < 0.5 else "yellow"
+        obj["shape"] = SHAPES[int(rng.integers(len(SHAPES)))]
+        obj["rgb"] = {**KEY_COLORS, **DISTRACTOR_COLORS}[obj["color"]]
     image = _render(rng, objects, image_size, size)
-    keys = [(o["xy"], o["color"]) for o in objects[1:]]
-    return {"image": image, "label": nearest_label(objects[0]["xy"], keys), "objects": objects}
+    keys = [(o["xy"], o["color"]) for o in objects if o["color"] in KEY_COLORS]
+    label = extremes_label(keys)
+    assert label == 4 * left_red + 2 * top_red + more_red
+    return {"image": image, "label": label, "objects": objects}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -287,9 +307,9 @@ TASKS: Dict[str, Task] = {
                    "32x32, five key objects: majority left/right, above/below, red/blue (16 tokens at patch 8)"),
     "relations": Task("relations", RELATIONS_SIZE, RELATIONS_CLASSES, generate_relations_scene,
                       "64x64, seven key objects: red vs blue count and centroids (256 tokens at patch 4)"),
-    "nearest": Task("nearest", NEAREST_SIZE, NEAREST_CLASSES, generate_nearest_scene,
-                    "64x64, a marker and eight objects: colour and side of the object nearest the marker "
-                    "(256 tokens at patch 4)"),
+    "extremes": Task("extremes", RELATIONS_SIZE, EXTREMES_CLASSES, generate_extremes_scene,
+                     "64x64, the relations scenes: colour of the leftmost and of the topmost key object, "
+                     "and the majority colour (256 tokens at patch 4)"),
 }
 DEFAULT_TASK = "shapes"
 
