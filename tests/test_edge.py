@@ -198,9 +198,9 @@ def test_int8_keeps_attention_cores_fp32(tmp_path, mode):
     export_onnx(model, fp32, (3, 32, 32))
     cores = core_nodes(fp32)
     core_ops = {_ops_by_name(fp32)[n] for n in cores}
-    # the normaliser (Reciprocal of q . mean k' + eps), the kernel, the reweighting, the token sums (MatMuls)
-    # and the LePE conv are cores
-    assert {"Reciprocal", "Elu", "MatMul", "Softmax", "Conv"} <= core_ops, core_ops
+    # the normaliser (Div by q . mean k' + eps), the kernel (ELU + 1 as Exp of min(x, 0) plus Relu), the
+    # reweighting, the token sums (MatMuls) and the LePE conv are cores
+    assert {"Div", "Exp", "MatMul", "Softmax", "Conv"} <= core_ops, core_ops
     assert not [n for n in cores if "/qkv/" in n or "/proj/" in n or "/mlp/" in n]
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((1, 3, 32, 32), dtype=np.float32) for _ in range(4)]

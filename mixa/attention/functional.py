@@ -26,6 +26,7 @@ __all__ = [
     "relu_linear_attention",
     "stella_attention",
     "rala_attention",
+    "elu_plus_one",
     "apply_rope",
     "masked_by_regions",
 ]
@@ -161,6 +162,23 @@ def _masked_softmax(logits: Tensor, weights: Tensor) -> Tensor:
     return e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
 
 
+def elu_plus_one(x: Tensor) -> Tensor:
+    """ELU(x) + 1 (RALA's kernel) as exp(min(x, 0)) + relu(x): the same function, but ONNX Runtime runs
+    this chain 2-3x faster than its Elu node at ViT widths (measured on (1, 2, 257, 32): 8 vs 30 us), and no
+    -1 + 1 round trip loses the low bits of exp(x) for negative x. exp never sees a positive argument, so
+    fp16 cannot overflow."""
+    return torch.exp(x.clamp(max=0.0)) + F.relu(x)
+
+
+def _rala_weights(q: Tensor, k: Tensor, w: Optional[Tensor], n: int, d: int) -> Tensor:
+    """p = softmax_j(q_g . kappa(k_j) / sqrt(d)) as a (B, H, 1, N) row, over the masked keys only."""
+    if w is None:
+        q_global = q.new_full((1, n), 1.0 / n) @ q                       # (B, H, 1, d)
+        return torch.softmax((q_global @ k.transpose(-2, -1)) * d ** -0.5, dim=-1)
+    q_global = (w.transpose(-2, -1) @ q) / _token_count(w, n)
+    return _masked_softmax((q_global @ k.transpose(-2, -1)) * d ** -0.5, w.transpose(-2, -1))
+
+
 def rala_attention(q: Tensor, k: Tensor, v: Tensor, *, rope: Optional[Tuple[Tensor, Tensor]] = None,
                    eps: float = RALA_EPS, key_mask: Optional[Tensor] = None) -> Tensor:
     """Rank-augmented linear attention core (RALA, CVPR 2025), without LePE and output gate.
@@ -173,31 +191,24 @@ def rala_attention(q: Tensor, k: Tensor, v: Tensor, *, rope: Optional[Tuple[Tens
     Computed as the same formula with the N cancelled: with p = softmax_j(...), (1/N) sum_j k'_j^T v_j =
     sum_j p_j kappa(k_j)^T v_j and mean_j k'_j = sum_j p_j kappa(k_j) = p kappa(K) -- a weighted mean, so
     no N-sized factor appears (the official code splits 1/N over both factors to stay in fp16 range; here the
-    sums are fp32 and bounded anyway). Written for CPU runtimes: kappa(K)^T is formed once and serves both
-    the logits and k'^T v, and the token means are products with a row (a MatMul), not reductions over the
-    middle axis, which ONNX Runtime runs slowly.
+    sums are fp32 and bounded anyway). Written for CPU runtimes, where at ViT widths every extra node costs
+    about as much as its arithmetic: the token means are products with a row (a MatMul, not a slow
+    reduction over the middle axis); p is applied to kappa(K) in place (its column is a free reshape of
+    the row) and the transposes ride on the MatMuls, which ONNX Runtime fuses; one division normalises.
     """
     dtype = v.dtype
     n, d = k.shape[-2], q.shape[-1]
     with _autocast_off(q.device.type):
         q, k, v = _wide(q, k, v)
-        q, k = F.elu(q) + 1.0, F.elu(k) + 1.0
-        k_t = k.transpose(-2, -1)                                        # (B, H, d, N)
+        q, k = elu_plus_one(q), elu_plus_one(k)
         w = _key_weights(key_mask, k)
-        if w is None:
-            q_global = q.new_full((1, n), 1.0 / n) @ q                   # (B, H, 1, d)
-            p = torch.softmax((q_global @ k_t) * d ** -0.5, dim=-1)     # (B, H, 1, N)
-        else:
-            q_global = (w.transpose(-2, -1) @ q) / _token_count(w, n)
-            p = _masked_softmax((q_global @ k_t) * d ** -0.5, w.transpose(-2, -1))
-        # z uses the un-rotated features; masked keys carry p = 0.
-        z = 1.0 / (q @ (p @ k).transpose(-2, -1) + eps)                 # (B, H, N, 1)
-        if rope is None:
-            kv = (k_t * p) @ v                                           # (B, H, d, d)
-        else:
-            q = apply_rope(q, *rope)
-            kv = (apply_rope(k, *rope) * p.transpose(-2, -1)).transpose(-2, -1) @ v
-        out = (q @ kv) * z
+        p = _rala_weights(q, k, w, n, d)                                  # (B, H, 1, N); masked keys 0
+        p_column = p.reshape(p.shape[:-2] + (n, 1))
+        den = q @ (p @ k).transpose(-2, -1)                               # (B, H, N, 1), un-rotated features
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        weighted = k * p_column                                           # p_j kappa(k_j), (B, H, N, d)
+        out = (q @ (weighted.transpose(-2, -1) @ v)) / (den + eps)
     return _saturating_cast(out, dtype)
 
 

@@ -1,0 +1,88 @@
+"""The export-friendly RALA core and head split against the formulas written out the plain way."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixa.attention import MixAttention
+from mixa.attention import functional as AF
+
+
+def reference_rala(q, k, v, key_mask=None, rope=None, eps=AF.RALA_EPS):
+    """RALA as the paper states it, in fp64: alpha_j = N softmax_j(q_g . k_j / sqrt d), k'_j = alpha_j k_j,
+    Y_i = kappa(q_i) (1/N) sum_j k'_j^T v_j / (kappa(q_i) . mean_j k'_j + eps), over member tokens only."""
+    q, k, v = (t.double() for t in (q, k, v))
+    q, k = F.elu(q) + 1, F.elu(k) + 1
+    n, d = k.shape[-2], k.shape[-1]
+    member = torch.ones(n, dtype=torch.bool) if key_mask is None else key_mask.bool()
+    count = int(member.sum())
+    q_global = q[..., member, :].mean(dim=-2, keepdim=True)
+    logits = (q_global @ k.transpose(-2, -1)).squeeze(-2) / math.sqrt(d)
+    alpha = count * torch.softmax(logits.masked_fill(~member, float("-inf")), dim=-1)
+    k_prime = alpha.unsqueeze(-1) * k
+    den = q @ (k_prime.sum(dim=-2, keepdim=True) / count).transpose(-2, -1) + eps
+    if rope is not None:
+        q, k_prime = AF.apply_rope(q, *rope), AF.apply_rope(k_prime, *rope)
+    return (q @ (k_prime.transpose(-2, -1) @ v / count)) / den
+
+
+def close_in_fp32(got, want):
+    """fp32 rounding of sums whose terms cancel: absolute error relative to the output's scale."""
+    return float((got.double() - want).abs().max()) <= 1e-5 * float(want.abs().max())
+
+
+def qkv(seed=0, n=17, d=8, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn(2, 3, n, d, generator=g) for _ in range(3)]
+
+
+def test_elu_plus_one_is_elu_plus_one():
+    x = torch.linspace(-30, 30, 10001)
+    assert torch.allclose(AF.elu_plus_one(x), F.elu(x) + 1, rtol=1e-6, atol=1e-7)
+
+
+def test_elu_plus_one_gradient_matches_elu():
+    x = torch.linspace(-5, 5, 1001, dtype=torch.float64, requires_grad=True)
+    ours = torch.autograd.grad(AF.elu_plus_one(x).sum(), x)[0]
+    theirs = torch.autograd.grad((F.elu(x) + 1).sum(), x)[0]
+    assert torch.allclose(ours, theirs)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_rala_core_equals_reference(masked):
+    q, k, v = qkv()
+    key_mask = (torch.arange(17) % 3 != 0) if masked else None
+    got = AF.rala_attention(q, k, v, key_mask=key_mask)
+    want = reference_rala(q, k, v, key_mask=key_mask)
+    rows = key_mask.bool() if masked else slice(None)
+    assert close_in_fp32(got[..., rows, :], want[..., rows, :])
+
+
+def test_rala_core_with_rope_equals_reference():
+    q, k, v = qkv(1)
+    angles = torch.randn(17, 4)
+    rope = (angles.cos().repeat_interleave(2, -1), angles.sin().repeat_interleave(2, -1))
+    got = AF.rala_attention(q, k, v, rope=rope)
+    assert close_in_fp32(got, reference_rala(q, k, v, rope=rope))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_rala_core_low_precision_is_finite(dtype):
+    q, k, v = qkv(2, scale=60.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = AF.rala_attention(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    want = reference_rala(q.to(dtype), k.to(dtype), v.to(dtype))
+    assert torch.allclose(out.double(), want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+
+
+def test_head_split_equals_timm_layout():
+    layer = MixAttention(32, 4, kind="rala", num_prefix_tokens=1)
+    x = torch.randn(2, 17, 32)
+    b, n, c = x.shape
+    timm_q, timm_k, timm_v = layer.qkv(x).reshape(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+    for ours, theirs in zip(layer._heads(x), (timm_q, timm_k, timm_v)):
+        assert torch.equal(ours, theirs)
