@@ -1,9 +1,9 @@
 """Latency target of issue 10: the keep-k student of every linear kind must be at least as much faster than
 its teacher in ONNX Runtime (1 intra-op thread, batch 1) as its MACs say.
 
-From a saved teacher (default the packaged relations teacher), every kind is converted at keep k with a fixed
-selection, exported to ONNX in a temporary directory, and all files (teacher included) are timed round-robin
-in this one process, so that the load of a shared machine hits them alike. Only ratios measured side by side
+From a saved teacher (default the packaged proxy teacher, mixa/assets/extremes_teacher), every kind is
+converted at keep k with a fixed selection, exported to ONNX in a temporary directory, and all files (teacher
+included) are timed round-robin in this one process, so that the load of a shared machine hits them alike. Only ratios measured side by side
 mean anything; ``--clock cpu`` (the default) counts the calling thread's CPU time, which is what a 1-thread
 ORT session spends and is blind to time spent descheduled.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
-TEACHER_DIR = REPO / "mixa" / "assets" / "relations_teacher"
+TEACHER_DIR = REPO / "mixa" / "assets" / "extremes_teacher"  # the proxy teacher (any saved model works)
 
 
 def parse_args(argv=None):
