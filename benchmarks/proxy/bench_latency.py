@@ -3,9 +3,9 @@ its teacher in ONNX Runtime (1 intra-op thread, batch 1) as its MACs say.
 
 From a saved teacher (default the packaged proxy teacher, mixa/assets/extremes_teacher), every kind is
 converted at keep k with a fixed selection, exported to ONNX in a temporary directory, and all files (teacher
-included) are timed round-robin in this one process, so that the load of a shared machine hits them alike. Only ratios measured side by side
-mean anything; ``--clock cpu`` (the default) counts the calling thread's CPU time, which is what a 1-thread
-ORT session spends and is blind to time spent descheduled.
+included) are timed round-robin in this one process, so that the load of a shared machine hits them alike.
+Only ratios measured side by side mean anything; ``--clock cpu`` (the default) counts the calling thread's
+CPU time, which is what a 1-thread ORT session spends and is blind to time spent descheduled.
 
     PYTHONPATH=. python benchmarks/proxy/bench_latency.py
     PYTHONPATH=. python benchmarks/proxy/bench_latency.py --teacher runs/new_teacher --json latency.json --profile
