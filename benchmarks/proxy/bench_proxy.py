@@ -89,7 +89,7 @@ def main(argv=None):
     p.add_argument("--work", default="proxy-work", help="data, students, KD runs and ONNX files (kept: resumable)")
     p.add_argument("--epochs", type=int, default=3, help="KD epochs = points of the curve after the first")
     p.add_argument("--train-images", type=int, default=800, help="training images (seen once per epoch)")
-    p.add_argument("--val-images", type=int, default=2000)
+    p.add_argument("--val-images", type=int, default=1000)
     p.add_argument("--calib-images", type=int, default=128)
     p.add_argument("--seed", type=int, default=1, help="data and KD seed (the teacher was trained on seed 0)")
     p.add_argument("--threads", type=int, default=1)
@@ -129,9 +129,12 @@ def main(argv=None):
         """Rows in one file must come from one set of settings; the first command that made rows is
         the one reported (a shard's --only or a --report-only pass is recorded beside it)."""
         made = results.get("settings")
-        if made and {k: v for k, v in made.items() if not k.endswith("command")} != settings:
+        if made and {k: v for k, v in made.items() if k not in ("commands", "report_command")} != settings:
             sys.exit(f"{results_path} holds rows made with other settings; choose another --output")
-        results["settings"] = {**settings, "command": (made or {}).get("command", command)}
+        commands = list((made or {}).get("commands", []))
+        if not args.report_only and command not in commands:
+            commands.append(command)
+        results["settings"] = {**settings, "commands": commands}
         if args.report_only:
             results["settings"]["report_command"] = command
 
@@ -368,8 +371,8 @@ def write_report(out: Path, results) -> None:
              f"({s['images_seen']} images seen), mixa.quickstart.RECIPE (soft KD, weight 0.5, lr 5e-4, no "
              f"augmentation), seed {s['seed']}; after-KD numbers are the last checkpoint.",
              f"Latency: {results.get('latency_method', 'not measured yet')}.", "",
-             f"Command: `{s['command']}`" + (f"; latency pass and report redone with `{s['report_command']}`"
-                                              if s.get("report_command") else ""), "",
+             "Commands: " + "; ".join(f"`{c}`" for c in s["commands"])
+            + (f"; then the latency pass and report: `{s['report_command']}`" if s.get("report_command") else ""), "",
              "| row | kind | k | kept layers | top-1 before KD | top-1 after KD | vs control | vs teacher "
              "| agreement after KD | MACs (M) | latency (ms) | speed-up | MAC ratio |",
              "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
