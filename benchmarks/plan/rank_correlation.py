@@ -12,7 +12,7 @@ the benchmark's post-KD top-1 of the same (kind, k), and reports:
 Target (the benchmark fails when it is not met): Spearman rho >= 0.5 with permutation p < 0.05.
 
     PYTHONPATH=. python benchmarks/plan/rank_correlation.py                       # the offline benchmark
-    PYTHONPATH=. python benchmarks/plan/rank_correlation.py --results benchmarks/proxy/results.json \
+    PYTHONPATH=. python benchmarks/plan/rank_correlation.py --results benchmarks/proxy/relations/results.json \
         --output benchmarks/plan/proxy                                           # the proxy benchmark
 
 Writes OUTPUT/results.json, OUTPUT/RESULTS.md and OUTPUT/plan.png. Plan rows are cached in --work-dir, so a
