@@ -379,10 +379,11 @@ def write_report(out: Path, results) -> None:
     for r in recs:
         same = f" (= {r['same_as']})" if r.get("same_as") else ""
         lat = r.get("latency_ms")
+        speedup = f"{t['latency_ms'] / lat:.2f}" if lat and t.get("latency_ms") else "—"
         lines.append(
             f"| {r['name']}{same} | {r['kind']} | {r['keep']} | {r['kept']} | {r['top1_before']:.2f} "
             f"| {r['top1_after']:.2f} | {gap(r)} | {r['top1_after'] - t['top1']:+.2f} | {r['agreement_after']:.2f} "
-            f"| {r['macs'] / 1e6:.1f} | {ms(lat)} | {(t['latency_ms'] / lat) if lat and t.get('latency_ms') else 0:.2f} "
+            f"| {r['macs'] / 1e6:.1f} | {ms(lat)} | {speedup} "
             f"| {t['macs'] / r['macs']:.2f} |")
     lines += ["", "## Targets (issue 10)", "", "| target | measured | met |", "|---|---|---|"]
     for row in targets(results):
