@@ -179,6 +179,20 @@ def relations_label(key_objects: Sequence[Tuple[Tuple[int, int], str]]) -> int:
     return 4 * int(right) + 2 * int(below) + int(len(red) > len(blue))
 
 
+def _scatter(rng: np.random.Generator, count: int, image_size: int, size: int) -> List[Tuple[int, int]]:
+    """Corners of up to ``count`` objects anywhere in the image, each at least 2 px from the others
+    (200 random tries each; an object that finds no room is left out, so the caller redraws when fewer
+    than ``count`` come back)."""
+    placed: List[Tuple[int, int]] = []
+    for _ in range(count):
+        for _attempt in range(200):
+            xy = tuple(int(v) for v in rng.integers(1, image_size - size, size=2))
+            if not any(_overlaps(xy, other, gap=2, size=size) for other in placed):
+                placed.append(xy)
+                break
+    return placed
+
+
 def generate_relations_scene(rng: np.random.Generator, image_size: int = RELATIONS_SIZE) -> Dict:
     """Seven red or blue objects and three green or yellow distractors anywhere in a 64x64 image. The
     label compares the two colour groups across the whole image: which colour has more objects, and
@@ -190,15 +204,10 @@ def generate_relations_scene(rng: np.random.Generator, image_size: int = RELATIO
         reds = int(rng.integers(1, RELATIONS_KEYS))  # 1..6: both colours present
         colours = ["red"] * reds + ["blue"] * (RELATIONS_KEYS - reds)
         colours += [("green" if rng.random() < 0.5 else "yellow") for _ in range(RELATIONS_DISTRACTORS)]
-        objects = []
-        for colour in colours:
-            for _attempt in range(200):
-                xy = tuple(int(v) for v in rng.integers(1, image_size - size, size=2))
-                if not any(_overlaps(xy, o["xy"], gap=2, size=size) for o in objects):
-                    objects.append({"color": colour, "xy": xy})
-                    break
-        if len(objects) < len(colours):
+        corners = _scatter(rng, len(colours), image_size, size)
+        if len(corners) < len(colours):
             continue
+        objects = [{"color": colour, "xy": xy} for colour, xy in zip(colours, corners)]
         red = np.asarray([o["xy"] for o in objects if o["color"] == "red"], dtype=np.float64).mean(0)
         blue = np.asarray([o["xy"] for o in objects if o["color"] == "blue"], dtype=np.float64).mean(0)
         if np.all(np.abs(red - blue) >= RELATIONS_MARGIN):
@@ -249,15 +258,10 @@ def generate_extremes_scene(rng: np.random.Generator, image_size: int = RELATION
     size = RELATIONS_OBJECT
     left_red, top_red, more_red = (bool(b) for b in rng.integers(2, size=3))
     while True:
-        objects: List[Dict] = []
-        for _ in range(RELATIONS_KEYS + RELATIONS_DISTRACTORS):
-            for _attempt in range(200):
-                xy = tuple(int(v) for v in rng.integers(1, image_size - size, size=2))
-                if not any(_overlaps(xy, o["xy"], gap=2, size=size) for o in objects):
-                    objects.append({"xy": xy})
-                    break
-        if len(objects) < RELATIONS_KEYS + RELATIONS_DISTRACTORS:
+        corners = _scatter(rng, RELATIONS_KEYS + RELATIONS_DISTRACTORS, image_size, size)
+        if len(corners) < RELATIONS_KEYS + RELATIONS_DISTRACTORS:
             continue
+        objects: List[Dict] = [{"xy": xy} for xy in corners]
         keys = np.asarray([o["xy"] for o in objects[:RELATIONS_KEYS]])
         xs, ys = np.sort(keys[:, 0]), np.sort(keys[:, 1])
         if xs[1] - xs[0] < EXTREMES_MARGIN or ys[1] - ys[0] < EXTREMES_MARGIN:
