@@ -35,7 +35,7 @@ from mixa.export.targets import at_resolution  # noqa: E402
 from mixa.io import atomic_path  # noqa: E402
 from mixa.macs import count_macs  # noqa: E402
 from mixa.models import create_model  # noqa: E402
-from mixa.profile.ort import input_for, session  # noqa: E402
+from mixa.profile.ort import input_for, operator_times, session  # noqa: E402
 from mixa.profile.records import environment  # noqa: E402
 from mixa.profile.timing import round_robin  # noqa: E402
 
@@ -91,27 +91,11 @@ class PteRunner:
 
 
 def op_breakdown(path, threads, res, runs=10):
-    """{op type: share of node time} from ONNX Runtime's profiler over ``runs`` calls."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    with tempfile.TemporaryDirectory() as work:
-        options.profile_file_prefix = str(Path(work) / "prof")
-        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = input_for(sess, 1, res)[0]
-        for _ in range(runs):
-            sess.run(None, feed)
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    totals = {}
-    for e in events:
-        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            op = e["args"]["op_name"]
-            totals[op] = totals.get(op, 0) + e["dur"]
-    whole = sum(totals.values())
-    return {op: t / whole for op, t in sorted(totals.items(), key=lambda kv: -kv[1])}, whole / runs / 1e3
+    """{op type: share of node time} from ONNX Runtime's profiler over ``runs`` calls, and the node time
+    per call in ms."""
+    per_op = operator_times(path, threads=threads, runs=runs, resolution=res)
+    whole = sum(t["us"] for t in per_op.values())
+    return {op: t["us"] / whole for op, t in per_op.items()}, whole / 1e3
 
 
 def main() -> int:

@@ -16,8 +16,6 @@ when any row fails, so that the script can guard the target in a loop or CI.
 from __future__ import annotations
 
 import argparse
-import collections
-import json
 import statistics
 import sys
 import tempfile
@@ -37,7 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     p.add_argument("--rounds", type=int, default=300, help="round-robin rounds (one timed run of each file)")
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0, help="seed of the students' new parameters and the input")
+    p.add_argument("--seed", type=int, default=0, help="seed of the students' new parameters")
     p.add_argument("--neutral", action="store_true",
                    help="keep the new parameters neutral (gate = 1, LePE = 0) instead of random trained-like "
                         "values; ORT never sees the difference in cost, but zeros could in principle be folded")
@@ -90,56 +88,25 @@ def export_all(models, directory: Path):
     return paths
 
 
-def session(path: Path, profile: bool = False, profile_dir: Path = None):
-    """One intra-op thread, sequential, every graph optimisation: the deployment setting being compared."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if profile:
-        options.enable_profiling = True
-        options.profile_file_prefix = str(profile_dir / path.stem)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def feed_for(sess, seed: int):
-    import numpy as np
-
-    spec = sess.get_inputs()[0]
-    x = np.random.default_rng(seed).standard_normal([1, *spec.shape[1:]]).astype(np.float32)
-    return {spec.name: x}
-
-
 def time_all(paths, args):
-    """{name: [seconds per run]}, all sessions timed round-robin."""
+    """{name: [seconds per run]}, all sessions timed round-robin; one intra-op thread, sequential, every
+    graph optimisation (mixa's ORT session): the deployment setting being compared."""
+    from mixa.profile.ort import input_for, session
     from mixa.profile.timing import round_robin
 
-    sessions = {name: session(path) for name, path in paths.items()}
-    feeds = [feed_for(s, args.seed) for s in sessions.values()]
+    sessions = {name: session(path, threads=1) for name, path in paths.items()}
+    feeds = [input_for(s, 1, None)[0] for s in sessions.values()]
     calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions.values(), feeds)]
     times = round_robin(calls, warmup=args.warmup, rounds=args.rounds, clock=args.clock)
     return dict(zip(sessions, times))
 
 
-def operator_profile(paths, args, runs: int = 50):
-    """{name: {op type: microseconds per run}} from ORT's own profiler (kernel time only)."""
-    out = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, path in paths.items():
-            sess = session(path, profile=True, profile_dir=Path(tmp))
-            feed = feed_for(sess, args.seed)
-            for _ in range(runs):
-                sess.run(None, feed)
-            events = json.loads(Path(sess.end_profiling()).read_text())
-            per_op = collections.Counter()
-            for e in events:
-                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                    per_op[e["args"]["op_name"]] += e["dur"] / runs
-            out[name] = {op: round(us, 1) for op, us in per_op.most_common()}
-    return out
+def operator_profile(paths, runs: int = 50):
+    """{name: {op type: kernel microseconds per run}} from ORT's own profiler."""
+    from mixa.profile.ort import operator_times
+
+    return {name: {op: round(t["us"], 1) for op, t in operator_times(path, threads=1, runs=runs).items()}
+            for name, path in paths.items()}
 
 
 def rows_for(models, times, args):
@@ -189,7 +156,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         paths = export_all(models, Path(tmp))
         times = time_all(paths, args)
-        profile = operator_profile(paths, args) if args.profile else None
+        profile = operator_profile(paths) if args.profile else None
     rows = rows_for(models, times, args)
     cpu = cpu_model()
     print_report(rows, profile, args, cpu)

@@ -246,6 +246,7 @@ def remeasure_latency(results, work: Path, threads: int, rounds: int, repeat: in
     from statistics import median
 
     from mixa.profile.ort import profile_file
+    from mixa.profile.records import cpu_model
 
     files = {"teacher": work / "onnx" / "teacher.onnx"}
     files.update({r["name"]: work / r["onnx"] for r in results["records"] if not r.get("same_as")})
@@ -256,11 +257,7 @@ def remeasure_latency(results, work: Path, threads: int, rounds: int, repeat: in
             rec = profile_file(path, threads=threads, batch=1, resolution=None, warmup=10, repeat=repeat)
             per_file[name].append(rec["latency_ms"]["median"])
     latency = {k: median(v) for k, v in per_file.items() if v}
-    import platform
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
+    cpu = cpu_model()
     results["teacher"]["latency_ms"] = latency.get("teacher")
     for r in results["records"]:
         source = r.get("same_as") or r["name"]
@@ -273,11 +270,7 @@ def remeasure_latency(results, work: Path, threads: int, rounds: int, repeat: in
 def op_breakdown(results, work: Path, threads: int, runs: int = 30) -> None:
     """Where ORT spends its time in the teacher and the keep-6 / k = 0 students: kernel microseconds per
     run summed by operator type (ORT's own profiler), to explain latency that does not follow MACs."""
-    import collections
-    import tempfile
-
-    import numpy as np
-    import onnxruntime as ort
+    from mixa.profile.ort import operator_times
 
     names = ["teacher"] + [r["name"] for r in results["records"]
                            if not r.get("same_as") and r["select"] in ("sensitivity", None) and r["keep"] in (0, 6)
@@ -285,24 +278,9 @@ def op_breakdown(results, work: Path, threads: int, runs: int = 30) -> None:
     table = {}
     for name in names:
         path = work / "onnx" / f"{name}.onnx"
-        if not path.is_file():
-            continue
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(
-            [1] + list(session.get_inputs()[0].shape[1:])).astype(np.float32)}
-        for _ in range(runs):
-            session.run(None, feed)
-        events = json.loads(Path(session.end_profiling()).read_text())
-        time_us, count = collections.Counter(), collections.Counter()
-        for e in events:
-            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                time_us[e["args"]["op_name"]] += e["dur"] / runs
-                count[e["args"]["op_name"]] += 1 / runs
-        table[name] = {op: {"us": round(t), "nodes": round(count[op])} for op, t in time_us.most_common()}
+        if path.is_file():
+            table[name] = {op: {"us": round(t["us"]), "nodes": round(t["nodes"])}
+                           for op, t in operator_times(path, threads=threads, runs=runs).items()}
     results["op_profile"] = {"runs": runs, "threads": threads, "ops": table}
 
 

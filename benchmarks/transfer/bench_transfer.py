@@ -219,9 +219,11 @@ class Bench:
         if "cost" in parts:
             import platform
 
+            from mixa.profile.records import cpu_model
+
             for kind, keep in (("rala", 6), ("rala", 0)):
                 if self.done("cost", f"{kind}_k{keep}") is None:
-                    self.record({**self.step_cost(self.student(kind, keep)), "cpu": _cpu_name(),
+                    self.record({**self.step_cost(self.student(kind, keep)), "cpu": cpu_model(),
                                  "machine": platform.machine()}, "cost", f"{kind}_k{keep}")
         if "control" in parts:
             control = self.work / "students" / "control"
@@ -279,18 +281,6 @@ class Bench:
                                  self.done(name, "kd", b) else {"top1": self.kd(chosen, b, f"{sname}_kd{b}"),
                                                                "images": b})
                         self.record(value, sname, "kd", b)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 # ---------------------------------------------------------------------------------------------- report
