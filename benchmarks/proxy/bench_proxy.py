@@ -121,13 +121,12 @@ def main(argv=None):
     settings = {"task": task, "teacher": str(teacher_dir.relative_to(REPO)) if teacher_dir.is_relative_to(REPO) else str(teacher_dir),
                 "epochs": args.epochs, "train_images": args.train_images, "val_images": args.val_images,
                 "calib_images": args.calib_images, "seed": args.seed, "threads": args.threads, "recipe": recipe,
-                "images_seen": args.epochs * args.train_images,
-                "command": "PYTHONPATH=. python benchmarks/proxy/bench_proxy.py " + " ".join(sys.argv[1:] if argv is None else argv)}
-    command = settings.pop("command")
+                "images_seen": args.epochs * args.train_images}
+    command = "PYTHONPATH=. python benchmarks/proxy/bench_proxy.py " + " ".join(sys.argv[1:] if argv is None else argv)
 
     def claim(results):
-        """Rows in one file must come from one set of settings; the first command that made rows is
-        the one reported (a shard's --only or a --report-only pass is recorded beside it)."""
+        """Rows in one file must come from one set of settings; every command that made rows (one per
+        shard) is recorded, and a --report-only pass beside them."""
         made = results.get("settings")
         if made and {k: v for k, v in made.items() if k not in ("commands", "report_command")} != settings:
             sys.exit(f"{results_path} holds rows made with other settings; choose another --output")
