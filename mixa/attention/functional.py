@@ -3,9 +3,16 @@
 Every core takes q, k, v of shape (B, heads, N, d) -- the outputs of the layer's q/k/v projections after
 the head split, *before* any kernel -- applies its own kernel and returns (B, heads, N, d).
 
-The linear cores never form an N x N tensor (cost O(N d^2)) and reduce in fp32 (fp64 stays fp64) with autocast
-switched off, whatever the input dtype; the result is cast back to the input dtype with saturation, so
-an fp16/bf16 caller never receives inf or NaN (see ``_saturating_cast``).
+The linear cores never form an N x N tensor (cost O(N d^2)) and reduce in fp32 (fp64 stays fp64) whatever the
+input dtype, also under autocast; the result is cast back to the input dtype with saturation, so an fp16/bf16
+caller never receives inf or NaN (see ``_saturating_cast``).
+
+Traceable and scriptable: the cores take no keyword-only arguments and make no decision on a tensor's
+shape or dtype. What must look at run-time values -- widening to fp32, a product with autocast off for the
+tensor's device, the saturating cast back -- lives in three small helpers that ``torch.fx`` records as single
+calls (``torch.fx.wrap``), so ``symbolic_trace`` / ``create_feature_extractor`` keep the fp32 reductions in the
+traced graph, and TorchScript compiles them. (TorchScript ignores autocast regions: a scripted model keeps
+fp32 reductions for fp16/bf16 weights, but under ``torch.autocast`` its products follow autocast.)
 
 ``key_mask`` (optional, shape broadcastable to (B, heads, N), 1 = token takes part) restricts every
 reduction over tokens to the masked tokens. It is how a Swin layer honours its shifted-window regions with
@@ -13,10 +20,10 @@ a linear core: each region is an independent self-attention (``masked_by_regions
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Optional, Tuple
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -35,14 +42,20 @@ RELU_EPS = 1e-5  # timm's LiteMLA value; EfficientViT's original 1e-15 gave NaN 
 RALA_EPS = 1e-6  # the RALA paper / official code.
 
 
-def _autocast_off(device_type: str):
-    return torch.autocast(device_type=device_type, enabled=False)
-
-
-def _wide(*tensors: Tensor):
+def _wide(x: Tensor) -> Tensor:
     """At least fp32 (fp64 stays fp64) for the reductions."""
-    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
-    return [t.to(dtype) for t in tensors]
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _mm(a: Tensor, b: Tensor) -> Tensor:
+    """a @ b in the operands' own precision: autocast (which would run a matmul in fp16/bf16) is switched off
+    for the operands' device while it runs. The cores call it on ``_wide`` operands."""
+    if torch.jit.is_scripting():  # TorchScript cannot key autocast on a run-time device (see above)
+        return a @ b
+    if not torch.is_autocast_enabled(a.device.type):
+        return a @ b
+    with torch.autocast(a.device.type, enabled=False):
+        return a @ b
 
 
 def _saturating_cast(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -53,80 +66,82 @@ def _saturating_cast(x: Tensor, dtype: torch.dtype) -> Tensor:
     """
     if dtype == x.dtype:
         return x
-    if dtype.is_floating_point and torch.finfo(dtype).max < torch.finfo(x.dtype).max:
-        limit = torch.finfo(dtype).max
-        x = x.clamp(-limit, limit)
+    # x is fp32 here (fp64 inputs stay fp64): only the 16-bit floats are narrower. Their torch.finfo(...).max
+    # written out, since TorchScript has no finfo.
+    if dtype == torch.float16:
+        x = x.clamp(-65504.0, 65504.0)
+    elif dtype == torch.bfloat16:
+        x = x.clamp(-3.3895313892515355e38, 3.3895313892515355e38)
     return x.to(dtype)
 
 
+# Recorded as single calls by torch.fx: they branch on run-time dtypes and autocast state.
+torch.fx.wrap("_wide")
+torch.fx.wrap("_mm")
+torch.fx.wrap("_saturating_cast")
+
+
 def _key_weights(key_mask: Optional[Tensor], like: Tensor) -> Optional[Tensor]:
-    """key_mask (B?, H?, N) -> fp32 (B?, H?, N, 1) weights, or None."""
+    """key_mask (B?, H?, N) -> (B?, H?, N, 1) weights in ``like``'s dtype, or None (matmul broadcasting
+    supplies missing leading dims)."""
     if key_mask is None:
         return None
-    m = key_mask.to(device=like.device, dtype=like.dtype)
-    while m.dim() < 3:
-        m = m.unsqueeze(0)
-    return m.unsqueeze(-1)
+    return key_mask.to(device=like.device, dtype=like.dtype).unsqueeze(-1)
 
 
-def _token_count(weights: Optional[Tensor], n: int) -> Tensor | float:
-    if weights is None:
-        return float(n)
-    return weights.sum(dim=-2, keepdim=True).clamp_min(1.0)  # (B?, H?, 1, 1)
+def _token_count(weights: Tensor) -> Tensor:
+    """Participating tokens per (B?, H?) as (B?, H?, 1, 1), at least 1."""
+    return weights.sum(dim=-2, keepdim=True).clamp_min(1.0)
 
 
-def softmax_attention(q: Tensor, k: Tensor, v: Tensor, *, scale: Optional[float] = None,
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, scale: Optional[float] = None,
                       attn_mask: Optional[Tensor] = None) -> Tensor:
     """softmax(q k^T * scale + attn_mask) v, scale defaulting to d^-1/2. Uses torch's fused SDPA."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
-def relu_quadratic_attention(q: Tensor, k: Tensor, v: Tensor, *, attn_mask: Optional[Tensor] = None) -> Tensor:
+def relu_quadratic_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor] = None) -> Tensor:
     """MixA's kept-layer form: O = (ReLU(Q) ReLU(K)^T / (N sqrt(d))) V -- quadratic, no softmax.
 
     ``attn_mask`` (bool, broadcastable to (B, heads, N, N), True = the pair takes part) removes pairs; N is
     then each query's number of participating keys. The 1/(N sqrt d) scale is applied to ReLU(Q) before the
     product so the graph holds a single N x N tensor (softmax's needs at least two: scores, probabilities).
-    Computed in fp32 with autocast off, like the linear cores (no normaliser can vanish here, but the
+    Computed in fp32 also under autocast, like the linear cores (no normaliser can vanish here, but the
     N x N sum of non-negative terms can overflow fp16).
     """
     dtype = v.dtype
     n, d = k.shape[-2], q.shape[-1]
-    with _autocast_off(q.device.type):
-        q, k, v = _wide(q, k, v)
-        if attn_mask is None:
-            scores = (F.relu(q) * (1.0 / (n * math.sqrt(d)))) @ F.relu(k).transpose(-2, -1)
-        else:
-            keep = attn_mask.to(q.dtype)
-            count = keep.sum(dim=-1, keepdim=True).clamp_min(1.0)          # (.., N, 1) keys per query
-            scores = ((F.relu(q) / math.sqrt(d)) @ F.relu(k).transpose(-2, -1)) * (keep / count)
-        out = scores @ v
-    return _saturating_cast(out, dtype)
+    q, k, v = _wide(q), _wide(k), _wide(v)
+    if attn_mask is None:
+        scores = _mm(F.relu(q) * (1.0 / (n * d ** 0.5)), F.relu(k).transpose(-2, -1))
+    else:
+        keep = attn_mask.to(q.dtype)
+        count = keep.sum(dim=-1, keepdim=True).clamp_min(1.0)          # (.., N, 1) keys per query
+        scores = _mm(F.relu(q) / d ** 0.5, F.relu(k).transpose(-2, -1)) * (keep / count)
+    return _saturating_cast(_mm(scores, v), dtype)
 
 
 def _relu_features(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]):
     """The ReLU kernel on widened q and k, masked-out keys zeroed; also the key weights (or None)."""
-    q, k, v = _wide(q, k, v)
-    q, k = F.relu(q), F.relu(k)
+    q, k, v = F.relu(_wide(q)), F.relu(_wide(k)), _wide(v)
     w = _key_weights(key_mask, k)
     return q, (k if w is None else k * w), v, w
 
 
-def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = RELU_EPS,
+def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = RELU_EPS,
                           key_mask: Optional[Tensor] = None) -> Tensor:
     """ReLU linear attention (EfficientViT / timm LiteMLA):
     O_i = ReLU(q_i) (sum_j ReLU(k_j)^T v_j) / (ReLU(q_i) . sum_j ReLU(k_j) + eps).
     """
     dtype = v.dtype
-    with _autocast_off(q.device.type):
-        q, k, v, w = _relu_features(q, k, v, key_mask)
-        kv = k.transpose(-2, -1) @ v                       # (B, H, d, dv)
-        k_sum = k.sum(dim=-2, keepdim=True).transpose(-2, -1)  # (B, H, d, 1)
-        out = (q @ kv) / (q @ k_sum + eps)
+    q, k, v, w = _relu_features(q, k, v, key_mask)
+    kv = _mm(k.transpose(-2, -1), v)                        # (B, H, d, dv)
+    k_sum = k.sum(dim=-2, keepdim=True).transpose(-2, -1)   # (B, H, d, 1)
+    out = _mm(q, kv) / (_mm(q, k_sum) + eps)
     return _saturating_cast(out, dtype)
 
 
-def stella_attention(q: Tensor, k: Tensor, v: Tensor, *, key_mask: Optional[Tensor] = None) -> Tensor:
+def stella_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:
     """SteLLA (MixA): O_i = ReLU(q_i) (sum_j ReLU(k_j)^T v_j) / (N sqrt(d)).
 
     Fixed normalisation, no data-dependent denominator. The formula is our derivation from the MixA
@@ -135,12 +150,11 @@ def stella_attention(q: Tensor, k: Tensor, v: Tensor, *, key_mask: Optional[Tens
     """
     dtype = v.dtype
     n, d = k.shape[-2], q.shape[-1]
-    with _autocast_off(q.device.type):
-        q, k, v, w = _relu_features(q, k, v, key_mask)
-        # Normalising the d x d buffer before the second product keeps fp32 far from its range.
-        kv = (k.transpose(-2, -1) @ v) / (_token_count(w, n) * math.sqrt(d))
-        out = q @ kv
-    return _saturating_cast(out, dtype)
+    q, k, v, w = _relu_features(q, k, v, key_mask)
+    # Normalising the d x d buffer before the second product keeps fp32 far from its range.
+    kv = _mm(k.transpose(-2, -1), v)
+    kv = kv / (n * d ** 0.5) if w is None else kv / (_token_count(w) * d ** 0.5)
+    return _saturating_cast(_mm(q, kv), dtype)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -159,7 +173,7 @@ def _masked_softmax(logits: Tensor, weights: Tensor) -> Tensor:
     floor = logits.amin(dim=-1, keepdim=True)
     peak = (logits * weights + floor * (1 - weights)).amax(dim=-1, keepdim=True)  # max over members
     e = torch.exp((logits - peak).clamp_max(0.0)) * weights
-    return e / e.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(e.dtype).tiny)
+    return e / e.sum(dim=-1, keepdim=True).clamp_min(1.1754943508222875e-38)  # fp32's smallest normal
 
 
 def elu_plus_one(x: Tensor) -> Tensor:
@@ -173,13 +187,13 @@ def elu_plus_one(x: Tensor) -> Tensor:
 def _rala_weights(q: Tensor, k: Tensor, w: Optional[Tensor], n: int, d: int) -> Tensor:
     """p = softmax_j(q_g . kappa(k_j) / sqrt(d)) as a (B, H, 1, N) row, over the masked keys only."""
     if w is None:
-        q_global = q.new_full((1, n), 1.0 / n) @ q                       # (B, H, 1, d)
-        return torch.softmax((q_global @ k.transpose(-2, -1)) * d ** -0.5, dim=-1)
-    q_global = (w.transpose(-2, -1) @ q) / _token_count(w, n)
-    return _masked_softmax((q_global @ k.transpose(-2, -1)) * d ** -0.5, w.transpose(-2, -1))
+        q_global = _mm(q.new_full((1, n), 1.0 / n), q)                   # (B, H, 1, d)
+        return torch.softmax(_mm(q_global, k.transpose(-2, -1)) * d ** -0.5, dim=-1)
+    q_global = _mm(w.transpose(-2, -1), q) / _token_count(w)
+    return _masked_softmax(_mm(q_global, k.transpose(-2, -1)) * d ** -0.5, w.transpose(-2, -1))
 
 
-def rala_attention(q: Tensor, k: Tensor, v: Tensor, *, rope: Optional[Tuple[Tensor, Tensor]] = None,
+def rala_attention(q: Tensor, k: Tensor, v: Tensor, rope: Optional[Tuple[Tensor, Tensor]] = None,
                    eps: float = RALA_EPS, key_mask: Optional[Tensor] = None) -> Tensor:
     """Rank-augmented linear attention core (RALA, CVPR 2025), without LePE and output gate.
 
@@ -198,17 +212,15 @@ def rala_attention(q: Tensor, k: Tensor, v: Tensor, *, rope: Optional[Tuple[Tens
     """
     dtype = v.dtype
     n, d = k.shape[-2], q.shape[-1]
-    with _autocast_off(q.device.type):
-        q, k, v = _wide(q, k, v)
-        q, k = elu_plus_one(q), elu_plus_one(k)
-        w = _key_weights(key_mask, k)
-        p = _rala_weights(q, k, w, n, d)                                  # (B, H, 1, N); masked keys 0
-        p_column = p.reshape(p.shape[:-2] + (n, 1))
-        den = q @ (p @ k).transpose(-2, -1)                               # (B, H, N, 1), un-rotated features
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        weighted = k * p_column                                           # p_j kappa(k_j), (B, H, N, d)
-        out = (q @ (weighted.transpose(-2, -1) @ v)) / (den + eps)
+    q, k, v = elu_plus_one(_wide(q)), elu_plus_one(_wide(k)), _wide(v)
+    w = _key_weights(key_mask, k)
+    p = _rala_weights(q, k, w, n, d)                                      # (B, H, 1, N); masked keys 0
+    p_column = p.reshape(p.shape[0], p.shape[1], n, 1)
+    den = _mm(q, _mm(p, k).transpose(-2, -1))                             # (B, H, N, 1), un-rotated features
+    if rope is not None:
+        q, k = apply_rope(q, rope[0], rope[1]), apply_rope(k, rope[0], rope[1])
+    weighted = k * p_column                                               # p_j kappa(k_j), (B, H, N, d)
+    out = _mm(q, _mm(weighted.transpose(-2, -1), v)) / (den + eps)
     return _saturating_cast(out, dtype)
 
 

@@ -20,6 +20,7 @@ import math
 from typing import Optional, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -28,12 +29,26 @@ from . import functional as AF
 from .registry import get_attention_kind
 
 
+def _grid_side(tokens: int) -> int:
+    """The side of a square grid of ``tokens`` tokens. Recorded as one call by torch.fx (a traced token count
+    is not a number Python's maths can take)."""
+    side = int(math.sqrt(tokens) + 0.5)
+    if side * side != tokens:
+        raise ValueError(f"LePE needs a square token grid; got {tokens} grid tokens")
+    return side
+
+
+torch.fx.wrap("_grid_side")
+
+
 def regions_from_window_mask(mask: Tensor) -> Tensor:
     """Swin's additive (nW, N, N) mask (0 = same region) -> (nW, N) labels, one per region."""
     return (mask == 0).to(torch.int8).argmax(dim=-1)
 
 
 class MixAttention(nn.Module):
+    __jit_unused_properties__ = ["options"]  # Python-side config, not part of a scripted forward
+
     def __init__(self, dim: int, num_heads: int, kind: str = "rala", qkv_bias: bool = True,
                  proj_bias: bool = True, num_prefix_tokens: int = 0, gate: Union[str, bool, None] = None,
                  gate_rank: Optional[int] = None, lepe: Optional[bool] = None, lepe_kernel: int = 5,
@@ -59,8 +74,13 @@ class MixAttention(nn.Module):
         self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim) if use_lepe else None
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._core = spec.core
-        self._quadratic = not spec.linear
+        # Only one of _linear_core / _quadratic_core exists: forward tests with hasattr, which TorchScript
+        # resolves at compile time, so each core is compiled with the mask argument its signature has
+        # (key_mask: linear, attn_mask: quadratic).
+        if spec.linear:
+            self._linear_core = spec.core
+        else:
+            self._quadratic_core = spec.core
         self.reset_new_parameters()
 
     def reset_new_parameters(self) -> None:
@@ -111,27 +131,25 @@ class MixAttention(nn.Module):
         b, h, n, d = v.shape
         p = self.num_prefix_tokens
         grid = n - p
-        side = math.isqrt(grid)
-        if side * side != grid:
-            raise ValueError(f"LePE needs a square token grid; got {grid} grid tokens")
+        side = _grid_side(grid)
         x = v[:, :, p:].transpose(-1, -2).reshape(b, h * d, side, side)
         x = self.lepe(x).reshape(b, h, d, grid).transpose(-1, -2)
         # Zero rows for the prefix tokens by padding (a Pad node), not by concatenating a zeros tensor
         # (which the exporter would fold into a constant the size of the batch).
-        return F.pad(x, (0, 0, p, 0)) if p else x
+        return F.pad(x, [0, 0, p, 0]) if p > 0 else x
 
     def _key_mask_from(self, attn_mask: Tensor, b: int, n: int) -> Tensor:
         """A key-padding mask broadcastable to (B, 1, 1, N) -> (B, 1, N) participation weights."""
         if attn_mask.dim() != 4 or attn_mask.shape[-2] != 1:
             raise ValueError(f"{self.kind} attention supports only key-padding masks of shape (B, 1, 1, N); "
-                             f"got {tuple(attn_mask.shape)}")
+                             f"got {list(attn_mask.shape)}")
         keep = attn_mask if attn_mask.dtype == torch.bool else attn_mask > -1e4
         return keep.reshape(keep.shape[0], 1, n).expand(b, 1, n)
 
     @staticmethod
     def _pair_mask(attn_mask: Optional[Tensor], mask: Optional[Tensor], b: int, n: int) -> Optional[Tensor]:
         """timm's additive / boolean masks -> one boolean (B, 1, N, N) 'pair takes part' mask, or None."""
-        keep = None
+        keep: Optional[Tensor] = None
         if attn_mask is not None:
             keep = attn_mask if attn_mask.dtype == torch.bool else attn_mask > -1e4
         if mask is not None:  # Swin's (nW, N, N) window mask: 0 within a region, -100 across
@@ -140,8 +158,14 @@ class MixAttention(nn.Module):
             keep = regions if keep is None else keep & regions
         return keep
 
+    @torch.jit.unused
+    def _by_regions(self, q, k, v, mask):  # unannotated: TorchScript reads an unused method's types as Tensor
+        """A linear core per Swin shifted-window region (not scriptable yet: the region loop is data-dependent)."""
+        return AF.masked_by_regions(self._linear_core, q, k, v, regions_from_window_mask(mask))
+
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, mask: Optional[Tensor] = None,
-                is_causal: bool = False, **_unused) -> Tensor:
+                is_causal: bool = False) -> Tensor:
+        """timm's keywords: ``attn_mask`` / ``is_causal`` (ViT ``Attention``), ``mask`` (Swin ``WindowAttention``)."""
         b, n, c = x.shape
         q, k, v = self._heads(x)
         q, k = self.q_norm(q), self.k_norm(k)
@@ -155,15 +179,17 @@ class MixAttention(nn.Module):
                 torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif is_causal:
             raise ValueError(f"{self.kind} attention does not support is_causal=True")
-        elif self._quadratic:
-            y = self._core(q, k, v, attn_mask=self._pair_mask(attn_mask, mask, b, n))
-        else:
+        elif hasattr(self, "_quadratic_core"):
+            y = self._quadratic_core(q, k, v, attn_mask=self._pair_mask(attn_mask, mask, b, n))
+        elif hasattr(self, "_linear_core"):
             if mask is not None:
-                y = AF.masked_by_regions(self._core, q, k, v, regions_from_window_mask(mask))
+                y = self._by_regions(q, k, v, mask)
             elif attn_mask is not None:
-                y = self._core(q, k, v, key_mask=self._key_mask_from(attn_mask, b, n))
+                y = self._linear_core(q, k, v, key_mask=self._key_mask_from(attn_mask, b, n))
             else:
-                y = self._core(q, k, v)
+                y = self._linear_core(q, k, v)
+        else:
+            raise RuntimeError("unreachable: every kind has a core")
 
         if self.lepe is not None:
             y = y + self._lepe(v)
