@@ -11,15 +11,15 @@ import mixa.conversion.select
 import mixa.plan.core
 from mixa.cli import main
 from mixa.models import create_model
-from mixa.plan import (Plan, PlanRow, best_under, mark_pareto, plan, read_csv, read_json, write_csv,
+from mixa.plan import (Plan, PlanRow, best_under, knee, mark_pareto, plan, read_csv, read_json, write_csv,
                        write_json)
 
 NAME = "deit_tiny_patch16_224"
 KWARGS = dict(depth=4, embed_dim=32, num_heads=2, img_size=32, patch_size=8, num_classes=3)
 CLI_MODEL = ["--model", NAME, "--no-pretrained", *sum((["--model-arg", f"{k}={v}"] for k, v in KWARGS.items()
                                                       if k != "num_classes"), []), "--num-classes", "3"]
-FAST = dict(rounds=1, repeat=2, warmup=0, progress=False)
-FAST_CLI = ["--rounds", "1", "--repeat", "2", "--no-progress"]
+FAST = dict(rounds=1, repeat=2, warmup=0, progress=False, transfer_steps=0)  # today's plan: no transfer probe
+FAST_CLI = ["--rounds", "1", "--repeat", "2", "--no-progress", "--transfer-steps", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +169,9 @@ def test_cli_budget_outputs_and_errors(images, tmp_path, capsys):
     fastest = p.rows[0]
     assert f"best under --min-agreement 0: {fastest.kind} k={fastest.keep}" in out
     assert "Pareto" in out and out.count("*") >= 1 + sum(r.pareto for r in p.rows)
+    assert f"wrote JSON {tmp_path / 'p.json'}, CSV {tmp_path / 'p.csv'}, plot {tmp_path / 'p.png'}" in out
+    assert all(r.transfer_steps == 0 and r.agreement_before is None for r in p.rows)
+    assert "converted" not in out.split("\n")[1]  # today's table: one agreement column
 
     # nothing meets the budget: the table is still printed, then one line and exit 1
     code, out, err = run(base + ["--max-latency-ms", "1e-6"], capsys)
@@ -219,3 +222,170 @@ def test_cli_refuses_missing_data_and_converted_models(images, tmp_path, capsys)
         with pytest.raises(SystemExit) as exit_:
             main(["plan", *CLI_MODEL, "--calib-data", str(images), *argparse_error])
         assert exit_.value.code == 2
+
+
+def test_best_under_a_speedup_budget_and_the_knee():
+    rows = mark_pareto([_row(*r[:4]) for r in HAND_MADE])  # speedup = 2 / latency
+    assert (best_under(rows, min_speedup=1.25).kind, best_under(rows, min_speedup=1.25).keep) == ("relu", 2)
+    assert best_under(rows, min_speedup=1.0).keep == 12 and best_under(rows, min_speedup=2.5) is None
+    with pytest.raises(ValueError):
+        best_under(rows, min_speedup=1.0, max_latency_ms=2.0)
+    # knee worked by hand: front (1, 50) (2, 90) (3, 95) (4, 100) scaled to [0, 1] on both axes is
+    # (0, 0) (1/3, 0.8) (2/3, 0.9) (1, 1); heights above the chord y = x: 0, 0.47, 0.23, 0 -> (2, 90)
+    front = mark_pareto([_row("relu", 0, 1.0, 50.0), _row("relu", 2, 2.0, 90.0), _row("relu", 4, 3.0, 95.0),
+                         _row("relu", 8, 4.0, 100.0), _row("rala", 2, 2.5, 60.0)])
+    assert (knee(front).kind, knee(front).keep) == ("relu", 2)
+    two = mark_pareto([_row("relu", 0, 1.0, 50.0), _row("relu", 8, 4.0, 100.0)])
+    assert knee(two).keep == 8  # nothing to trade: the most faithful
+
+
+def test_transfer_probe_lowers_every_layer_error_and_replays_exactly(original):
+    """The probe trains only the replaced layers (mixa.transfer's objective): each one's relative error on
+    the calibration images drops (measured by mixa.transfer.layer_errors); replaying the original's cached
+    activations gives bit-identical weights to recomputing them every step."""
+    from mixa.plan.transfer import Probe, probe_settings
+    from mixa.transfer import layer_errors, replaced_layers
+
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(6, 3, 32, 32, generator=gen) for _ in range(2)]
+    original = original.eval()
+    settings = probe_settings(20, batch_size=6)
+    students = [mixa.convert(original, attn="relu", select=[0], progress=False) for _ in range(2)]
+    before = layer_errors(original, replaced_layers(students[0]), batches)
+    result = Probe(original, batches, settings).run(students[0], seed=0)
+    Probe(original, batches, settings, activation_budget_bytes=0).run(students[1], seed=0)
+    after = layer_errors(original, replaced_layers(students[0]), batches)
+    assert result["steps"] == 20 and set(after) == set(before) and len(after) == 3
+    assert all(after[p] < before[p] for p in before), (before, after)
+    one, two = students[0].state_dict(), students[1].state_dict()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    untouched = {k: v for k, v in original.state_dict().items() if not k.startswith(("blocks.1.attn", "blocks.2.attn",
+                                                                                       "blocks.3.attn"))}
+    assert all(torch.equal(one[k], v) for k, v in untouched.items())  # only the replaced layers learn
+
+
+def test_transfer_rows_are_cached_and_reused(original, images, tmp_path, monkeypatch):
+    import mixa.plan.transfer
+
+    runs = Counter(mixa.plan.transfer.Probe.run)
+    monkeypatch.setattr(mixa.plan.transfer.Probe, "run", lambda self, *a, **k: runs(self, *a, **k))
+    kwargs = dict(attn=("relu", "rala"), keep=(0, 2, 4), calib_images=12, work_dir=tmp_path, rounds=1, repeat=2,
+                  warmup=0, progress=False)
+    p = plan(original, images, transfer_steps=4, **kwargs)
+    assert len(runs.results) == 4  # k = 4 keeps every layer: nothing to transfer
+    assert all(r.transfer_steps == 4 for r in p.rows)
+    assert all(r.agreement == r.agreement_before == 100.0 for r in p.rows if r.keep == 4)
+    # relu adds no parameters: before transfer it is the plan without the probe, row by row
+    today = plan(original, images, transfer_steps=0, **kwargs)
+    before = {(r.kind, r.keep): r.agreement_before for r in p.rows}
+    assert all(before[(r.kind, r.keep)] == r.agreement for r in today.rows if r.kind == "relu")
+    assert all(r.agreement_before is None for r in today.rows)
+    assert len(runs.results) == 4
+
+    converts = Counter(mixa.plan.core.convert)
+    monkeypatch.setattr(mixa.plan.core, "convert", converts)
+    again = plan(original, images, transfer_steps=4, **kwargs)
+    assert len(converts.results) == 0 and len(runs.results) == 4
+    figures = lambda plan_: sorted((r.kind, r.keep, r.agreement_before, r.agreement, r.kl) for r in plan_.rows)
+    assert figures(again) == figures(p)
+    lost = list(tmp_path.glob("*/rala_k2_transfer4_*.json"))
+    assert len(lost) == 1
+    lost[0].unlink()
+    redone = plan(original, images, transfer_steps=4, **kwargs)
+    assert len(converts.results) == 1 and len(runs.results) == 5
+    assert figures(redone) == figures(p)  # a row does not depend on the rows converted before it
+    plan(original, images, transfer_steps=5, **{**kwargs, "attn": ("relu",), "keep": (2,)})
+    assert len(converts.results) == 2 and len(runs.results) == 6  # other steps: another row
+
+
+@pytest.fixture(scope="module")
+def split_data(tmp_path_factory):
+    """train/ and val/ (3 classes x 4 images each) and a saved original."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data")
+    gen = torch.Generator().manual_seed(2)
+    for split in ("train", "val"):
+        for c in range(3):
+            (root / split / f"class{c}").mkdir(parents=True)
+            for i in range(4):
+                pixels = (torch.rand(32, 32, 3, generator=gen) * 255).to(torch.uint8).numpy()
+                Image.fromarray(pixels).save(root / split / f"class{c}" / f"{i}.png")
+    torch.manual_seed(0)
+    mixa.save(create_model(NAME, pretrained=False, **KWARGS), root / "original")
+    return root
+
+
+def test_cli_transfer_commands_build_and_recover_the_planned_student(split_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["plan", "--model", str(split_data / "original"), "--calib-data", str(split_data / "val"),
+            "--attn", "relu", "--keep", "0,2", "--calib-images", "12", "--transfer-steps", "10", "--rounds", "1",
+            "--repeat", "2", "--no-progress", "--work-dir", str(tmp_path / "work"), "--json", "p.json"]
+    code, out, err = run(base + ["--min-speedup", "1e-3"], capsys)
+    assert code == 0, err
+    p = read_json("p.json")
+    best = best_under(p.rows, min_speedup=1e-3)
+    assert "agree % after 10 transfer steps" in out and "agree % converted" in out
+    assert f"best under --min-speedup 0.001: {best.kind} k={best.keep}" in out
+    lines = out.split("build and recover it:\n")[1].split("\n")
+    convert, distill = shlex.split(lines[0]), shlex.split(lines[1])
+    assert convert[:2] == ["mixa", "convert"] and distill[:2] == ["mixa", "distill"]
+    assert distill[distill.index("--data-dir") + 1] == str(split_data)
+    assert distill[distill.index("--transfer-steps") + 1] == "10"
+    assert run(convert[1:], capsys)[0] == 0
+    student = convert[convert.index("--output") + 1]
+    kinds = mixa.attention_kinds(mixa.load(student))
+    assert [i for i, k in enumerate(kinds) if k == "softmax"] == best.kept and kinds.count("relu") == 4 - best.keep
+    code, _, err = run(distill[1:] + ["--epochs", "1", "-b", "6", "-j", "0", "--no-progress"], capsys)
+    assert code == 0, err
+    run_dir = tmp_path / distill[distill.index("--output") + 1]
+    import json
+
+    transfer = [json.loads(line) for line in (run_dir / "transfer" / "metrics.jsonl").read_text().splitlines()]
+    assert transfer[-1]["step"] == 10 and transfer[-1]["holdout_error"] < transfer[0]["holdout_error"]
+    assert mixa.attention_kinds(mixa.load(run_dir / "best")) == kinds
+
+
+def test_convert_attn_auto_picks_what_the_plan_picks(split_data, tmp_path, capsys):
+    common = ["--model", str(split_data / "original"), "--calib-data", str(split_data / "val"), "--calib-images",
+              "12", "--transfer-steps", "2", "--rounds", "1", "--repeat", "2", "--no-progress", "--work-dir",
+              str(tmp_path / "work")]
+    code, _, err = run(["plan", *common, "--json", str(tmp_path / "p.json")], capsys)
+    assert code == 0, err
+    p = read_json(tmp_path / "p.json")
+    budget = sorted(r.speedup for r in p.rows)[len(p.rows) // 2]
+    for flags, pick in ((["--min-speedup", f"{budget!r}"], best_under(p.rows, min_speedup=budget)),
+                        ([], knee(p.rows))):
+        out_dir = tmp_path / f"auto{len(flags)}"
+        code, out, err = run(["convert", *common, "--attn", "auto", *flags, "--output", str(out_dir)], capsys)
+        if pick.keep == p.depth:
+            assert code == 1 and "original model itself" in err
+            continue
+        assert code == 0, err
+        assert f"--attn auto picks {pick.kind} k={pick.keep}" in out and "why:" in out
+        assert ("knee of the Pareto front" in out) == (not flags)
+        kinds = mixa.attention_kinds(mixa.load(out_dir))
+        assert [i for i, k in enumerate(kinds) if k == "softmax"] == pick.kept
+        assert set(kinds) - {"softmax"} <= {pick.kind} and kinds.count("softmax") == pick.keep
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "--transfer-steps", "-1"], "must be >= 0"),
+    (["plan", "--min-speedup", "0"], "must be a positive number"),
+    (["convert", "--attn", "auto", "--output", "x"], "--attn auto needs --calib-data"),
+    (["convert", "--attn", "auto", "--keep", "2", "--calib-data", ".", "--output", "x"], "drop --keep"),
+    (["convert", "--attn", "relu", "--min-speedup", "1.2", "--output", "x"], "with --attn auto only"),
+])
+def test_transfer_and_auto_usage_errors(split_data, tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    argv = argv[:1] + ["--model", str(split_data / "original")] + (
+        ["--calib-data", str(split_data / "val")] if argv[0] == "plan" else []) + argv[1:]
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(mixa.errors.UsageError):
+        plan("unused", ".", transfer_steps=-1)

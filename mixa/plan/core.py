@@ -6,9 +6,15 @@ them. Each configuration is then measured against the original: top-1 agreement 
 calibration images, params, MACs, and ONNX Runtime latency at batch 1 (exported to a temporary file and
 verified by ``mixa.export``, timed round-robin against the original's file in this process).
 
+With ``transfer_steps`` N > 0 each row is also measured after N steps of layer-wise attention transfer on the
+calibration images (mixa.plan.transfer: what ``mixa distill``'s first stage recovers): ``agreement`` and
+``kl`` are then the post-transfer figures (the Pareto front and the budgets use them) and
+``agreement_before`` / ``kl_before`` the converted model's as it is.
+
 With ``work_dir`` every finished row (and every kind's scores) is kept in a JSON file in a directory named
 after a hash of the model's weights, the calibration images, the selection strategy, the resolution and the
 thread count, so a killed run is rerun cheaply (the timing's rounds / repeat only refine a row: not hashed).
+A transferred row's file name carries N and a hash of the transfer settings.
 """
 from __future__ import annotations
 
@@ -35,14 +41,13 @@ from ..macs import count_macs, count_params
 from ..metrics import agreement
 from ..profile.ort import input_for, session
 from ..profile.records import environment
-from ..profile.timing import round_robin
+from ..profile.timing import CLOCKS, round_robin
 from ..profile.torch_runtime import cpu_threads
 from ..saved import load_target
 from .rows import Plan, PlanRow, mark_pareto
+from .settings import DEFAULT_KEEP, DEFAULT_KINDS, DEFAULT_TRANSFER_STEPS, SELECTIONS
+from .transfer import Probe, probe_settings, settings_key
 
-DEFAULT_KINDS = ("relu", "stella", "rala")
-DEFAULT_KEEP = (0, 2, 4, 6, 8)
-SELECTIONS = ("sensitivity", "first", "last", "uniform")
 
 
 def _checked(attn: Sequence[str], keep: Sequence[int], select: str, depth: int) -> Tuple[List[str], List[int]]:
@@ -99,16 +104,17 @@ class _Cache:
 
 
 def time_against(reference_path: os.PathLike | str, path: os.PathLike | str, *, threads: Optional[int],
-                 rounds: int, repeat: int, warmup: int) -> Dict[str, float]:
+                 rounds: int, repeat: int, warmup: int, clock: str = "wall") -> Dict[str, float]:
     """Two ONNX files timed at batch 1 with mixa's one timing helper (round-robin: one call of each per
     round, ``rounds * repeat`` rounds), so both see the same load. Returns each file's median (ms) and the
-    median per-round ratio reference / file (``speedup``)."""
+    median per-round ratio reference / file (``speedup``). ``clock="cpu"``: the calling thread's CPU time
+    (for 1 thread on a shared machine; see mixa.profile.timing)."""
     calls = []
     for p in (reference_path, path):
         sess = session(p, threads)
         feed, _ = input_for(sess, 1, None)
         calls.append(lambda sess=sess, feed=feed: sess.run(None, feed))
-    ref, own = round_robin(calls, warmup=warmup, rounds=rounds * repeat)
+    ref, own = round_robin(calls, warmup=warmup, rounds=rounds * repeat, clock=clock)
     return {"reference_ms": median(ref) * 1e3, "measured_ms": median(own) * 1e3,
             "speedup": median(a / b for a, b in zip(ref, own))}
 
@@ -123,7 +129,8 @@ def _label(model: Union[str, nn.Module]) -> str:
 def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]] = DEFAULT_KINDS,
          keep: Union[None, int, Sequence[int]] = None, select: str = "sensitivity", resolution: Optional[int] = None,
          threads: Optional[int] = 1, calib_images: int = 256, work_dir: Optional[os.PathLike | str] = None,
-         rounds: int = 5, repeat: int = 20, warmup: int = 5, progress: bool = True, **source) -> Plan:
+         rounds: int = 5, repeat: int = 20, warmup: int = 5, transfer_steps: int = DEFAULT_TRANSFER_STEPS,
+         transfer: Optional[Dict[str, Any]] = None, clock: str = "wall", progress: bool = True, **source) -> Plan:
     """Measure every (kind, k) of ``attn`` x ``keep`` before fine-tuning; rows sorted by latency, the
     Pareto front marked. ``keep`` defaults to the values of DEFAULT_KEEP up to the model's depth.
 
@@ -132,10 +139,18 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
     calib: calibration images (ImageFolder dir, tensor, or iterable of batches); ``calib_images`` of them.
     select: how the k softmax layers are chosen: sensitivity (scores once per kind), first, last, uniform.
     resolution: input size in px (default: the model's trained size); threads: torch and ORT threads.
-    rounds / repeat / warmup: the round-robin latency timing (``time_against``).
+    rounds / repeat / warmup / clock: the round-robin latency timing (``time_against``).
+    transfer_steps: N > 0 scores every row after N steps of layer-wise transfer on the calibration images
+        (``transfer``: other settings of mixa.transfer, e.g. lr, batch_size, seed); 0 scores the converted
+        models as they are.
     """
     if min(rounds, repeat) < 1 or warmup < 0:
         raise UsageError("rounds and repeat must be >= 1, warmup >= 0")
+    if clock not in CLOCKS:
+        raise UsageError(f"clock must be one of {', '.join(CLOCKS)}; got {clock!r}")
+    if isinstance(transfer_steps, bool) or not isinstance(transfer_steps, int) or transfer_steps < 0:
+        raise UsageError(f"--transfer-steps must be an integer >= 0; got {transfer_steps!r}")
+    probe_config = probe_settings(transfer_steps, **(transfer or {})) if transfer_steps else None
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1; got {threads}")
     label = _label(model)
@@ -171,10 +186,34 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
                 original_onnx.append(export_onnx(original, Path(tmp) / "original.onnx", size).path)
             path = export_onnx(converted, Path(tmp) / "row.onnx", size).path
             timing = time_against(original_onnx[0], path, threads=threads, rounds=rounds, repeat=repeat,
-                                  warmup=warmup)
+                                  warmup=warmup, clock=clock)
             faithful = agreement(reference, logits)
             return {"agreement": faithful["top1_agreement"], "kl": faithful["mean_kl"],
                     "params": count_params(converted), "macs": count_macs(converted, size), **timing}
+
+        probe = Probe(original, batches, probe_config) if probe_config else None
+        suffix = f"_transfer{transfer_steps}_{settings_key(probe_config)}" if probe_config else ""
+
+        def build(kind: str, k: int, scores) -> nn.Module:
+            if select == "sensitivity":  # k = 0 and k = depth need no scores
+                selection = top_k(scores, k) if scores is not None else list(range(k))
+            else:
+                selection = select
+            return convert(original, keep=k, attn=kind, select=selection, progress=False)
+
+        def transferred(kind: str, k: int, scores) -> Dict[str, Any]:
+            """Converted (new parameters drawn from the transfer seed, so a row does not depend on the rows
+            before it), measured, transferred, measured again."""
+            with torch.random.fork_rng():
+                torch.manual_seed(int(probe_config["seed"]))
+                converted = build(kind, k, scores)
+                entry = measure(converted)
+                entry.update(agreement_before=entry["agreement"], kl_before=entry["kl"], transfer_steps=transfer_steps)
+                if k < depth:
+                    entry["transfer"] = probe.run(converted, seed=int(probe_config["seed"]))
+                    faithful = agreement(reference, model_logits(converted, batches))
+                    entry.update(agreement=faithful["top1_agreement"], kl=faithful["mean_kl"])
+            return {**entry, "kept": converted.mixa_config["selection"]["kept"]}
 
         measured: Dict[tuple, Dict[str, Any]] = {}  # k = depth is the original for every kind: timed once
         entries = []
@@ -184,26 +223,28 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
             if select == "sensitivity" and any(0 < k < depth for k in ks):
                 cached = cache.get(f"scores_{kind}")
                 if cached is None:
-                    probe = convert(original, keep=1, attn=kind, select="sensitivity", calib=batches,
-                                    calib_images=None, progress=progress)
-                    cached = {"scores": probe.mixa_config["selection"]["scores"]}
+                    scored = convert(original, keep=1, attn=kind, select="sensitivity", calib=batches,
+                                     calib_images=None, progress=progress)
+                    cached = {"scores": scored.mixa_config["selection"]["scores"]}
                     cache.put(f"scores_{kind}", cached)
                 scores = cached["scores"]
             for k in ks:
-                bar.set_postfix_str(f"{kind} k={k}")
-                entry = cache.get(f"{kind}_k{k}")
+                bar.set_postfix_str(f"{kind} k={k}" + (f", {transfer_steps} transfer steps" if probe else ""))
+                name = f"{kind}_k{k}{suffix}"
+                entry = cache.get(name)
                 if entry is None:
-                    if select == "sensitivity":  # k = 0 and k = depth need no scores
-                        selection = top_k(scores, k) if scores is not None else list(range(k))
+                    if probe is None:
+                        converted = build(kind, k, scores)
+                        kept = converted.mixa_config["selection"]["kept"]
+                        key = ("original",) if k == depth else (kind, tuple(kept))
+                        if key not in measured:
+                            measured[key] = measure(converted)
+                        entry = {**measured[key], "kind": kind, "keep": k, "kept": kept}
+                    elif k == depth and ("original",) in measured:
+                        entry = {**measured[("original",)], "kind": kind, "keep": k}
                     else:
-                        selection = select
-                    converted = convert(original, keep=k, attn=kind, select=selection, progress=False)
-                    kept = converted.mixa_config["selection"]["kept"]
-                    key = ("original",) if k == depth else (kind, tuple(kept))
-                    if key not in measured:
-                        measured[key] = measure(converted)
-                    entry = {**measured[key], "kind": kind, "keep": k, "kept": kept}
-                    cache.put(f"{kind}_k{k}", entry)
+                        entry = {**transferred(kind, k, scores), "kind": kind, "keep": k}
+                    cache.put(name, entry)
                 measured.setdefault(("original",) if k == depth else (kind, tuple(entry["kept"])), entry)
                 entries.append(entry)
                 bar.update(1)
@@ -212,10 +253,13 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
     reference_ms = median(e["reference_ms"] for e in entries)
     rows = [PlanRow(kind=e["kind"], keep=e["keep"], kept=list(e["kept"]), agreement=e["agreement"], kl=e["kl"],
                     params=e["params"], macs=e["macs"], latency_ms=reference_ms / e["speedup"],
-                    speedup=e["speedup"]) for e in entries]
+                    speedup=e["speedup"], agreement_before=e.get("agreement_before"),
+                    kl_before=e.get("kl_before"), transfer_steps=e.get("transfer_steps", 0)) for e in entries]
     original_cost = {"params": count_params(original), "macs": count_macs(original, size),
                      "latency_ms": reference_ms}
     settings.update(attn=kinds, keep=ks, rounds=rounds, repeat=repeat, warmup=warmup,
                     work_dir=None if cache.root is None else str(cache.root))
+    if probe_config:
+        settings.update(transfer_steps=transfer_steps, transfer=probe_config)
     return Plan(model=label, depth=depth, rows=mark_pareto(rows), original=original_cost, settings=settings,
                 environment=environment())

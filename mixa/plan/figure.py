@@ -43,7 +43,9 @@ def plot(path: os.PathLike | str, plan: Plan, best: Optional[PlanRow] = None) ->
     ax.set_xlabel("ONNX Runtime latency, batch 1 (ms)")
     ax.set_ylabel("top-1 agreement with the original (%)")
     env = plan.environment
-    ax.set_title(f"{plan.model} at {plan.settings.get('img_size')} px, before fine-tuning "
+    steps = plan.settings.get("transfer_steps") or 0
+    when = f"after {steps} transfer steps" if steps else "before fine-tuning"
+    ax.set_title(f"{plan.model} at {plan.settings.get('img_size')} px, {when} "
                  f"({env.get('cpu', '?')}, {plan.settings.get('threads')} thread(s))", fontsize=8)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)

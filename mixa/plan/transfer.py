@@ -1,0 +1,94 @@
+"""The plan's recovery probe: ``steps`` optimiser steps of layer-wise attention transfer (mixa.transfer's
+objective, optimiser and schedule) on the calibration images, so that a row can be scored by what the
+pipeline's first stage recovers instead of by the converted model as it is.
+
+The inputs and targets of transfer are the *original's* activations (teacher-forced), the same for every row
+of a plan: they are captured once per calibration batch and replayed for every row while they fit in
+``activation_budget_bytes``; beyond that each step runs the original again (same numbers, slower).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..models.attention_layers import attention_layers
+from ..transfer.layerwise import TransferStep, capture
+from ..transfer.run import replaced_layers
+from ..transfer.settings import transfer_settings
+
+ACTIVATION_BUDGET_BYTES = 1 << 30
+
+
+def probe_settings(steps: int, **overrides) -> Dict[str, Any]:
+    """mixa.transfer's settings for ``steps`` steps (its defaults, then ``overrides``)."""
+    return transfer_settings(steps=steps, **overrides)
+
+
+def settings_key(settings: Dict[str, Any]) -> str:
+    """A short hash of what a transferred row depends on besides the model and the images (lr, batch,
+    schedule, seed, ...): a row cached with other transfer settings is another row."""
+    kept = {k: v for k, v in settings.items() if k not in ("workers", "save_every_steps", "eval_images")}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
+
+
+class Probe:
+    """Transfer for every row of one plan: the calibration images cut into batches of the transfer batch
+    size, and the original's activations at every attention layer, captured on first use and kept while
+    they fit in the budget."""
+
+    def __init__(self, original: nn.Module, batches: List[Tensor], settings: Dict[str, Any],
+                 activation_budget_bytes: int = ACTIVATION_BUDGET_BYTES):
+        self.original, self.settings = original, settings
+        images = torch.cat(batches)
+        size = min(int(settings["batch_size"]), len(images))
+        self.batches = list(images[: len(images) // size * size].split(size))
+        self.budget = activation_budget_bytes
+        self.cache: Dict[int, Dict[str, Any]] = {}
+        self.cached_bytes = 0
+
+    def _activations(self, index: int, paths: List[str]) -> Dict[str, Any]:
+        if index in self.cache and all(p in self.cache[index] for p in paths):
+            return {p: self.cache[index][p] for p in paths}
+        with torch.no_grad():
+            captured = capture(self.original, [p for p, _ in attention_layers(self.original)], self.batches[index])
+        size = _nbytes(captured)
+        if self.cached_bytes + size <= self.budget:
+            self.cache[index] = captured
+            self.cached_bytes += size
+        return {p: captured[p] for p in paths}
+
+    def run(self, student: nn.Module, seed: int) -> Dict[str, Any]:
+        """``steps`` steps of transfer on ``student``'s replaced layers (in place); the batch order is drawn
+        from ``seed``. Returns the mean relative error of the layers over the last pass through the images."""
+        s = self.settings
+        layers = replaced_layers(student)
+        step = TransferStep(self.original, layers, s, torch.device("cpu"), lr=float(s["lr"]),
+                            total_steps=s["steps"], warmup_steps=int(round(s["warmup_fraction"] * s["steps"])))
+        # forward_backward(batch) asks step.targets(batch) for the teacher-forced inputs and targets: here the
+        # batch is an index into the calibration batches and the answer comes from the cache
+        step.targets = lambda index: self._activations(index, list(layers))
+        order = torch.Generator().manual_seed(seed)
+        recent: List[float] = []
+        with torch.enable_grad():
+            for n in range(s["steps"]):
+                if n % len(self.batches) == 0:
+                    perm = torch.randperm(len(self.batches), generator=order).tolist()
+                errors = step.forward_backward(perm[n % len(self.batches)])
+                recent = (recent + [errors.mean().item()])[-len(self.batches):]
+        student.eval()
+        return {"steps": s["steps"], "final_error": sum(recent) / len(recent)}
+
