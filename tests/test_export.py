@@ -163,6 +163,20 @@ def test_cli_export_bad_input(tmp_path, capsys, tiny_dir, args, code, message):
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_pte_without_executorch_is_one_line_naming_the_extra(tmp_path, capsys, tiny_dir, monkeypatch):
+    """Issue 19, defect 6: executorch hidden (as on a machine without the edge extra)."""
+    for name in [m for m in sys.modules if m == "executorch" or m.startswith("executorch.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "executorch", None)  # any import of it now raises ImportError
+    out = tmp_path / "m.pte"
+    got, _, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--output", str(out))
+    assert got == 1 and "pip install 'mixa[edge]'" in stderr and len(stderr.strip().splitlines()) == 1
+    assert "Traceback" not in stderr and not out.exists()
+    out.write_bytes(b"not a program")
+    got, _, stderr = _cli(capsys, "profile", str(out))
+    assert got == 1 and "pip install 'mixa[edge]'" in stderr and len(stderr.strip().splitlines()) == 1
+
+
 def test_cli_export_rejects_an_unknown_format(tmp_path, capsys, tiny_dir):
     got, _, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--output", str(tmp_path / "x.txt"))
     assert got == 2 and "must end in .onnx or .pte" in stderr

@@ -64,6 +64,10 @@ def run(args) -> int:
         raise UsageError("--calib-data applies only with --int8")
     if mode == "static" and not args.calib_data:
         raise UsageError("--int8 static needs --calib-data DIR")
+    if output.suffix == ".pte":
+        from mixa.export.executorch import require_executorch
+
+        require_executorch()  # before the model is built: one line, nothing written
     targets = [output] + ([output.with_name(output.stem + ".fp32" + output.suffix)] if mode else [])
     existing = [str(t) for t in targets if t.exists()]
     if existing and not args.overwrite:

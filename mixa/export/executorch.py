@@ -24,7 +24,7 @@ import numpy as np
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
 
-EDGE_EXTRA_HINT = "pip install 'mixa[edge]' (executorch)"
+EDGE_EXTRA_HINT = "pip install 'mixa[edge]'"
 # |ExecuTorch - torch| <= RTOL * max(1, max |torch output|), as for ONNX.
 DEFAULT_RTOL = 1e-4
 
@@ -37,9 +37,10 @@ def executorch_available() -> bool:
     return True
 
 
-def _require_executorch():
+def require_executorch(what: str = ".pte files") -> None:
+    """One line naming the extra to install when executorch is missing (checked before any import of it)."""
     if not executorch_available():
-        raise MixaError(f"ExecuTorch is not installed: {EDGE_EXTRA_HINT}")
+        raise MixaError(f"{what} need ExecuTorch, which is not installed: {EDGE_EXTRA_HINT}")
 
 
 @dataclass
@@ -75,11 +76,11 @@ def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 2
     fp32 must match within DEFAULT_RTOL. INT8 (``int8=True``, calibrated on ``calib_batches``) is an
     approximation: it must run and give finite outputs of the right shape; its difference is reported and
     its accuracy is measured as top-1 agreement with fp32 on images (``agreement_pte``)."""
+    require_executorch()
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    _require_executorch()
     if int8 and not calib_batches:
         raise UsageError("INT8 ExecuTorch export needs calibration images (--calib-data DIR)")
     input_size = tuple(int(s) for s in input_size)
@@ -132,7 +133,7 @@ def agreement_pte(model, int8_path: os.PathLike | str, batches) -> tuple:
 
 def load_pte(path: os.PathLike | str):
     """The ``forward`` method of a .pte file, ready to ``execute([tensor])``."""
-    _require_executorch()
+    require_executorch()
     from executorch.runtime import Runtime
 
     path = Path(path)

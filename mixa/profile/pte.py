@@ -13,9 +13,10 @@ from .timing import time_call
 def profile_pte(path: os.PathLike | str, *, threads: Optional[int], batch: int = 1, resolution: Optional[int] = None,
                 warmup: int = 5, repeat: int = 20, label: Optional[str] = None, progress=None) -> Dict[str, Any]:
     """One record for a .pte file (batch and resolution are the file's own; asking for others is an error)."""
-    import torch
+    from ..export.executorch import input_shape, load_pte, require_executorch, set_threads
 
-    from ..export.executorch import input_shape, load_pte, set_threads
+    require_executorch()
+    import torch
 
     set_threads(threads)  # before loading: the XNNPACK delegate takes the pool when it is initialised
     method = load_pte(path)
