@@ -224,6 +224,44 @@ def test_swin_shifted_window_mask_makes_regions_independent(kind):
         torch.testing.assert_close(out[:, idx], alone, rtol=1e-9, atol=1e-9)
 
 
+def test_swin_regions_are_numbered_densely_and_the_loop_is_static():
+    """Every window of a real Swin mask numbers its regions 0, 1, .. (at most SWIN_MAX_REGIONS); a labelling
+    beyond the static count is refused in eager mode instead of silently dropping a region."""
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    from mixa.attention import functional as AF
+    from mixa.attention.modules import SWIN_MAX_REGIONS
+
+    block = SwinTransformerBlock(16, (12, 12), num_heads=2, window_size=4, shift_size=2)
+    regions = regions_from_window_mask(block.attn_mask)
+    for window, mask in zip(regions, block.attn_mask):
+        same = mask == 0
+        torch.testing.assert_close(window[:, None] == window[None, :], same)  # one number per region
+        assert set(window.tolist()) == set(range(int(window.max()) + 1))
+    assert int(regions.max()) + 1 == SWIN_MAX_REGIONS  # the corner window: 2 x 2 regions
+    q = k = v = torch.randn(1, 2, 4, 8)
+    with pytest.raises(ValueError, match="count is 2"):
+        AF.masked_by_regions(AF.relu_linear_attention, q, k, v, torch.tensor([[0, 1, 2, 2]]), 2)
+
+
+def test_swin_with_linear_shifted_blocks_exports_with_a_dynamic_batch():
+    """Issue 20: the shifted-window blocks' regions used to be a loop over the labels present (data
+    dependent: torch.export failed on Eq(u0, 0)); now torch.export takes the model with a dynamic batch."""
+    import mixa
+    from mixa.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(2,), num_heads=(2,),
+                         embed_dim=32, img_size=56, window_size=7)
+    model = mixa.convert(model, keep=0, attn="rala", progress=False).eval()
+    assert model.layers[0].blocks[1].shift_size == (3, 3)
+    program = torch.export.export(model, (torch.randn(2, 3, 56, 56),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch")},), strict=False)
+    x = torch.randn(3, 3, 56, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_module_accepts_timm_keywords_and_rejects_causal():
     module = MixAttention(16, 2, kind="relu")
     x = torch.randn(2, 5, 16)

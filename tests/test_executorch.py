@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not executorch_available(),
                                 reason="ExecuTorch is not installed (pip install 'mixa[edge]')")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _export_helpers import tiny_model  # noqa: E402
+from _export_helpers import TINY, tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,25 @@ def test_every_kind_lowers_to_xnnpack(kind, tmp_path):
 
     result = export_pte(tiny_model("vit", kind), tmp_path / "m.pte", (3, 32, 32))
     assert result.max_abs_diff <= result.tolerance
+
+
+@pytest.mark.slow  # 1-3 min per lowering on a shared 2-core CPU
+@pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
+def test_swin_with_linear_shifted_blocks_lowers_and_matches_eager(kind, tmp_path):
+    """Issue 20: linear layers on the shifted-window blocks (keep 0: every block) lower to XNNPACK; the
+    .pte is run against eager on a new input."""
+    import mixa
+    from mixa.export.executorch import export_pte, run_pte
+    from mixa.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model(TINY["swin"][0], pretrained=False, **TINY["swin"][1])
+    model = mixa.convert(model, keep=0, attn=kind, progress=False).eval()
+    result = export_pte(model, tmp_path / "s.pte", (3, 56, 56))
+    x = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    np.testing.assert_allclose(run_pte(result.path, x.numpy()), expected, atol=1e-4, rtol=1e-4)
 
 
 def test_cli_export_and_profile_pte(tmp_path, capsys):

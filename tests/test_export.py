@@ -9,12 +9,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import mixa
 from mixa.errors import MixaError, UsageError
 from mixa.export import agreement, export_onnx, image_batches, quantize_onnx, verify_onnx
 from mixa.export.targets import at_resolution, trained_size
+from mixa.models import create_model
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _export_helpers import TINY_SIZE, image_folder, tiny_model  # noqa: E402
+from _export_helpers import TINY, TINY_SIZE, image_folder, tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["softmax", "relu", "stella", "rala"]
@@ -175,6 +177,20 @@ def test_pte_without_executorch_is_one_line_naming_the_extra(tmp_path, capsys, t
     out.write_bytes(b"not a program")
     got, _, stderr = _cli(capsys, "profile", str(out))
     assert got == 1 and "pip install 'mixa[edge]'" in stderr and len(stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # ~30-50 s per kind on a shared 2-core CPU (the dynamo exporter)
+@pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
+def test_swin_with_linear_shifted_blocks_dynamo_dynamic_batch_passes_quant_pre_process(kind, tmp_path):
+    from onnxruntime.quantization import quant_pre_process
+
+    torch.manual_seed(0)
+    model = create_model(TINY["swin"][0], pretrained=False, **TINY["swin"][1])
+    model = mixa.convert(model, keep=0, attn=kind, progress=False).eval()  # shifted blocks linear too
+    result = export_onnx(model, tmp_path / "s.onnx", (3, 56, 56), dynamic_batch=True, exporter="dynamo")
+    assert result.max_abs_diff <= result.tolerance  # verified at batch 3
+    quant_pre_process(str(tmp_path / "s.onnx"), str(tmp_path / "pre.onnx"))
+    assert (tmp_path / "pre.onnx").is_file()
 
 
 def test_cli_export_rejects_an_unknown_format(tmp_path, capsys, tiny_dir):

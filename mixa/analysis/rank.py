@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attention import MixAttention, regions_from_window_mask
+from ..attention.modules import SWIN_MAX_REGIONS
 from ..attention import functional as AF
 from ..attention.registry import get_attention_kind
 from ..errors import UsageError
@@ -98,7 +99,7 @@ def _mix_views(m: MixAttention, args, kwargs) -> _Views:
     mask = kwargs.get("mask")  # Swin's shifted-window mask, as timm passes it
     core = get_attention_kind(m.kind).core
     if mask is not None and m.kind != "softmax":
-        y = AF.masked_by_regions(core, q, k, v, regions_from_window_mask(mask))
+        y = AF.masked_by_regions(core, q, k, v, regions_from_window_mask(mask), SWIN_MAX_REGIONS)
     elif mask is not None:
         nw = mask.shape[0]
         bias = mask.to(q.dtype).view(1, nw, 1, n, n).expand(b // nw, nw, 1, n, n).reshape(b, 1, n, n)

@@ -40,6 +40,7 @@ __all__ = [
 
 RELU_EPS = 1e-5  # timm's LiteMLA value; EfficientViT's original 1e-15 gave NaN under AMP.
 RALA_EPS = 1e-6  # the RALA paper / official code.
+MASK_FILL = 1e4  # masked logits: exp(-1e4) underflows to 0 in fp32 and fp64
 
 
 def _wide(x: Tensor) -> Tensor:
@@ -168,12 +169,12 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def _masked_softmax(logits: Tensor, weights: Tensor) -> Tensor:
-    """softmax over the last dim restricted to entries with weight 1, without an infinity anywhere (a -inf
-    fill would reach an exported graph, where INT8 calibration turns it into an invalid range)."""
-    floor = logits.amin(dim=-1, keepdim=True)
-    peak = (logits * weights + floor * (1 - weights)).amax(dim=-1, keepdim=True)  # max over members
-    e = torch.exp((logits - peak).clamp_max(0.0)) * weights
-    return e / e.sum(dim=-1, keepdim=True).clamp_min(1.1754943508222875e-38)  # fp32's smallest normal
+    """softmax over the last dim restricted to entries with weight 1, for logits >= 0 (RALA's
+    q_g . kappa(k_j): both factors positive). Non-members are set to -MASK_FILL, which exp takes to exactly 0
+    in fp32 and fp64; a finite fill, since a -inf would reach an exported graph, where INT8 calibration turns
+    it into an invalid range. One Softmax node: a masked max needs a Reduce that ONNX Runtime's symbolic
+    shape inference (quant_pre_process) cannot follow at opset 18 and XNNPACK does not take."""
+    return torch.softmax(logits * weights - MASK_FILL * (1 - weights), dim=-1) * weights
 
 
 def elu_plus_one(x: Tensor) -> Tensor:
@@ -224,19 +225,30 @@ def rala_attention(q: Tensor, k: Tensor, v: Tensor, rope: Optional[Tuple[Tensor,
     return _saturating_cast(out, dtype)
 
 
+def _tracing() -> bool:
+    """True while torch.jit / torch.compile / torch.export trace the code (no data-dependent checks then)."""
+    compiler = getattr(torch, "compiler", None)
+    return torch.jit.is_tracing() or bool(compiler and (compiler.is_compiling() or
+                                                          getattr(compiler, "is_exporting", lambda: False)()))
+
+
 def masked_by_regions(core: Callable[..., Tensor], q: Tensor, k: Tensor, v: Tensor,
-                      regions: Tensor, **kwargs) -> Tensor:
+                      regions: Tensor, count: int, **kwargs) -> Tensor:
     """Run a linear core once per region and keep each token's own region's result.
 
-    regions: (W, N) integer labels (W divides B, e.g. Swin's windows per image); tokens attend only to
-    tokens of the same label -- the semantics of Swin's shifted-window mask.
+    regions: (W, N) region numbers 0 .. count - 1 (W divides B, e.g. Swin's windows per image); tokens
+    attend only to tokens of the same number -- the semantics of Swin's shifted-window mask. ``count`` is a
+    Python int, so the loop is static: exporters (torch.export, ONNX, ExecuTorch) see a fixed graph, where a
+    loop over the labels present would be data dependent. A region absent from a window gives no keys and
+    contributes nothing there (every core stays finite on an empty key set).
     """
     b, h, n, d = q.shape
     w = regions.shape[0]
-    labels = regions.to(q.device).view(1, w, 1, n).expand(b // w, w, 1, n).reshape(b, 1, n)
-    out = torch.zeros_like(v)
-    for label in torch.unique(labels).tolist():
-        member = labels == label                                     # (B, 1, N)
-        region_out = core(q, k, v, key_mask=member, **kwargs)
-        out = torch.where(member.unsqueeze(-1), region_out, out)
+    if not _tracing() and regions.numel() and int(regions.max()) >= count:
+        raise ValueError(f"regions numbered up to {int(regions.max())}, but count is {count}")
+    out = None
+    for number in range(count):
+        member = (regions == number).to(q.dtype).view(1, w, 1, n).expand(b // w, w, 1, n).reshape(b, 1, n)
+        region_out = core(q, k, v, key_mask=member, **kwargs) * member.unsqueeze(-1)
+        out = region_out if out is None else out + region_out
     return out

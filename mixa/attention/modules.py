@@ -41,9 +41,17 @@ def _grid_side(tokens: int) -> int:
 torch.fx.wrap("_grid_side")
 
 
+# A window of Swin's shifted-window attention straddles at most two of the three slices per axis the shift
+# cuts the (padded) grid into (timm's get_attn_mask): at most 2 x 2 regions.
+SWIN_MAX_REGIONS = 4
+
+
 def regions_from_window_mask(mask: Tensor) -> Tensor:
-    """Swin's additive (nW, N, N) mask (0 = same region) -> (nW, N) labels, one per region."""
-    return (mask == 0).to(torch.int8).argmax(dim=-1)
+    """Swin's additive (nW, N, N) mask (0 = same region) -> (nW, N) region numbers 0, 1, .. per window, in
+    the order of each region's first token. Only tensor ops (no data-dependent shape), so it exports."""
+    first = (mask == 0).to(torch.int8).argmax(dim=-1)               # each token's region's first token
+    leads = first == torch.arange(mask.shape[-1], device=mask.device)
+    return leads.cumsum(dim=-1).gather(-1, first) - 1
 
 
 class MixAttention(nn.Module):
@@ -160,8 +168,8 @@ class MixAttention(nn.Module):
 
     @torch.jit.unused
     def _by_regions(self, q, k, v, mask):  # unannotated: TorchScript reads an unused method's types as Tensor
-        """A linear core per Swin shifted-window region (not scriptable yet: the region loop is data-dependent)."""
-        return AF.masked_by_regions(self._linear_core, q, k, v, regions_from_window_mask(mask))
+        """A linear core per Swin shifted-window region (a static loop of SWIN_MAX_REGIONS: exportable)."""
+        return AF.masked_by_regions(self._linear_core, q, k, v, regions_from_window_mask(mask), SWIN_MAX_REGIONS)
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, mask: Optional[Tensor] = None,
                 is_causal: bool = False) -> Tensor:

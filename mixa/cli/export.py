@@ -26,8 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=None, help=".onnx: ONNX opset (default 17)")
     p.add_argument("--dynamic-batch", action="store_true", help=".onnx: make the batch dimension dynamic")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
-                   help=".onnx: torch exporter (default torchscript: works for every kind and family; dynamo "
-                        "fails on Swin with linear layers)")
+                   help=".onnx: torch exporter (default torchscript: fast, every kind and family; dynamo: slower, "
+                        "needed for a --dynamic-batch Swin that --int8 can pre-process)")
     p.add_argument("--rtol", type=float, default=1e-4,
                    help="verification tolerance: max |runtime - torch| <= RTOL * max(1, max |logits|)")
     p.add_argument("--int8", nargs="?", const="auto", choices=("auto", "dynamic", "static"), default=None,

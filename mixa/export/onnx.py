@@ -2,9 +2,11 @@
 
 Exporter: torch's TorchScript-based exporter (``dynamo=False``) is the default. It works for every
 attention kind and family on torch 2.4 .. 2.15 and takes well under a second for a tiny model. The
-dynamo exporter (``exporter="dynamo"``, torch >= 2.5 with onnxscript) handles DeiT but fails on Swin with
-linear layers (the per-region loop over Swin's shifted-window mask is data dependent for torch.export) and
-is ~10x slower; it is offered, not the default.
+dynamo exporter (``exporter="dynamo"``, torch >= 2.5 with onnxscript) handles DeiT and Swin with any layers
+replaced (the shifted-window regions are a static loop) and is ~10x slower; it is offered, not the default.
+For a dynamic-batch Swin that ONNX Runtime's INT8 pre-processing (``quant_pre_process``) must read, use it:
+the TorchScript exporter keeps timm's window-padding shape arithmetic, which ORT's symbolic shape inference
+cannot follow with a symbolic batch, for the original Swin as for mixa's.
 
 Every file carries mixa metadata (``mixa.params``, ``mixa.macs``, ``mixa.input_size``, ``mixa.source``) so
 that ``mixa profile model.onnx`` can report them on a board with no torch.
