@@ -47,14 +47,16 @@ TEACHER_DIR = SHAPES_TEACHER_DIR
 STAGES = ("data", "teacher", "plan", "convert", "distill", "eval", "export", "profile")
 # The student the plan picks: the most faithful (kind, k) at least MIN_SPEEDUP times as fast as the teacher,
 # among PLAN_KINDS x PLAN_KEEP; rows within the budget are scored after PLAN_TRANSFER_STEPS transfer steps
-# (batch PLAN_TRANSFER_BATCH) on PLAN_CALIB_IMAGES calibration images. Fewer steps than distill's transfer
-# stage: the probe only ranks the rows, and the quick start's ten minutes include it.
+# (batch PLAN_TRANSFER_BATCH) on PLAN_CALIB_IMAGES calibration images. The grid and the probe are small so
+# that the quick start stays within ten minutes on 2 cores: rala (at most 1.14x on this teacher) and k >= 6
+# (at most 1.18x) never reach 1.2x here (benchmarks/proxy/extremes), and the probe only ranks the rows
+# (distill's transfer stage does the recovery).
 MIN_SPEEDUP = 1.2
-PLAN_KINDS = ("relu", "stella", "rala")
-PLAN_KEEP = (0, 2, 4, 6)
-PLAN_TRANSFER_STEPS = 30
+PLAN_KINDS = ("relu", "stella")
+PLAN_KEEP = (0, 2, 4)
+PLAN_TRANSFER_STEPS = 20
 PLAN_TRANSFER_BATCH = 32
-PLAN_CALIB_IMAGES = 128
+PLAN_CALIB_IMAGES = 64
 # A budget slightly looser than MIN_SPEEDUP decides which rows are worth transferring: the timing of the
 # second pass may differ by a few percent from the first.
 TIMING_MARGIN = 0.95

@@ -252,8 +252,8 @@ def test_transfer_probe_lowers_every_layer_error_and_replays_exactly(original):
     settings = probe_settings(20, batch_size=6)
     students = [mixa.convert(original, attn="relu", select=[0], progress=False) for _ in range(2)]
     before = layer_errors(original, replaced_layers(students[0]), batches)
-    result = Probe(original, batches, settings).run(students[0], seed=0)
-    Probe(original, batches, settings, activation_budget_bytes=0).run(students[1], seed=0)
+    result = Probe(original, batches).run(students[0], settings, seed=0)
+    Probe(original, batches, activation_budget_bytes=0).run(students[1], settings, seed=0)
     after = layer_errors(original, replaced_layers(students[0]), batches)
     assert result["steps"] == 20 and set(after) == set(before) and len(after) == 3
     assert all(after[p] < before[p] for p in before), (before, after)

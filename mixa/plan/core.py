@@ -150,7 +150,8 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
         raise UsageError(f"clock must be one of {', '.join(CLOCKS)}; got {clock!r}")
     if isinstance(transfer_steps, bool) or not isinstance(transfer_steps, int) or transfer_steps < 0:
         raise UsageError(f"--transfer-steps must be an integer >= 0; got {transfer_steps!r}")
-    probe_config = probe_settings(transfer_steps, **(transfer or {})) if transfer_steps else None
+    transfer = dict(transfer or {})
+    probe_settings(transfer_steps or 1, **transfer)  # bad transfer settings fail here, before any work
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be >= 1; got {threads}")
     label = _label(model)
@@ -191,8 +192,9 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
             return {"agreement": faithful["top1_agreement"], "kl": faithful["mean_kl"],
                     "params": count_params(converted), "macs": count_macs(converted, size), **timing}
 
-        probe = Probe(original, batches, probe_config) if probe_config else None
-        suffix = f"_transfer{transfer_steps}_{settings_key(probe_config)}" if probe_config else ""
+        probe = Probe(original, batches) if transfer_steps else None
+        transfer_config = {kind: probe_settings(transfer_steps, kind=kind, **transfer)
+                           for kind in kinds} if transfer_steps else {}
 
         def build(kind: str, k: int, scores) -> nn.Module:
             if select == "sensitivity":  # k = 0 and k = depth need no scores
@@ -204,13 +206,14 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
         def transferred(kind: str, k: int, scores) -> Dict[str, Any]:
             """Converted (new parameters drawn from the transfer seed, so a row does not depend on the rows
             before it), measured, transferred, measured again."""
+            config = transfer_config[kind]
             with torch.random.fork_rng():
-                torch.manual_seed(int(probe_config["seed"]))
+                torch.manual_seed(int(config["seed"]))
                 converted = build(kind, k, scores)
                 entry = measure(converted)
                 entry.update(agreement_before=entry["agreement"], kl_before=entry["kl"], transfer_steps=transfer_steps)
                 if k < depth:
-                    entry["transfer"] = probe.run(converted, seed=int(probe_config["seed"]))
+                    entry["transfer"] = probe.run(converted, config, seed=int(config["seed"]))
                     faithful = agreement(reference, model_logits(converted, batches))
                     entry.update(agreement=faithful["top1_agreement"], kl=faithful["mean_kl"])
             return {**entry, "kept": converted.mixa_config["selection"]["kept"]}
@@ -230,7 +233,8 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
                 scores = cached["scores"]
             for k in ks:
                 bar.set_postfix_str(f"{kind} k={k}" + (f", {transfer_steps} transfer steps" if probe else ""))
-                name = f"{kind}_k{k}{suffix}"
+                name = (f"{kind}_k{k}_transfer{transfer_steps}_{settings_key(transfer_config[kind])}" if probe
+                        else f"{kind}_k{k}")
                 entry = cache.get(name)
                 if entry is None:
                     if probe is None:
@@ -259,7 +263,7 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
                      "latency_ms": reference_ms}
     settings.update(attn=kinds, keep=ks, rounds=rounds, repeat=repeat, warmup=warmup,
                     work_dir=None if cache.root is None else str(cache.root))
-    if probe_config:
-        settings.update(transfer_steps=transfer_steps, transfer=probe_config)
+    if transfer_steps:
+        settings.update(transfer_steps=transfer_steps, transfer=transfer_config)
     return Plan(model=label, depth=depth, rows=mark_pareto(rows), original=original_cost, settings=settings,
                 environment=environment())

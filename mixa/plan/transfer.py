@@ -1,14 +1,16 @@
 """The plan's recovery probe: ``steps`` optimiser steps of layer-wise attention transfer (mixa.transfer's
-objective, optimiser and schedule) on the calibration images, so that a row can be scored by what the
-pipeline's first stage recovers instead of by the converted model as it is.
+objective, optimiser, schedule and settings) on the calibration images, so that a row can be scored by what
+the pipeline's first stage recovers instead of by the converted model as it is.
 
-The inputs and targets of transfer are the *original's* activations (teacher-forced), the same for every row
-of a plan: they are captured once per calibration batch and replayed for every row while they fit in
-``activation_budget_bytes``; beyond that each step runs the original again (same numbers, slower).
+With teacher-forced inputs (mixa.transfer's default) the inputs and targets are the *original's* activations,
+the same for every row of a plan: they are captured once per calibration batch and replayed for every row
+while they fit in ``activation_budget_bytes``; beyond that each step runs the original again (same numbers,
+slower). Settings that feed the student's own inputs run the original every step.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from typing import Any, Dict, List, Optional
 
@@ -23,8 +25,11 @@ from ..transfer.settings import transfer_settings
 ACTIVATION_BUDGET_BYTES = 1 << 30
 
 
-def probe_settings(steps: int, **overrides) -> Dict[str, Any]:
-    """mixa.transfer's settings for ``steps`` steps (its defaults, then ``overrides``)."""
+def probe_settings(steps: int, kind: Optional[str] = None, **overrides) -> Dict[str, Any]:
+    """mixa.transfer's settings for ``steps`` steps: its defaults (for ``kind`` when it has per-kind ones),
+    then ``overrides``."""
+    if kind is not None and "kind" in inspect.signature(transfer_settings).parameters:
+        return transfer_settings(kind=kind, steps=steps, **overrides)
     return transfer_settings(steps=steps, **overrides)
 
 
@@ -50,45 +55,54 @@ class Probe:
     size, and the original's activations at every attention layer, captured on first use and kept while
     they fit in the budget."""
 
-    def __init__(self, original: nn.Module, batches: List[Tensor], settings: Dict[str, Any],
+    def __init__(self, original: nn.Module, batches: List[Tensor],
                  activation_budget_bytes: int = ACTIVATION_BUDGET_BYTES):
-        self.original, self.settings = original, settings
-        images = torch.cat(batches)
-        size = min(int(settings["batch_size"]), len(images))
-        self.batches = list(images[: len(images) // size * size].split(size))
+        self.original = original
+        self.images = torch.cat(batches)
         self.budget = activation_budget_bytes
-        self.cache: Dict[int, Dict[str, Any]] = {}
+        self.cache: Dict[tuple, Dict[str, Any]] = {}
         self.cached_bytes = 0
 
-    def _activations(self, index: int, paths: List[str]) -> Dict[str, Any]:
-        if index in self.cache and all(p in self.cache[index] for p in paths):
-            return {p: self.cache[index][p] for p in paths}
+    def batches(self, size: int) -> List[Tensor]:
+        size = min(size, len(self.images))
+        return list(self.images[: len(self.images) // size * size].split(size))
+
+    def _activations(self, size: int, index: int, paths: List[str]) -> Dict[str, Any]:
+        if (size, index) in self.cache:
+            return {p: self.cache[(size, index)][p] for p in paths}
         with torch.no_grad():
-            captured = capture(self.original, [p for p, _ in attention_layers(self.original)], self.batches[index])
-        size = _nbytes(captured)
-        if self.cached_bytes + size <= self.budget:
-            self.cache[index] = captured
-            self.cached_bytes += size
+            captured = capture(self.original, [p for p, _ in attention_layers(self.original)],
+                               self.batches(size)[index])
+        nbytes = _nbytes(captured)
+        if self.cached_bytes + nbytes <= self.budget:
+            self.cache[(size, index)] = captured
+            self.cached_bytes += nbytes
         return {p: captured[p] for p in paths}
 
-    def run(self, student: nn.Module, seed: int) -> Dict[str, Any]:
-        """``steps`` steps of transfer on ``student``'s replaced layers (in place); the batch order is drawn
-        from ``seed``. Returns the mean relative error of the layers over the last pass through the images."""
-        s = self.settings
+    def run(self, student: nn.Module, settings: Dict[str, Any], seed: int) -> Dict[str, Any]:
+        """``settings["steps"]`` steps of transfer on ``student``'s replaced layers (in place); the batch order
+        is drawn from ``seed``. Returns the mean relative error of the layers over the last pass through the
+        images."""
+        s = settings
         layers = replaced_layers(student)
-        step = TransferStep(self.original, layers, s, torch.device("cpu"), lr=float(s["lr"]),
-                            total_steps=s["steps"], warmup_steps=int(round(s["warmup_fraction"] * s["steps"])))
-        # forward_backward(batch) asks step.targets(batch) for the teacher-forced inputs and targets: here the
-        # batch is an index into the calibration batches and the answer comes from the cache
-        step.targets = lambda index: self._activations(index, list(layers))
+        extra = {"student": student} if "student" in inspect.signature(TransferStep).parameters else {}
+        step = TransferStep(self.original, layers, s, torch.device("cpu"), lr=float(s["lr"]), total_steps=s["steps"],
+                            warmup_steps=int(round(s["warmup_fraction"] * s["steps"])), **extra)
+        size = int(s["batch_size"])
+        batches = self.batches(size)
+        teacher_forced = s.get("inputs", "teacher") == "teacher"
+        if teacher_forced:
+            # forward_backward(batch) asks step.targets(batch) for the teacher-forced inputs and targets: here
+            # the batch is an index into the calibration batches and the answer comes from the cache
+            step.targets = lambda index: self._activations(size, index, list(layers))
         order = torch.Generator().manual_seed(seed)
         recent: List[float] = []
         with torch.enable_grad():
             for n in range(s["steps"]):
-                if n % len(self.batches) == 0:
-                    perm = torch.randperm(len(self.batches), generator=order).tolist()
-                errors = step.forward_backward(perm[n % len(self.batches)])
-                recent = (recent + [errors.mean().item()])[-len(self.batches):]
+                if n % len(batches) == 0:
+                    perm = torch.randperm(len(batches), generator=order).tolist()
+                index = perm[n % len(batches)]
+                errors = step.forward_backward(index if teacher_forced else batches[index])
+                recent = (recent + [errors.mean().item()])[-len(batches):]
         student.eval()
         return {"steps": s["steps"], "final_error": sum(recent) / len(recent)}
-
