@@ -9,6 +9,7 @@ The saved-model format lives in ``mixa.saved``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -18,6 +19,27 @@ from typing import Any, Iterator, Union
 from .errors import MixaError
 
 PathLike = Union[str, os.PathLike]
+
+
+# errors that say the place cannot take a write, whatever is written
+_WRITE_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
+def os_error_message(err: OSError, path: Union[PathLike, None] = None) -> str:
+    """One line for an OSError on ``path`` (default: the error's own file name), as the user reads it:
+    ``cannot write out/run: read-only file system``."""
+    path = path if path is not None else err.filename
+    why = _why(err)
+    if path is None:
+        return why
+    if err.errno in _WRITE_ERRNOS:
+        return f"cannot write {path}: {why}"
+    return f"{path}: {why}"
+
+
+def _why(err: OSError) -> str:
+    why = err.strerror or type(err).__name__
+    return why[:1].lower() + why[1:]
 
 
 def _umask() -> int:
@@ -49,8 +71,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as err:  # name the file the user asked for, not our temporary one
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-        why = f"{blocker} is not a directory" if blocker is not None else (err.strerror or str(err))
-        raise MixaError(f"cannot write {path}: {why}") from None
+        if blocker is not None:
+            raise MixaError(f"cannot write {path}: {blocker} is not a directory") from None
+        raise MixaError(f"cannot write {path}: {_why(err)}") from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -64,7 +87,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
 
 def make_temp_dir(parent: PathLike, prefix: str) -> Path:
     """A temporary directory inside ``parent`` with normal permissions (to be renamed into place)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    except OSError as err:  # name the directory the user gave, not the temporary one
+        raise MixaError(f"cannot write {parent}: {_why(err)}") from None
     normal_permissions(path)
     return path
 

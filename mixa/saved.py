@@ -181,6 +181,24 @@ def load(directory: PathLike, device: str = "cpu") -> nn.Module:
     return model.to(device).eval()
 
 
+def is_converted(model: nn.Module) -> bool:
+    """Whether any attention layer of ``model`` is a replaced (non-softmax) one; families mixa does not
+    convert (e.g. ravlt_*) are not converted models."""
+    try:
+        return any(layer_kind(m) != "softmax" for _, m in attention_layers(model))
+    except UsageError:
+        return False
+
+
+def recorded_original(model: nn.Module) -> Union[Original, nn.Module]:
+    """THE resolution of "the recorded original" (eval's reference, the default teacher of distill and
+    transfer): a converted model's original as recorded (an ``Original``: ``build_original`` builds it);
+    an unconverted model is its own original and is returned as is (callers that train it take a frozen
+    copy). Whatever config a saved unconverted model carries (e.g. the random-init architecture its
+    weights were trained from) is not its reference: its weights are."""
+    return original_of(model) if is_converted(model) else model
+
+
 def build_original(original: Original, checkpoint: Optional[str] = None) -> nn.Module:
     """A recorded original (the default teacher) with its recorded weights, or ``checkpoint``. Errors say
     what to pass when those weights can't be had."""

@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from ..io import atomic_path
+from ..io import atomic_path, os_error_message
 
 IMAGE_SIZE = 32
 OBJECT_SIZE = 6
@@ -405,9 +405,8 @@ def write_image_folder(root: Union[str, os.PathLike], seed: int = 0,
     small to hold all 8 classes is an error.
     """
     classes = get_task(task).classes
-
-
     sizes = {"train": 2000, "val": 1000} if sizes is None else dict(sizes)
+    check_classes_covered(seed, sizes, image_size, task)
     root = Path(root)
     for split, n in sizes.items():
         indices: Sequence[int] = range(int(n))
@@ -422,10 +421,25 @@ def write_image_folder(root: Union[str, os.PathLike], seed: int = 0,
                 continue
             with atomic_path(path) as tmp:
                 Image.fromarray(sample["image"]).save(tmp, format="PNG")
-        missing = [name for name in classes if not (root / split / name).is_dir()]
-        if missing:
-            raise ValueError(f"split {split!r} with {n} images misses classes {missing}; write more images")
     return root
+
+
+def check_classes_covered(seed: int, sizes: Dict[str, int], image_size: Optional[int] = None,
+                          task: str = DEFAULT_TASK) -> None:
+    """ValueError when a split of ``sizes`` would miss a class, raised before anything is written (an
+    ImageFolder numbers only the class folders it finds). Labels are drawn in the order the images are,
+    and the draw stops once every class has been seen: a few dozen scenes for a sensible split."""
+    classes = get_task(task).classes
+    for split, n in sizes.items():
+        seen = set()
+        for i in range(int(n)):
+            if len(seen) == len(classes):
+                break
+            seen.add(make_sample(seed, split, i, image_size, task)["label"])
+        if len(seen) < len(classes):
+            missing = [name for c, name in enumerate(classes) if c not in seen]
+            raise ValueError(f"split {split!r} with {n} images misses classes {missing} (every class needs "
+                             f"an image); write more images")
 
 
 def class_names(task: str = DEFAULT_TASK) -> List[str]:
@@ -465,7 +479,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except OSError as err:
         if args.debug:
             raise
-        print(f"{p.prog}: error: {err}", file=sys.stderr)
+        print(f"{p.prog}: error: {os_error_message(err)}", file=sys.stderr)
         return 1
     print(f"{args.task}: {', '.join(f'{k} {v}' for k, v in sizes.items())} images (seed {args.seed}) in {out}")
     return 0

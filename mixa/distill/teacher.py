@@ -2,6 +2,7 @@
 the original model recorded in the student's config (the same resolution for distill, eval, transfer)."""
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ from torch import nn
 from ..data import data_config
 from ..errors import MixaError, UsageError
 from ..models import create_model
-from ..saved import Original, build_original, is_model_dir, load, load_target, original_of, read_config
+from ..saved import Original, build_original, load, load_target, original_of
+from ..saved import recorded_original as saved_original
 
 ModelSource = Union[str, os.PathLike, nn.Module]
 
@@ -26,24 +28,28 @@ def load_model(model: ModelSource, **source) -> nn.Module:
     return load_target(str(model), **{k: v for k, v in source.items() if v is not None})
 
 
-def recorded_original(model: ModelSource, loaded: Optional[nn.Module] = None) -> Optional[Original]:
-    """How the model's original was built (timm name, kwargs, weights), from a saved model's config or
-    from the model itself (mixa.saved.original_of); None when it can't be recorded."""
-    if not isinstance(model, nn.Module) and is_model_dir(model):
-        return read_config(model).original
+def recorded_original(model: ModelSource, loaded: Optional[nn.Module] = None) -> Union[Original, nn.Module, None]:
+    """The model's original as mixa.saved.recorded_original resolves it (an Original to build, or the
+    unconverted model itself); None when it can't be recorded."""
     try:
-        return original_of(loaded if loaded is not None else model)
+        return saved_original(loaded if loaded is not None else load_model(model))
     except UsageError:
         return None
 
 
-def build_teacher(teacher, original: Optional[Original], checkpoint: Optional[str] = None) -> nn.Module:
-    """The frozen teacher. ``None``/"auto": the ``original`` recorded for the student (its timm pretrained
-    weights or checkpoint, its timm kwargs; the input size stays the student's). A saved mixa directory, a
-    timm name/alias (pretrained, or ``checkpoint``) or an nn.Module also work."""
+def build_teacher(teacher, original: Union[Original, nn.Module, None],
+                  checkpoint: Optional[str] = None) -> nn.Module:
+    """The frozen teacher. ``None``/"auto": the ``original`` recorded for the student (recorded_original:
+    its timm pretrained weights or checkpoint, its timm kwargs, the input size staying the student's; an
+    unconverted student is its own original). A saved mixa directory, a timm name/alias (pretrained, or
+    ``checkpoint``) or an nn.Module also work."""
     if isinstance(teacher, nn.Module):
         model = teacher
+    elif (teacher is None or teacher == "auto") and isinstance(original, nn.Module) and checkpoint is None:
+        model = copy.deepcopy(unwrap(original))  # an unconverted model is its own original: a frozen copy
     elif teacher is None or teacher == "auto":
+        if isinstance(original, nn.Module):  # its architecture, with the weights of --teacher-checkpoint
+            original = original_of(unwrap(original))
         if original is None:
             raise MixaError("the model records no original to compare with; pass --teacher NAME|DIR")
         if (checkpoint or original.checkpoint) is None and original.pretrained is False \

@@ -205,7 +205,8 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
                "train_ce": sums.ce / sums.batches, "train_kd": sums.kd / sums.batches, "lr": stepper.current_lr(),
                "images_per_s": seen / train_time, "val_top1": val["top1"], "val_top5": val["top5"],
                "val_loss": val["loss"], "agreement_top1": val.get("agreement_top1"), "mean_kl": val.get("mean_kl"),
-               "skipped_images": int(sums.skipped) + val["skipped"], "epoch_time_s": train_time}
+               "skipped_images": int(sums.skipped) + val["skipped"], "skipped_train_images": int(sums.skipped),
+               "skipped_val_images": val["skipped"], "epoch_time_s": train_time}
         if stepper.ema is not None:
             ema_val = evaluate_loader(stepper.ema.module, val_dl, None, dist.device, stepper.dtype, dist)
             row.update({"ema_val_top1": ema_val["top1"], "ema_val_top5": ema_val["top5"]})
@@ -227,6 +228,8 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
                            + (f"  agree {row['agreement_top1']:.2f}" if row["agreement_top1"] is not None else "")
                            + f"  lr {row['lr']:.2e}  {row['images_per_s']:.1f} img/s")
             if row["skipped_images"]:
-                tqdm.write(f"mixa distill: {row['skipped_images']} unreadable image(s) skipped in epoch {epoch + 1}")
+                tqdm.write(f"mixa distill: epoch {epoch + 1}: {row['skipped_train_images']} unreadable training "
+                           f"image(s) replaced by readable ones, {row['skipped_val_images']} unreadable val "
+                           f"image(s) left out")
         dist.barrier()
     return {**row, "best_top1": best, "epochs_done": end_epoch, "run": str(run)}
