@@ -145,6 +145,8 @@ def choose_student(teacher, calib, min_speedup: float, work_dir: Path, progress:
     for kind, ks in ks_by_kind.items():
         rows += plan(teacher, calib, attn=[kind], keep=ks, transfer_steps=PLAN_TRANSFER_STEPS,
                      transfer={"batch_size": PLAN_TRANSFER_BATCH}, **common).rows
+    for r in rows:  # one latency scale for rows timed in several plans: the first plan's reference
+        r.latency_ms = timed.original["latency_ms"] / r.speedup
     rows = mark_pareto(rows)
     if rows:
         say(f"    the rows within {min_speedup:g}x (less a {100 * (1 - TIMING_MARGIN):.0f}% timing margin), "
