@@ -20,7 +20,7 @@ a linear core: each region is an independent self-attention (``masked_by_regions
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.fx
@@ -242,13 +242,18 @@ def masked_by_regions(core: Callable[..., Tensor], q: Tensor, k: Tensor, v: Tens
     loop over the labels present would be data dependent. A region absent from a window gives no keys and
     contributes nothing there (every core stays finite on an empty key set).
     """
-    b, h, n, d = q.shape
-    w = regions.shape[0]
     if not _tracing() and regions.numel() and int(regions.max()) >= count:
         raise ValueError(f"regions numbered up to {int(regions.max())}, but count is {count}")
     out = None
-    for number in range(count):
-        member = (regions == number).to(q.dtype).view(1, w, 1, n).expand(b // w, w, 1, n).reshape(b, 1, n)
+    for member in region_members(regions, count, q.shape[0], q.dtype):
         region_out = core(q, k, v, key_mask=member, **kwargs) * member.unsqueeze(-1)
         out = region_out if out is None else out + region_out
     return out
+
+
+def region_members(regions: Tensor, count: int, batch: int, dtype: torch.dtype) -> List[Tensor]:
+    """(batch, 1, N) 0/1 key masks of region numbers 0 .. count - 1, from (W, N) ``regions`` (W divides batch:
+    the windows of each image). MixAttention's scriptable region loop uses it too."""
+    w, n = regions.shape[0], regions.shape[1]
+    return [(regions == number).to(dtype).view(1, w, 1, n).expand(batch // w, w, 1, n).reshape(batch, 1, n)
+            for number in range(count)]

@@ -46,6 +46,27 @@ torch.fx.wrap("_grid_side")
 SWIN_MAX_REGIONS = 4
 
 
+@torch.jit.interface
+class _Attends(nn.Module):
+    """What ``_attend_as_one_call`` needs of a MixAttention (an interface type, so that TorchScript can compile
+    an FX graph that passes the layer to it)."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], mask: Optional[Tensor],
+               is_causal: bool) -> Tensor:
+        pass
+
+
+def _attend_as_one_call(module: _Attends, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
+                        mask: Optional[Tensor], is_causal: bool) -> Tensor:
+    """``module.attend``, recorded by torch.fx as one call. A traced timm ViT passes its ``attn_mask`` and
+    ``is_causal`` arguments down as graph inputs, so whether a mask is given is known only at run time --
+    as in timm's own ``resolve_self_attn_mask``, that decision stays out of the traced graph."""
+    return module.attend(q, k, v, attn_mask, mask, is_causal)
+
+
+torch.fx.wrap("_attend_as_one_call")
+
+
 def regions_from_window_mask(mask: Tensor) -> Tensor:
     """Swin's additive (nW, N, N) mask (0 = same region) -> (nW, N) region numbers 0, 1, .. per window, in
     the order of each region's first token. Only tensor ops (no data-dependent shape), so it exports."""
@@ -166,10 +187,38 @@ class MixAttention(nn.Module):
             keep = regions if keep is None else keep & regions
         return keep
 
-    @torch.jit.unused
-    def _by_regions(self, q, k, v, mask):  # unannotated: TorchScript reads an unused method's types as Tensor
-        """A linear core per Swin shifted-window region (a static loop of SWIN_MAX_REGIONS: exportable)."""
-        return AF.masked_by_regions(self._linear_core, q, k, v, regions_from_window_mask(mask), SWIN_MAX_REGIONS)
+    def _by_regions(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """The linear core per Swin shifted-window region, a static loop of SWIN_MAX_REGIONS (exportable):
+        ``AF.masked_by_regions`` written out with the layer's own core, so that TorchScript compiles it."""
+        out: Optional[Tensor] = None
+        for member in AF.region_members(regions_from_window_mask(mask), SWIN_MAX_REGIONS, q.shape[0], q.dtype):
+            region_out = self._linear_core(q, k, v, key_mask=member) * member.unsqueeze(-1)
+            out = region_out if out is None else out + region_out
+        assert out is not None
+        return out
+
+    @torch.jit.export
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], mask: Optional[Tensor],
+                is_causal: bool) -> Tensor:
+        """The core under timm's masks: (B, heads, N, d) q, k, v -> the attention result, same shape."""
+        b, n = q.shape[0], q.shape[2]
+        if self.kind == "softmax":
+            if mask is not None:  # Swin's (nW, N, N) window mask
+                nw = mask.shape[0]
+                mask = mask.to(q.dtype).view(1, nw, 1, n, n).expand(b // nw, nw, 1, n, n).reshape(b, 1, n, n)
+                attn_mask = mask if attn_mask is None else attn_mask + mask
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        if is_causal:
+            raise ValueError(f"{self.kind} attention does not support is_causal=True")
+        if hasattr(self, "_quadratic_core"):
+            return self._quadratic_core(q, k, v, attn_mask=self._pair_mask(attn_mask, mask, b, n))
+        if hasattr(self, "_linear_core"):
+            if mask is not None:
+                return self._by_regions(q, k, v, mask)
+            if attn_mask is not None:
+                return self._linear_core(q, k, v, key_mask=self._key_mask_from(attn_mask, b, n))
+            return self._linear_core(q, k, v)
+        raise RuntimeError("unreachable: every kind has a core")
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, mask: Optional[Tensor] = None,
                 is_causal: bool = False) -> Tensor:
@@ -177,27 +226,10 @@ class MixAttention(nn.Module):
         b, n, c = x.shape
         q, k, v = self._heads(x)
         q, k = self.q_norm(q), self.k_norm(k)
-
-        if self.kind == "softmax":
-            if mask is not None:  # Swin's (nW, N, N) window mask
-                nw = mask.shape[0]
-                mask = mask.to(q.dtype).view(1, nw, 1, n, n).expand(b // nw, nw, 1, n, n).reshape(b, 1, n, n)
-                attn_mask = mask if attn_mask is None else attn_mask + mask
-            y = AF.softmax_attention(q, k, v, attn_mask=attn_mask) if not is_causal else \
-                torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
-        elif is_causal:
-            raise ValueError(f"{self.kind} attention does not support is_causal=True")
-        elif hasattr(self, "_quadratic_core"):
-            y = self._quadratic_core(q, k, v, attn_mask=self._pair_mask(attn_mask, mask, b, n))
-        elif hasattr(self, "_linear_core"):
-            if mask is not None:
-                y = self._by_regions(q, k, v, mask)
-            elif attn_mask is not None:
-                y = self._linear_core(q, k, v, key_mask=self._key_mask_from(attn_mask, b, n))
-            else:
-                y = self._linear_core(q, k, v)
+        if torch.jit.is_scripting():
+            y = self.attend(q, k, v, attn_mask, mask, is_causal)
         else:
-            raise RuntimeError("unreachable: every kind has a core")
+            y = _attend_as_one_call(self, q, k, v, attn_mask, mask, is_causal)
 
         if self.lepe is not None:
             y = y + self._lepe(v)

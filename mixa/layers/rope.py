@@ -9,14 +9,15 @@ from __future__ import annotations
 from typing import Dict, Tuple
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 
-def rope_angles(head_dim: int) -> Tensor:
+def rope_angles(head_dim: int, device=None, dtype=None) -> Tensor:
     """The per-pair angle vector of length head_dim/2 (what RAVLT stores as the ``angle`` buffer)."""
     if head_dim % 4:
         raise ValueError(f"2-D RoPE needs a head dim divisible by 4; got {head_dim}")
-    theta = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 4))
+    theta = 1.0 / (10000 ** torch.linspace(0, 1, head_dim // 4, device=device, dtype=dtype))
     return theta.repeat_interleave(2)
 
 
@@ -32,18 +33,26 @@ def rope_2d_tables(angle: Tensor, height: int, width: int) -> Tuple[Tensor, Tens
 def _tracing() -> bool:
     compiler = getattr(torch, "compiler", None)
     compiling = compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling()
-    return compiling or torch.jit.is_tracing() or torch.jit.is_scripting()
+    return compiling or torch.jit.is_tracing() or _fx_tracing()
+
+
+def _fx_tracing() -> bool:
+    """torch.fx.symbolic_trace under way (torch >= 2.5 names it is_fx_symbolic_tracing)."""
+    fx = torch.fx._symbolic_trace
+    return getattr(fx, "is_fx_symbolic_tracing", fx.is_fx_tracing)()
 
 
 class RoPE2d(nn.Module):
     """Holds the ``angle`` buffer and returns cached (cos, sin) tables for a grid size."""
 
-    def __init__(self, head_dim: int):
+    def __init__(self, head_dim: int, device=None, dtype=None):
         super().__init__()
-        self.register_buffer("angle", rope_angles(head_dim))
+        self.register_buffer("angle", rope_angles(head_dim, device=device, dtype=dtype))
         self._cache: Dict[Tuple[int, int], Tuple[Tensor, Tensor]] = {}
 
     def forward(self, height: int, width: int) -> Tuple[Tensor, Tensor]:
+        if torch.jit.is_scripting():  # (TorchScript compiles only this branch)
+            return rope_2d_tables(self.angle.float(), height, width)
         if _tracing():  # a graph must compute the tables, not capture a Python-side cache
             return rope_2d_tables(self.angle.float(), height, width)
         key = (height, width)

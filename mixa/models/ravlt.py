@@ -12,8 +12,8 @@ view of channels-last memory, and the softmax stages use SDPA. The attention mat
     model = timm.create_model("ravlt_s", num_classes=100, drop_path_rate=0.15)
     model = mixa.models.create_model("ravlt_s", checkpoint="RAVLT_S.pth")   # official file, strict
 """
-from __future__ import annotations
-
+# (No ``from __future__ import annotations``: torch.fx copies forward's annotations into the code of a traced
+# graph, where TorchScript must resolve them.)
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -44,8 +44,9 @@ class RAVLTAttention(nn.Module):
     Y is RALA (``kind="rala"``) or softmax attention (``kind="softmax"``), both with 2-D RoPE on q, k.
     """
 
-    def __init__(self, dim: int, num_heads: int, kind: str = "rala"):
+    def __init__(self, dim: int, num_heads: int, kind: str = "rala", device=None, dtype=None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if kind not in ("rala", "softmax"):
             raise ValueError(f"RAVLT attention is 'rala' or 'softmax', not {kind!r}")
         if dim % num_heads:
@@ -53,9 +54,9 @@ class RAVLTAttention(nn.Module):
         self.kind = kind
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
-        self.qkvo = PointwiseLinear(dim, 4 * dim)
-        self.lepe = nn.Conv2d(dim, dim, 5, padding=2, groups=dim)
-        self.proj = PointwiseLinear(dim, dim)
+        self.qkvo = PointwiseLinear(dim, 4 * dim, **dd)
+        self.lepe = nn.Conv2d(dim, dim, 5, padding=2, groups=dim, **dd)
+        self.proj = PointwiseLinear(dim, dim, **dd)
 
     def project(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         """x (B, H, W, C) -> q, k, v (B, heads, N, d) and the gate o (B, H, W, C)."""
@@ -69,7 +70,7 @@ class RAVLTAttention(nn.Module):
         """The attention result Y (B, heads, N, d) before LePE and gate."""
         if self.kind == "rala":
             return AF.rala_attention(q, k, v, rope=rope)
-        cos, sin = (t.to(q.dtype) for t in rope)
+        cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
         return AF.softmax_attention(AF.apply_rope(q, cos, sin), AF.apply_rope(k, cos, sin), v)
 
     def forward(self, x: Tensor, rope: Tuple[Tensor, Tensor]) -> Tensor:
@@ -91,9 +92,9 @@ class RAVLTAttention(nn.Module):
 class LayerNormLast(nn.Module):
     """LayerNorm over channels of channels-last input, stored as ``<name>.norm`` like the official one."""
 
-    def __init__(self, dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, eps: float = 1e-6, device=None, dtype=None):
         super().__init__()
-        self.norm = nn.LayerNorm(dim, eps=eps)
+        self.norm = nn.LayerNorm(dim, eps=eps, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(x)
@@ -102,41 +103,38 @@ class LayerNormLast(nn.Module):
 class ConvFFN(nn.Module):
     """fc1 -> GELU -> h + DWConv3x3(h) -> fc2, on channels-last input."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, device=None, dtype=None):
         super().__init__()
-        self.fc1 = PointwiseLinear(dim, hidden)
+        dd = {"device": device, "dtype": dtype}
+        self.fc1 = PointwiseLinear(dim, hidden, **dd)
         self.act = nn.GELU()
-        self.fc2 = PointwiseLinear(hidden, dim)
-        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = PointwiseLinear(hidden, dim, **dd)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, **dd)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.act(self.fc1(x))
-        x = x + _conv_last(self.dwconv, x)
+        x = x + self.dwconv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # NCHW view of channels-last memory
         return self.fc2(x)
-
-
-def _conv_last(conv: nn.Module, x: Tensor) -> Tensor:
-    """Apply an NCHW conv to channels-last (B, H, W, C) data through a free NCHW view."""
-    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class RAVLTBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, kind: str, mlp_ratio: float = 3.5, drop_path: float = 0.0,
-                 layer_scale_init: float = 1.0):
+                 layer_scale_init: float = 1.0, device=None, dtype=None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         # Registration order = the official state-dict order.
         # (1, C, 1, 1) as in the official NCHW model; viewed as (C,) on channels-last activations.
-        self.gamma_1 = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init)))
-        self.gamma_2 = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init)))
-        self.norm1 = LayerNormLast(dim)
-        self.attn = RAVLTAttention(dim, num_heads, kind)
-        self.norm2 = LayerNormLast(dim)
-        self.ffn = ConvFFN(dim, int(dim * mlp_ratio))
-        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.gamma_1 = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init), **dd))
+        self.gamma_2 = nn.Parameter(torch.full((1, dim, 1, 1), float(layer_scale_init), **dd))
+        self.norm1 = LayerNormLast(dim, **dd)
+        self.attn = RAVLTAttention(dim, num_heads, kind, **dd)
+        self.norm2 = LayerNormLast(dim, **dd)
+        self.ffn = ConvFFN(dim, int(dim * mlp_ratio), **dd)
+        self.pos = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, rope: Tuple[Tensor, Tensor]) -> Tensor:
-        x = x + _conv_last(self.pos, x)
+        x = x + self.pos(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = x + self.drop_path(self.gamma_1.view(-1) * self.attn(self.norm1(x), rope))
         x = x + self.drop_path(self.gamma_2.view(-1) * self.ffn(self.norm2(x)))
         return x
@@ -145,10 +143,10 @@ class RAVLTBlock(nn.Module):
 class Downsample(nn.Module):
     """conv3x3 stride 2 + BatchNorm, channels-last in and out."""
 
-    def __init__(self, dim: int, out_dim: int):
+    def __init__(self, dim: int, out_dim: int, device=None, dtype=None):
         super().__init__()
-        self.reduction = nn.Conv2d(dim, out_dim, 3, stride=2, padding=1)
-        self.norm = nn.BatchNorm2d(out_dim)
+        self.reduction = nn.Conv2d(dim, out_dim, 3, stride=2, padding=1, device=device, dtype=dtype)
+        self.norm = nn.BatchNorm2d(out_dim, device=device, dtype=dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.norm(self.reduction(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
@@ -158,18 +156,23 @@ class RAVLTStage(nn.Module):
     """Blocks of one stage sharing a RoPE table holder; the downsample (if any) runs after them."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, kind: str, out_dim: Optional[int],
-                 mlp_ratio: float, drop_path: Sequence[float], layer_scale_init: float):
+                 mlp_ratio: float, drop_path: Sequence[float], layer_scale_init: float, device=None, dtype=None):
         super().__init__()
-        self.RoPE = RoPE2d(dim // num_heads)  # noqa: N815 (official state-dict name)
+        dd = {"device": device, "dtype": dtype}
+        self.RoPE = RoPE2d(dim // num_heads, **dd)  # noqa: N815 (official state-dict name)
         self.blocks = nn.ModuleList([
-            RAVLTBlock(dim, num_heads, kind, mlp_ratio, drop_path[i], layer_scale_init) for i in range(depth)])
-        self.downsample = Downsample(dim, out_dim) if out_dim is not None else None
+            RAVLTBlock(dim, num_heads, kind, mlp_ratio, drop_path[i], layer_scale_init, **dd) for i in range(depth)])
+        self.downsample = Downsample(dim, out_dim, **dd) if out_dim is not None else None
         self.grad_checkpointing = False
 
     def forward_blocks(self, x: Tensor) -> Tensor:
         rope = self.RoPE(x.shape[1], x.shape[2])
+        if torch.jit.is_scripting():  # (TorchScript compiles only this branch: no checkpointing)
+            for block in self.blocks:
+                x = block(x, rope)
+            return x
         for block in self.blocks:
-            if self.grad_checkpointing and x.requires_grad and not torch.jit.is_scripting():
+            if self.grad_checkpointing and x.requires_grad:
                 x = torch.utils.checkpoint.checkpoint(block, x, rope, use_reentrant=False)
             else:
                 x = block(x, rope)
@@ -183,14 +186,15 @@ class RAVLTStage(nn.Module):
 class Stem(nn.Module):
     """Four conv3x3 (strides 2, 1, 1, 2) with BN, GELU between: ``patch_embed.proj.{0..10}``."""
 
-    def __init__(self, in_chans: int, dim: int):
+    def __init__(self, in_chans: int, dim: int, device=None, dtype=None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         half = dim // 2
         self.proj = nn.Sequential(
-            nn.Conv2d(in_chans, half, 3, 2, 1), nn.BatchNorm2d(half), nn.GELU(),
-            nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), nn.GELU(),
-            nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), nn.GELU(),
-            nn.Conv2d(half, dim, 3, 2, 1), nn.BatchNorm2d(dim),
+            nn.Conv2d(in_chans, half, 3, 2, 1, **dd), nn.BatchNorm2d(half, **dd), nn.GELU(),
+            nn.Conv2d(half, half, 3, 1, 1, **dd), nn.BatchNorm2d(half, **dd), nn.GELU(),
+            nn.Conv2d(half, half, 3, 1, 1, **dd), nn.BatchNorm2d(half, **dd), nn.GELU(),
+            nn.Conv2d(half, dim, 3, 2, 1, **dd), nn.BatchNorm2d(dim, **dd),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -202,17 +206,21 @@ class RAVLT(nn.Module):
     def __init__(self, in_chans: int = 3, num_classes: int = 1000, embed_dims: Sequence[int] = (64, 128, 256, 512),
                  depths: Sequence[int] = (2, 2, 6, 2), num_heads: Sequence[int] = (1, 2, 4, 8),
                  mlp_ratio: float = 3.5, head_dim: int = 1024, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
-                 layer_scale_init: Sequence[float] = (1.0, 1.0, 1.0, 1.0), global_pool: str = "avg"):
+                 layer_scale_init: Sequence[float] = (1.0, 1.0, 1.0, 1.0), global_pool: str = "avg",
+                 device=None, dtype=None):
         super().__init__()
+        dd = {"device": device, "dtype": dtype}
         if global_pool not in ("avg", ""):
             raise ValueError(f"RAVLT supports global_pool 'avg' or '' (none); got {global_pool!r}")
+        self.in_chans = in_chans
+        self.output_fmt = "NCHW"  # forward_features, and forward without pooling, return (B, C, H, W)
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.embed_dims = list(embed_dims)
         self.num_features = embed_dims[-1]
         self.head_hidden_size = head_dim
         self.drop_rate = drop_rate
-        self.patch_embed = Stem(in_chans, embed_dims[0])
+        self.patch_embed = Stem(in_chans, embed_dims[0], **dd)
         total = sum(depths)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear from 0
         self.layers = nn.ModuleList()
@@ -221,12 +229,12 @@ class RAVLT(nn.Module):
         for i, depth in enumerate(depths):
             out_dim = embed_dims[i + 1] if i + 1 < len(depths) else None
             self.layers.append(RAVLTStage(embed_dims[i], depth, num_heads[i], STAGE_KINDS[i], out_dim, mlp_ratio,
-                                          rates[start:start + depth], layer_scale_init[i]))
+                                          rates[start:start + depth], layer_scale_init[i], **dd))
             self.feature_info.append(dict(num_chs=embed_dims[i], reduction=4 * 2 ** i, module=f"layers.{i}"))
             start += depth
-        self.proj = PointwiseLinear(embed_dims[-1], head_dim)
-        self.norm = nn.BatchNorm1d(head_dim)  # over channels of (B*H*W, C): the official BatchNorm2d's maths
-        self.head = PointwiseLinear(head_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.proj = PointwiseLinear(embed_dims[-1], head_dim, **dd)
+        self.norm = nn.BatchNorm1d(head_dim, **dd)  # over channels of (B*H*W, C): the official BatchNorm2d's maths
+        self.head = PointwiseLinear(head_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
 
     @staticmethod
@@ -260,10 +268,16 @@ class RAVLT(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        self.num_classes = num_classes
+        """A new head (on the model's device and dtype) for ``num_classes`` (0: none); ``global_pool`` 'avg' or ''
+        (no pooling: forward returns (B, C, H, W) maps); None keeps the current pooling."""
         if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"RAVLT supports global_pool 'avg' or '' (none); got {global_pool!r}")
             self.global_pool = global_pool
-        self.head = PointwiseLinear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_classes = num_classes
+        reference = next(self.parameters())
+        self.head = (PointwiseLinear(self.head_hidden_size, num_classes, device=reference.device, dtype=reference.dtype)
+                     if num_classes > 0 else nn.Identity())
         if num_classes > 0:
             self._init_weights(self.head)
 
@@ -313,7 +327,8 @@ class RAVLT(nn.Module):
         if self.global_pool == "avg":
             x = x.mean(dim=(1, 2))
         x = F.dropout(x, self.drop_rate, self.training) if self.drop_rate > 0 else x
-        return x if pre_logits else self.head(x)
+        x = x if pre_logits else self.head(x)
+        return x if self.global_pool == "avg" else x.permute(0, 3, 1, 2)  # unpooled maps: NCHW, as output_fmt says
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
