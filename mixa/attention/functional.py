@@ -168,13 +168,13 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotated * sin
 
 
-def _masked_softmax(logits: Tensor, weights: Tensor) -> Tensor:
+def _masked_softmax(logits: Tensor, weights: Tensor, fill: float = MASK_FILL) -> Tensor:  # (TorchScript: no globals)
     """softmax over the last dim restricted to entries with weight 1, for logits >= 0 (RALA's
     q_g . kappa(k_j): both factors positive). Non-members are set to -MASK_FILL, which exp takes to exactly 0
     in fp32 and fp64; a finite fill, since a -inf would reach an exported graph, where INT8 calibration turns
     it into an invalid range. One Softmax node: a masked max needs a Reduce that ONNX Runtime's symbolic
     shape inference (quant_pre_process) cannot follow at opset 18 and XNNPACK does not take."""
-    return torch.softmax(logits * weights - MASK_FILL * (1 - weights), dim=-1) * weights
+    return torch.softmax(logits * weights - fill * (1 - weights), dim=-1) * weights
 
 
 def elu_plus_one(x: Tensor) -> Tensor:

@@ -77,6 +77,8 @@ def regions_from_window_mask(mask: Tensor) -> Tensor:
 
 class MixAttention(nn.Module):
     __jit_unused_properties__ = ["options"]  # Python-side config, not part of a scripted forward
+    __constants__ = ["max_regions"]  # TorchScript reads a module constant, not a global
+    max_regions = SWIN_MAX_REGIONS
 
     def __init__(self, dim: int, num_heads: int, kind: str = "rala", qkv_bias: bool = True,
                  proj_bias: bool = True, num_prefix_tokens: int = 0, gate: Union[str, bool, None] = None,
@@ -191,7 +193,7 @@ class MixAttention(nn.Module):
         """The linear core per Swin shifted-window region, a static loop of SWIN_MAX_REGIONS (exportable):
         ``AF.masked_by_regions`` written out with the layer's own core, so that TorchScript compiles it."""
         out: Optional[Tensor] = None
-        for member in AF.region_members(regions_from_window_mask(mask), SWIN_MAX_REGIONS, q.shape[0], q.dtype):
+        for member in AF.region_members(regions_from_window_mask(mask), self.max_regions, q.shape[0], q.dtype):
             region_out = self._linear_core(q, k, v, key_mask=member) * member.unsqueeze(-1)
             out = region_out if out is None else out + region_out
         assert out is not None
@@ -218,7 +220,8 @@ class MixAttention(nn.Module):
             if attn_mask is not None:
                 return self._linear_core(q, k, v, key_mask=self._key_mask_from(attn_mask, b, n))
             return self._linear_core(q, k, v)
-        raise RuntimeError("unreachable: every kind has a core")
+        # Reached only under TorchScript, when the core function failed to compile (the attribute is then dropped)
+        raise RuntimeError(f"the {self.kind} core did not compile with TorchScript; torch.jit.script(core) says why")
 
     def forward(self, x: Tensor, attn_mask: Optional[Tensor] = None, mask: Optional[Tensor] = None,
                 is_causal: bool = False) -> Tensor:
