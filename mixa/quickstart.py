@@ -115,9 +115,10 @@ def _run_stage(out: Path, name: str, fn: Callable[[], Dict[str, Any]], say: Call
         say(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name}: done before (kept from {path})")
         return result
     say(f"[{STAGES.index(name) + 1}/{len(STAGES)}] {name} ...")
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = fn()
     result["_seconds"] = round(time.perf_counter() - start, 2)
+    result["_cpu_seconds"] = round(time.process_time() - cpu_start, 2)  # all threads of this process
     timings[name] = result["_seconds"]
     write_json(path, result)
     return result
@@ -419,6 +420,7 @@ def _summary(results, select, timings, call_s, reused, threads) -> Dict[str, Any
         "kept_layers": c["kept"], "transfer_steps": results["distill"].get("transfer_steps", 0),
         "val_images": e["images"], "threads": threads,
         "stage_seconds": {k: v for k, v in timings.items()}, "total_seconds": round(sum(timings.values()), 2),
+        "stage_cpu_seconds": {k: results[k].get("_cpu_seconds") for k in timings},
         "this_call_seconds": round(call_s, 2), "stages_reused": reused,
         "distill_settings": results["distill"]["settings"],
     }
