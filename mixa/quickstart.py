@@ -57,6 +57,9 @@ PLAN_KEEP = (0, 2, 4)
 PLAN_TRANSFER_STEPS = 20
 PLAN_TRANSFER_BATCH = 32
 PLAN_CALIB_IMAGES = 64
+# Transfer steps of the distill stage when mixa distill does not transfer by default (its default decides
+# otherwise): the measured quick start run (docs/quickstart.md) used 100.
+TRANSFER_STEPS_IF_DISTILL_DOES_NOT = 100
 # A budget slightly looser than MIN_SPEEDUP decides which rows are worth transferring: the timing of the
 # second pass may differ by a few percent from the first.
 TIMING_MARGIN = 0.95
@@ -208,10 +211,9 @@ def quickstart(output="mixa-quickstart", attn: str = "auto", keep: Optional[int]
     settings = {**RECIPE, "seed": seed, **{k: v for k, v in recipe.items() if v is not None}}
     if "transfer_steps" not in settings:
         from .distill.recipes import DEFAULTS as DISTILL_DEFAULTS
-        from .plan.settings import DEFAULT_TRANSFER_STEPS
 
         if not DISTILL_DEFAULTS.get("transfer_steps"):  # recovery is transfer-first, whatever distill's default
-            settings["transfer_steps"] = DEFAULT_TRANSFER_STEPS
+            settings["transfer_steps"] = TRANSFER_STEPS_IF_DISTILL_DOES_NOT
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     if threads is not None:
         torch.set_num_threads(int(threads))
@@ -371,7 +373,8 @@ def speed_line(speedup: float, min_speedup: Optional[float]) -> str:
     else:
         line = f"student SLOWER than the teacher ({speedup:.2f}x: {1 / speedup:.2f}x the teacher's time)"
     if min_speedup is not None and speedup < min_speedup:
-        line += f"; the plan's budget was {min_speedup:g}x (timed again here: the machine's load differs)"
+        line += (f"; {speedup:.3f}x is below the plan's budget of {min_speedup:g}x (timed again here: the "
+                 f"machine's load differs)")
     return line + " (ONNX Runtime, batch 1, 1 thread, side by side)"
 
 

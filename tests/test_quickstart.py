@@ -133,7 +133,8 @@ def test_summary_says_plainly_when_the_student_is_slower():
     assert speed_line(1.25, 1.2).startswith("student 1.25x as fast as the teacher")
     slower = speed_line(0.8, None)
     assert "SLOWER" in slower and "1.25x the teacher's time" in slower
-    assert "budget was 1.2x" in speed_line(1.1, 1.2)
+    assert "1.199x is below the plan's budget of 1.2x" in speed_line(1.1989, 1.2)
+    assert "budget" not in speed_line(1.2, 1.2)
 
 
 def test_quickstart_rejects_bad_input(capsys):
