@@ -154,8 +154,8 @@ def test_low_precision_stable_at_16k_tokens(kind, dtype, scale):
 
 
 def test_registry_lists_kinds_and_costs():
-    assert list_attention_kinds() == ["softmax", "relu-quadratic", "relu", "stella", "rala"]
-    assert list_attention_kinds(linear_only=True) == ["relu", "stella", "rala"]
+    assert list_attention_kinds() == ["softmax", "relu-quadratic", "relu", "stella", "rala", "hedgehog"]
+    assert list_attention_kinds(linear_only=True) == ["relu", "stella", "rala", "hedgehog"]
     assert list_keep_kinds() == ["softmax", "relu-quadratic"]
     assert get_attention_kind("softmax").core_macs(2, 10, 4) == 2 * 2 * 10 * 10 * 4
     with pytest.raises(ValueError, match="unknown attention kind"):
@@ -344,3 +344,58 @@ def test_gate_option_validation_and_old_bool_configs():
         MixAttention(16, 2, kind="rala", gate="tanh")
     with pytest.raises(ValueError, match="odd"):
         MixAttention(16, 2, kind="rala", lepe_kernel=4)
+
+
+# ---- hedgehog: the paper's feature map and linear attention, naively ----
+
+def ref_hedgehog(q, k, v, weight_q, weight_k, eps=1e-6):
+    """Hedgehog (ICLR 2024): per head h and token, phi(x) = [softmax(W_h^T x), softmax(-W_h^T x)]; the
+    attention weights A_ij = phi(q_i) . phi(k_j) / sum_l phi(q_i) . phi(k_l), built one head at a time."""
+    out = torch.empty_like(v)
+    for h in range(q.shape[1]):
+        def phi(x, w):
+            z = torch.einsum("bnd,dm->bnm", x, w)
+            return torch.cat([torch.exp(z) / torch.exp(z).sum(-1, keepdim=True),
+                              torch.exp(-z) / torch.exp(-z).sum(-1, keepdim=True)], dim=-1)
+        fq, fk = phi(q[:, h], weight_q[h]), phi(k[:, h], weight_k[h])
+        a = torch.einsum("bim,bjm->bij", fq, fk)
+        out[:, h] = torch.einsum("bij,bjd->bid", a, v[:, h]) / (a.sum(-1, keepdim=True) + eps)
+    return out
+
+
+def test_hedgehog_core_matches_the_papers_formula():
+    q, k, v = qkv(h=3, d=16)
+    weight_q, weight_k = (torch.randn(3, 16, 12, dtype=torch.float64) for _ in range(2))  # d' = 12 != d
+    out = AF.hedgehog_attention(q, k, v, weight_q=weight_q, weight_k=weight_k)
+    torch.testing.assert_close(out, ref_hedgehog(q, k, v, weight_q, weight_k), rtol=1e-9, atol=1e-9)
+    member = torch.zeros(1, 1, q.shape[-2], dtype=torch.bool)
+    member[..., 4:20] = True
+    masked = AF.hedgehog_attention(q, k, v, weight_q=weight_q, weight_k=weight_k, key_mask=member)[:, :, 4:20]
+    alone = ref_hedgehog(q[:, :, 4:20], k[:, :, 4:20], v[:, :, 4:20], weight_q, weight_k)
+    torch.testing.assert_close(masked, alone, rtol=1e-9, atol=1e-9)
+
+
+def test_hedgehog_module_starts_at_the_identity_map_and_trains_its_map():
+    module = MixAttention(32, 2, kind="hedgehog", num_prefix_tokens=1).double()
+    eye = torch.eye(16, dtype=torch.float64).expand(2, 16, 16)
+    assert torch.equal(module.feature_map.weight_q, eye) and torch.equal(module.feature_map.weight_k, eye)
+    x = torch.randn(2, 17, 32, dtype=torch.float64)
+    b, n, c = x.shape
+    q, k, v = module.qkv(x).reshape(b, n, 3, 2, 16).permute(2, 0, 3, 1, 4)
+    expected = module.proj(ref_hedgehog(q, k, v, eye, eye).transpose(1, 2).reshape(b, n, c))
+    torch.testing.assert_close(module(x), expected, rtol=1e-9, atol=1e-9)
+    module(x).sum().backward()
+    assert module.feature_map.weight_q.grad.abs().sum() > 0 and module.feature_map.weight_k.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.float16, 250.0), (torch.bfloat16, 1e4)])
+def test_hedgehog_stable_in_low_precision_and_reduces_in_fp32(dtype, scale):
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 2, 4096, 32, generator=gen) * scale for _ in range(3))
+    weight = torch.eye(32).expand(2, 32, 32)
+    recorder = ShapeRecorder()
+    with recorder, torch.autocast("cpu", dtype=dtype):
+        out = AF.hedgehog_attention(q.to(dtype), k.to(dtype), v.to(dtype), weight_q=weight, weight_k=weight)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    assert recorder.matmul_dtypes == {torch.float32}
+    assert not [s for s in recorder.shapes if sum(dim >= 4096 for dim in s) >= 2]

@@ -237,3 +237,55 @@ def test_bad_input_is_one_clear_line(world, tmp_path, capsys, monkeypatch):
     code = _fails(capsys, "nothing to resume", "-m", student, "--data-dir", data, "--output", run, "--resume")
     assert code == 2
     assert not (tmp_path / "run").exists(), "a failed start writes nothing"
+
+
+# ------------------------------------------------------------------------------------------ every kind
+
+def _peaked_original(depth=2):
+    """A tiny ViT whose softmax attention is peaked (q and k rows scaled up: about half of each query's
+    weight on one of 17 keys), like the peaked layers of the extremes teacher (0.4 on one of 257)."""
+    torch.manual_seed(0)
+    model = create_model(BASE, pretrained=False, **{**TINY, "depth": depth})
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight[:64].mul_(15.0)
+    return model.eval()
+
+
+def _transferred(original, kind, images, steps, **settings):
+    """keep-0 student of ``kind``, its held-out error before, and after ``steps`` of transfer (kind defaults)."""
+    from mixa.transfer.layerwise import TransferStep
+    from mixa.transfer.settings import transfer_settings
+
+    student = mixa.convert(original, keep=0, attn=kind, progress=False).eval()
+    layers = _replaced(student)
+    train, held = images[:-1], images[-1:]
+    before = layer_errors(original, layers, held)
+    s = transfer_settings(kind, steps=steps, amp="none", workers=0, **settings)
+    stepper = TransferStep(original, layers, s, torch.device("cpu"), s["lr"], steps,
+                           int(round(s["warmup_fraction"] * steps)), student=student)
+    for step in range(steps):
+        stepper.forward_backward(train[step % len(train)])
+    return student, before, layer_errors(original, layers, held)
+
+
+def _softmax_rows(layer, x):
+    b, n, c = x.shape
+    q, k, _ = layer.qkv(x).reshape(b, n, 3, layer.num_heads, -1).permute(2, 0, 3, 1, 4)
+    return torch.softmax(q @ k.transpose(-1, -2) * layer.head_dim ** -0.5, dim=-1)
+
+
+def test_peaked_attention_premise():
+    original = _peaked_original()
+    x = original.blocks[0].norm1(original._pos_embed(original.patch_embed(torch.randn(8, 3, 32, 32))))
+    rows = _softmax_rows(original.blocks[0].attn, x)
+    assert rows.max(-1).values.mean() > 0.4  # uniform: 1/17 = 0.06
+
+
+@pytest.mark.parametrize("kind", mixa.attention.list_attention_kinds(linear_only=True))
+def test_transfer_lowers_every_kinds_held_out_error_on_peaked_attention(kind):
+    torch.manual_seed(1)
+    images = [torch.randn(16, 3, 32, 32) for _ in range(5)]
+    _, before, after = _transferred(_peaked_original(), kind, images, steps=30)
+    for path in before:
+        assert after[path] < 0.6 * before[path], (kind, path, before[path], after[path])

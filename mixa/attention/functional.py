@@ -33,6 +33,9 @@ __all__ = [
     "relu_linear_attention",
     "stella_attention",
     "rala_attention",
+    "hedgehog_features",
+    "feature_linear_attention",
+    "hedgehog_attention",
     "elu_plus_one",
     "apply_rope",
     "masked_by_regions",
@@ -40,6 +43,7 @@ __all__ = [
 
 RELU_EPS = 1e-5  # timm's LiteMLA value; EfficientViT's original 1e-15 gave NaN under AMP.
 RALA_EPS = 1e-6  # the RALA paper / official code.
+HEDGEHOG_EPS = 1e-6  # positive features: each query's normaliser is a sum of positive terms
 MASK_FILL = 1e4  # masked logits: exp(-1e4) underflows to 0 in fp32 and fp64
 
 
@@ -223,6 +227,37 @@ def rala_attention(q: Tensor, k: Tensor, v: Tensor, rope: Optional[Tuple[Tensor,
     weighted = k * p_column                                               # p_j kappa(k_j), (B, H, N, d)
     out = _mm(q, _mm(weighted.transpose(-2, -1), v)) / (den + eps)
     return _saturating_cast(out, dtype)
+
+
+def hedgehog_features(x: Tensor, weight: Tensor) -> Tensor:
+    """Hedgehog's feature map (ICLR 2024), per head: phi(x) = [softmax(x W), softmax(-x W)] over the feature
+    axis, in at least fp32. x (B, H, N, d), weight (H, d, m) -> (B, H, N, 2m). Every feature is positive and
+    each half sums to 1: phi keeps softmax's spiky, monotonic shape (a large q.k stays large)."""
+    z = _mm(_wide(x), _wide(weight))
+    return torch.cat([torch.softmax(z, dim=-1), torch.softmax(-z, dim=-1)], dim=-1)
+
+
+def feature_linear_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None,
+                             eps: float = HEDGEHOG_EPS) -> Tensor:
+    """Normalised linear attention on features already computed (non-negative, e.g. ``hedgehog_features``):
+    O_i = q_i (sum_j k_j^T v_j) / (q_i . sum_j k_j + eps) -- a weighted mean of v, so it cannot overflow.
+    The core of a kind whose feature map is a learnable module (MixAttention applies the map first)."""
+    dtype = v.dtype
+    q, k, v = _wide(q), _wide(k), _wide(v)
+    w = _key_weights(key_mask, k)
+    if w is not None:
+        k = k * w
+    kv = _mm(k.transpose(-2, -1), v)                        # (B, H, features, dv)
+    k_sum = k.sum(dim=-2, keepdim=True).transpose(-2, -1)   # (B, H, features, 1)
+    return _saturating_cast(_mm(q, kv) / (_mm(q, k_sum) + eps), dtype)
+
+
+def hedgehog_attention(q: Tensor, k: Tensor, v: Tensor, weight_q: Tensor, weight_k: Tensor,
+                       key_mask: Optional[Tensor] = None) -> Tensor:
+    """Linear attention with Hedgehog's learnable feature maps (one (d, m) map per head for q, one for k):
+    O_i = phi_q(q_i) (sum_j phi_k(k_j)^T v_j) / (phi_q(q_i) . sum_j phi_k(k_j) + eps)."""
+    features_q, features_k = hedgehog_features(q, weight_q), hedgehog_features(k, weight_k)
+    return feature_linear_attention(features_q, features_k, v, key_mask).to(v.dtype)
 
 
 def _tracing() -> bool:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..layers.gates import describe_gate, make_gate, reset_gate
 from . import functional as AF
+from .feature_maps import make_feature_map
 from .registry import get_attention_kind
 
 
@@ -103,6 +104,8 @@ class MixAttention(nn.Module):
         if use_lepe and (lepe_kernel < 1 or lepe_kernel % 2 == 0):
             raise ValueError(f"lepe_kernel must be odd and positive; got {lepe_kernel}")
         self.lepe = nn.Conv2d(dim, dim, lepe_kernel, padding=lepe_kernel // 2, groups=dim) if use_lepe else None
+        # a learnable kernel (the hedgehog kind): applied to q and k before the core, which then works on features
+        self.feature_map = make_feature_map(defaults.get("feature_map"), num_heads, self.head_dim)
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
         # Only one of _linear_core / _quadratic_core exists: forward tests with hasattr, which TorchScript
@@ -115,8 +118,10 @@ class MixAttention(nn.Module):
         self.reset_new_parameters()
 
     def reset_new_parameters(self) -> None:
-        """Gate = 1 and LePE = 0: the layer is then exactly its kernelised attention."""
+        """Gate = 1, LePE = 0, a feature map at its start: the layer is then exactly its kernelised attention."""
         reset_gate(self.gate)
+        if self.feature_map is not None:
+            self.feature_map.reset_parameters()
         if self.lepe is not None:
             nn.init.zeros_(self.lepe.weight)
             nn.init.zeros_(self.lepe.bias)
@@ -229,6 +234,8 @@ class MixAttention(nn.Module):
         b, n, c = x.shape
         q, k, v = self._heads(x)
         q, k = self.q_norm(q), self.k_norm(k)
+        if self.feature_map is not None:  # a learnable kernel (hedgehog): the core works on its features
+            q, k = self.feature_map(q, k)
         if torch.jit.is_scripting():
             y = self.attend(q, k, v, attn_mask, mask, is_causal)
         else:

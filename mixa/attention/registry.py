@@ -92,3 +92,12 @@ register_attention(AttentionKind(
     description="rank-augmented linear attention (RALA, CVPR 2025) with output gate and LePE",
     module_defaults={"gate": "identity", "lepe": True},
 ))
+register_attention(AttentionKind(
+    name="hedgehog",
+    core=AF.feature_linear_attention,  # on the features MixAttention.feature_map computes
+    linear=True,
+    # feature maps q W, k W (2 N d^2), phi(k)^T v and phi(q) KV with 2d features (4 N d^2), denominator (2 N d)
+    core_macs=lambda h, n, d: h * (6 * n * d * d + 2 * n * d),
+    description="linear attention with learnable Hedgehog feature maps (ICLR 2024), built to be transferred",
+    module_defaults={"feature_map": "hedgehog"},
+))

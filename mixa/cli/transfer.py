@@ -5,12 +5,12 @@ from mixa.cli._common import add_data_loading_arguments, add_model_source_argume
 HELP = "train the replaced attention layers to reproduce the original's softmax layers (before distill)"
 
 OVERRIDES = ("steps", "batch_size", "workers", "lr", "weight_decay", "clip_grad", "seed", "amp",
-             "save_every_steps", "eval_images")
+             "save_every_steps", "eval_images", "inputs", "train")
 
 
 def add_arguments(p) -> None:
     from mixa.distill.recipes import AMP_MODES
-    from mixa.transfer.settings import DEFAULTS
+    from mixa.transfer.settings import DEFAULTS, INPUTS, TRAIN_PARTS
 
     p.add_argument("-m", "--model", required=True, metavar="NAME|DIR",
                    help="the student: a saved mixa model with replaced attention layers (from mixa convert)")
@@ -31,7 +31,13 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("settings")
     g.add_argument("--steps", type=int, metavar="N", help=f"optimiser steps (default {DEFAULTS['steps']})")
     add_data_loading_arguments(g, f"global batch (default {DEFAULTS['batch_size']})")
-    g.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULTS['lr']})")
+    g.add_argument("--lr", type=float, help=f"peak learning rate (default {DEFAULTS['lr']}; some kinds have "
+                                            f"their own, see docs/transfer.md)")
+    g.add_argument("--inputs", choices=INPUTS,
+                   help="each layer's input: the original's activation there (teacher: every layer learns "
+                        "alone) or the student's own, as the layers before it make it (student)")
+    g.add_argument("--train", metavar="all|PART,...", type=_train_parts,
+                   help=f"which parts of a replaced layer learn: all, or a comma list of {', '.join(TRAIN_PARTS)}")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--clip-grad", type=float, help="max gradient norm (0: off)")
     g.add_argument("--seed", type=int)
@@ -65,6 +71,20 @@ def run(args) -> int:
     if args.json:
         write_json(args.json, result)
     return 0
+
+
+def _train_parts(text: str) -> str:
+    """argparse type of --train: a usage error (exit 2) for an unknown part."""
+    import argparse
+
+    from mixa.errors import UsageError
+    from mixa.transfer.settings import train_parts
+
+    try:
+        train_parts(text)
+    except UsageError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def _fmt(value) -> str:

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..distill.optim import clipped_step, create_optimizer, create_scheduler, param_groups
 from ..distill.precision import autocast, autocast_dtype
 from ..errors import MixaError
+from .settings import train_parts
 
 # (positional args, keyword args, output) of one reference layer for one batch
 Activation = Tuple[Tuple[Any, ...], Dict[str, Any], Tensor]
@@ -61,6 +62,21 @@ def capture(reference: nn.Module, paths: List[str], images: Tensor) -> Dict[str,
     return captured
 
 
+def set_trainable(layers: Dict[str, nn.Module], train="all") -> None:
+    """Only the named parts (mixa.transfer.settings.TRAIN_PARTS) of every layer learn; the rest is frozen.
+    A part a layer does not have (rala's LePE in a relu layer) is skipped; ``all`` trains every parameter
+    of the layers (q/k norms included, where a model has them)."""
+    parts = train_parts(train)
+    for layer in layers.values():
+        layer.requires_grad_(train == "all")
+        for part in parts:
+            module = getattr(layer, part, None)
+            if isinstance(module, nn.Module):
+                module.requires_grad_(True)
+    if not any(p.requires_grad for layer in layers.values() for p in layer.parameters()):
+        raise MixaError(f"train={train!r} leaves no parameter to learn in these layers")
+
+
 def check_reference(reference: nn.Module, paths: List[str]) -> None:
     """Every replaced layer's path must exist in the reference (the same architecture)."""
     for path in paths:
@@ -87,15 +103,34 @@ class LayerSet(nn.Module):
         return torch.stack(errors)
 
 
+@torch.no_grad()
+def capture_own(student: nn.Module, reference: nn.Module, paths: List[str], images: Tensor) -> Dict[str, Activation]:
+    """Run ``student`` once on ``images``; for each layer at ``paths`` return its inputs there and, as the
+    target, the reference's (softmax) layer applied to those same inputs."""
+    captured = capture(student, paths, images)
+    return {path: (args, kwargs, reference.get_submodule(path)(*args, **kwargs).detach())
+            for path, (args, kwargs, _) in captured.items()}
+
+
 class TransferStep:
-    """One optimiser step of transfer: a forward of the reference (teacher-forcing inputs and targets),
-    each layer on its own inputs, AdamW with timm's per-step cosine schedule, clipping, AMP; under torchrun
-    the layers' gradients are averaged by DistributedDataParallel."""
+    """One optimiser step of transfer: the inputs and targets of every layer, each layer on its inputs,
+    AdamW with timm's per-step cosine schedule, clipping, AMP; under torchrun the layers' gradients are
+    averaged by DistributedDataParallel.
+
+    ``settings["inputs"]``: ``teacher`` -- one forward of the reference gives every layer's input and target
+    (teacher-forced); ``student`` -- one forward of ``student`` (no gradient) gives every layer's own input
+    as the layers before it (already being trained) make it, and the target is the reference layer on that
+    input. ``settings["train"]``: which parts of each layer learn (mixa.transfer.settings.TRAIN_PARTS)."""
     def __init__(self, reference: nn.Module, layers: Dict[str, nn.Module], settings: Dict[str, Any],
                  device: torch.device, lr: float, total_steps: int, warmup_steps: int, ddp: bool = False,
-                 to_reference: Optional[Callable[[Tensor], Tensor]] = None):
+                 to_reference: Optional[Callable[[Tensor], Tensor]] = None, student: Optional[nn.Module] = None):
         self.reference, self.settings, self.device = reference, settings, device
         self.to_reference = to_reference
+        self.inputs = settings.get("inputs", "teacher")
+        if self.inputs == "student" and student is None:
+            raise ValueError("inputs='student' needs the student model")
+        self.student = student
+        set_trainable(layers, settings.get("train", "all"))
         self.layer_set = LayerSet(layers)
         self.net = self.layer_set
         if ddp:
@@ -109,6 +144,13 @@ class TransferStep:
 
     def targets(self, images: Tensor) -> Dict[str, Activation]:
         with autocast(self.device, self.dtype):
+            if self.inputs == "student":
+                mode = self.student.training
+                self.student.eval()
+                try:
+                    return capture_own(self.student, self.reference, self.layer_set.paths, images)
+                finally:
+                    self.student.train(mode)
             x = self.to_reference(images) if self.to_reference is not None else images
             return capture(self.reference, self.layer_set.paths, x)
 

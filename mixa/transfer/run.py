@@ -56,13 +56,13 @@ def transfer(student: ModelSource, data_dir, output, teacher=None, *, teacher_ch
     plans ``steps``). Returns the last metrics row plus ``run`` and ``complete``.
     """
     run, state = open_run(output, resume, "transfer")
+    given = {k: v for k, v in overrides.items() if v is not None}
     if state is not None:
-        settings = transfer_settings(**{**state["settings"], **{k: v for k, v in overrides.items() if v is not None}})
-    else:
-        settings = transfer_settings(**overrides)
+        given = {**state["settings"], **given}  # a resumed run keeps its resolved settings
+    transfer_settings(**given)  # bad settings fail before the models load
     dist = Dist(device)
     try:
-        return _run(student, dict(source or {}), data_dir, run, teacher, teacher_checkpoint, settings, state,
+        return _run(student, dict(source or {}), data_dir, run, teacher, teacher_checkpoint, given, state,
                     stop_after, dist, progress)
     finally:
         dist.close()
@@ -83,19 +83,23 @@ def _datasets(data_dir, student: nn.Module, settings: Dict[str, Any], per_proces
     return loader, holdout
 
 
-def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoint, settings, state, stop_after,
-         dist: Dist, progress: bool) -> Dict[str, Any]:
+def student_kind(layers: Dict[str, nn.Module]) -> Optional[str]:
+    """The one attention kind of the replaced layers (None when they mix kinds)."""
+    kinds = {layer_kind(m) for m in layers.values()}
+    return kinds.pop() if len(kinds) == 1 else None
 
-    s = settings
+
+def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoint, given, state, stop_after,
+         dist: Dist, progress: bool) -> Dict[str, Any]:
+    # Everything that can fail on user input is checked before anything is written.
+    random_seed(int(transfer_settings(**given)["seed"]), dist.rank)  # (the seed is not a kind's setting)
+    student = load_model(student_source, **source)
+    layers = replaced_layers(student)
+    s = settings = transfer_settings(student_kind(layers), **given)
     if s["batch_size"] % dist.world:
         raise UsageError(f"batch_size {s['batch_size']} is not divisible by the {dist.world} processes")
     per_process = s["batch_size"] // dist.world
-    random_seed(int(s["seed"]), dist.rank)
-
-    # Everything that can fail on user input is checked before anything is written.
     autocast_dtype(s["amp"], dist.device)
-    student = load_model(student_source, **source)
-    layers = replaced_layers(student)
     train_dl, holdout = _datasets(data_dir, student, s, per_process, dist)
     reference = build_teacher(teacher, recorded_original(student_source, student), teacher_checkpoint)
     check_reference(reference, list(layers))
@@ -103,13 +107,11 @@ def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoin
         load_last_weights(student, run, f"the student {student_source}")
     for param in student.parameters():  # only the replaced layers learn (the optimiser holds only theirs)
         param.requires_grad_(False)
-    for layer in layers.values():
-        layer.requires_grad_(True)
     student.to(dist.device).eval()
     reference.to(dist.device)
     warmup = int(round(s["warmup_fraction"] * s["steps"]))
     stepper = TransferStep(reference, layers, s, dist.device, s["lr"], s["steps"], warmup, ddp=dist.enabled,
-                           to_reference=renormalizer(student, reference))
+                           to_reference=renormalizer(student, reference), student=student)
 
     history = []
     if state is not None:

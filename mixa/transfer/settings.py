@@ -1,7 +1,7 @@
 """Settings of a transfer run: the defaults, then flags on top (no torch: the CLI reads them for --help)."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..distill.recipes import AMP_MODES
 from ..errors import UsageError
@@ -26,15 +26,36 @@ DEFAULTS: Dict[str, Any] = {
     "workers": "auto",        # data-loader processes per process; auto: min(4, available cores)
     "save_every_steps": 200,  # write RUN/last every N steps (0: at the end only)
     "eval_images": 256,       # held-out images (DIR/val) for the per-layer error; 0: none
+    "inputs": "teacher",      # each layer's input: the reference's activation (teacher) or the student's own
+    "train": "all",           # which parameters of a replaced layer learn: all, or a comma list of TRAIN_PARTS
 }
 
+INPUTS = ("teacher", "student")
+# the parts of a replaced layer (mixa.attention.MixAttention's submodules) that --train can name
+TRAIN_PARTS = ("qkv", "proj", "gate", "lepe", "feature_map")
 
-def transfer_settings(**overrides) -> Dict[str, Any]:
-    """DEFAULTS <- overrides that are not None, validated."""
+
+def train_parts(value) -> tuple:
+    """'all' or a comma list of TRAIN_PARTS -> the tuple of parts."""
+    if value == "all":
+        return TRAIN_PARTS
+    parts = tuple(p.strip() for p in str(value).split(",") if p.strip())
+    unknown = [p for p in parts if p not in TRAIN_PARTS]
+    if not parts or unknown:
+        raise UsageError(f"train must be 'all' or a comma list of {', '.join(TRAIN_PARTS)}, got {value!r}")
+    return parts
+
+
+# Per attention kind, what differs from DEFAULTS (measured on the extremes proxy; see docs/transfer.md).
+KIND_DEFAULTS: Dict[str, Dict[str, Any]] = {}
+
+
+def transfer_settings(kind: Optional[str] = None, **overrides) -> Dict[str, Any]:
+    """DEFAULTS <- the kind's KIND_DEFAULTS (when ``kind`` is given) <- overrides that are not None, validated."""
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise UsageError(f"unknown transfer setting(s): {', '.join(unknown)}")
-    s = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    s = {**DEFAULTS, **KIND_DEFAULTS.get(kind, {}), **{k: v for k, v in overrides.items() if v is not None}}
     for key in ("steps", "batch_size"):
         if isinstance(s[key], bool) or not isinstance(s[key], int) or s[key] < 1:
             raise UsageError(f"{key} must be a positive integer, got {s[key]!r}")
@@ -47,6 +68,9 @@ def transfer_settings(**overrides) -> Dict[str, Any]:
         raise UsageError(f"warmup_fraction must be in [0, 1], got {s['warmup_fraction']!r}")
     if s["amp"] not in AMP_MODES:
         raise UsageError(f"amp must be one of {', '.join(AMP_MODES)}, got {s['amp']!r}")
+    if s["inputs"] not in INPUTS:
+        raise UsageError(f"inputs must be one of {', '.join(INPUTS)}, got {s['inputs']!r}")
+    train_parts(s["train"])
     if s["workers"] != "auto" and (isinstance(s["workers"], bool) or not isinstance(s["workers"], int)
                                    or s["workers"] < 0):
         raise UsageError(f"workers must be 'auto' or an integer >= 0, got {s['workers']!r}")
