@@ -24,10 +24,11 @@ def tiny_model(family: str, kind: str = "softmax", keep: int = 1):
     model = create_model(name, pretrained=False, **kwargs)
     if kind != "softmax":
         model = mixa.convert(model, keep=keep, attn=kind, select="first", progress=False)
-        # New parameters start neutral (gate 1, LePE 0); make them matter so the export is really checked.
+        # New parameters start neutral (gate 1, LePE 0, feature map identity); make them matter so the export
+        # is really checked.
         with torch.no_grad():
             for name_, p in model.named_parameters():
-                if ".gate." in name_ or ".lepe." in name_:
+                if ".gate." in name_ or ".lepe." in name_ or ".feature_map." in name_:
                     p.add_(0.05 * torch.randn_like(p))
     return model.eval()
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _export_helpers import TINY, TINY_SIZE, image_folder, tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-KINDS = ["softmax", "relu", "stella", "rala"]
+KINDS = ["softmax", "relu", "stella", "rala", "hedgehog"]
 
 
 def _ort_logits(path, x):

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..attention import functional as AF
+from . import functional as AF
 
 FEATURE_MAPS = ("hedgehog",)
 
