@@ -242,18 +242,19 @@ def test_bad_input_is_one_clear_line(world, tmp_path, capsys, monkeypatch):
 # ------------------------------------------------------------------------------------------ every kind
 
 def _peaked_original(depth=2):
-    """A tiny ViT whose softmax attention is peaked (q and k rows scaled up: about half of each query's
-    weight on one of 17 keys), like the peaked layers of the extremes teacher (0.4 on one of 257)."""
+    """A tiny ViT whose softmax attention is peaked (q and k rows scaled up: on average 0.3 of a query's
+    weight on its top key of 17, uniform would be 0.06), as trained ViTs' attention is."""
     torch.manual_seed(0)
     model = create_model(BASE, pretrained=False, **{**TINY, "depth": depth})
     with torch.no_grad():
         for block in model.blocks:
-            block.attn.qkv.weight[:64].mul_(15.0)
+            block.attn.qkv.weight[:64].mul_(10.0)
     return model.eval()
 
 
-def _transferred(original, kind, images, steps, **settings):
-    """keep-0 student of ``kind``, its held-out error before, and after ``steps`` of transfer (kind defaults)."""
+def _transferred(original, kind, images, steps):
+    """The keep-0 student of ``kind`` after ``steps`` of transfer with its kind's settings, and its
+    held-out layer errors before and after."""
     from mixa.transfer.layerwise import TransferStep
     from mixa.transfer.settings import transfer_settings
 
@@ -261,7 +262,7 @@ def _transferred(original, kind, images, steps, **settings):
     layers = _replaced(student)
     train, held = images[:-1], images[-1:]
     before = layer_errors(original, layers, held)
-    s = transfer_settings(kind, steps=steps, amp="none", workers=0, **settings)
+    s = transfer_settings(kind, steps=steps, amp="none", workers=0)
     stepper = TransferStep(original, layers, s, torch.device("cpu"), s["lr"], steps,
                            int(round(s["warmup_fraction"] * steps)), student=student)
     for step in range(steps):
@@ -269,23 +270,53 @@ def _transferred(original, kind, images, steps, **settings):
     return student, before, layer_errors(original, layers, held)
 
 
-def _softmax_rows(layer, x):
+def _weight_rows(layer, x):
+    """Each query's attention weights over the keys, (B, H, N, N), from the paper formulas written out
+    (gate and LePE, which act outside the weights, left out): softmax for the original; the kernel's
+    products normalised per query for relu / rala / hedgehog; stella's fixed 1 / (N sqrt d)."""
+    import torch.nn.functional as F
+
     b, n, c = x.shape
     q, k, _ = layer.qkv(x).reshape(b, n, 3, layer.num_heads, -1).permute(2, 0, 3, 1, 4)
-    return torch.softmax(q @ k.transpose(-1, -2) * layer.head_dim ** -0.5, dim=-1)
+    d = q.shape[-1]
+    kind = getattr(layer, "kind", "softmax")
+    if kind == "softmax":
+        return torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1)
+    if kind == "stella":
+        return F.relu(q) @ F.relu(k).transpose(-1, -2) / (n * d ** 0.5)
+    if kind == "relu":
+        a = F.relu(q) @ F.relu(k).transpose(-1, -2)
+    elif kind == "rala":
+        fq, fk = F.elu(q) + 1, F.elu(k) + 1
+        p = torch.softmax(fq.mean(-2, keepdim=True) @ fk.transpose(-1, -2) / d ** 0.5, dim=-1)
+        a = (fq @ fk.transpose(-1, -2)) * p
+    else:
+        def phi(t, w):
+            z = torch.einsum("bhnd,hdm->bhnm", t, w)
+            return torch.cat([z.exp() / z.exp().sum(-1, keepdim=True), (-z).exp() / (-z).exp().sum(-1, keepdim=True)], -1)
+        a = phi(q, layer.feature_map.weight_q) @ phi(k, layer.feature_map.weight_k).transpose(-1, -2)
+    return a / a.sum(-1, keepdim=True)
 
 
-def test_peaked_attention_premise():
+def test_transfer_lowers_every_kinds_held_out_error_and_hedgehog_imitates_softmax_best():
+    """On peaked attention, transfer lowers the held-out error of every kind; the learnable kind (hedgehog)
+    ends with the lowest error and with attention weights closer to softmax's than every fixed kernel."""
     original = _peaked_original()
-    x = original.blocks[0].norm1(original._pos_embed(original.patch_embed(torch.randn(8, 3, 32, 32))))
-    rows = _softmax_rows(original.blocks[0].attn, x)
-    assert rows.max(-1).values.mean() > 0.4  # uniform: 1/17 = 0.06
-
-
-@pytest.mark.parametrize("kind", mixa.attention.list_attention_kinds(linear_only=True))
-def test_transfer_lowers_every_kinds_held_out_error_on_peaked_attention(kind):
     torch.manual_seed(1)
     images = [torch.randn(16, 3, 32, 32) for _ in range(5)]
-    _, before, after = _transferred(_peaked_original(), kind, images, steps=30)
-    for path in before:
-        assert after[path] < 0.6 * before[path], (kind, path, before[path], after[path])
+    x = original.blocks[0].norm1(original._pos_embed(original.patch_embed(images[-1])))
+    with torch.no_grad():
+        softmax_rows = _weight_rows(original.blocks[0].attn, x)
+    assert softmax_rows.max(-1).values.mean() > 0.25  # peaked: uniform would be 1 / 17
+    errors, distances = {}, {}
+    for kind in mixa.attention.list_attention_kinds(linear_only=True):
+        student, before, after = _transferred(original, kind, images, steps=100)
+        for path in before:
+            assert after[path] < 0.9 * before[path], (kind, path, before[path], after[path])
+        errors[kind] = sum(after.values())
+        with torch.no_grad():
+            rows = _weight_rows(student.blocks[0].attn, x)
+        distances[kind] = (rows - softmax_rows).abs().sum(-1).mean().item()  # L1 per query, 0..2
+    fixed = [kind for kind in errors if kind != "hedgehog"]
+    assert errors["hedgehog"] < min(errors[kind] for kind in fixed), errors
+    assert distances["hedgehog"] < min(distances[kind] for kind in fixed), distances
