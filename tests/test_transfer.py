@@ -320,3 +320,18 @@ def test_transfer_lowers_every_kinds_held_out_error_and_hedgehog_imitates_softma
     fixed = [kind for kind in errors if kind != "hedgehog"]
     assert errors["hedgehog"] < min(errors[kind] for kind in fixed), errors
     assert distances["hedgehog"] < min(distances[kind] for kind in fixed), distances
+
+
+@pytest.mark.parametrize("argv,flag", [(["--inputs", "own"], "--inputs"), (["--train", "qkv,wings"], "--train"),
+                                       (["--train", ","], "--train")])
+def test_new_flags_reject_bad_values_with_a_usage_error(argv, flag, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["transfer", "-m", "student", "--data-dir", "data", "--output", "run", *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and flag in err.strip().splitlines()[-1], err
+    from mixa.errors import UsageError
+    from mixa.transfer.settings import transfer_settings
+
+    key, value = argv[0][2:], argv[1]
+    with pytest.raises(UsageError, match=key):
+        transfer_settings(**{key: value})
