@@ -257,7 +257,7 @@ def hedgehog_attention(q: Tensor, k: Tensor, v: Tensor, weight_q: Tensor, weight
     """Linear attention with Hedgehog's learnable feature maps (one (d, m) map per head for q, one for k):
     O_i = phi_q(q_i) (sum_j phi_k(k_j)^T v_j) / (phi_q(q_i) . sum_j phi_k(k_j) + eps)."""
     features_q, features_k = hedgehog_features(q, weight_q), hedgehog_features(k, weight_k)
-    return feature_linear_attention(features_q, features_k, v, key_mask).to(v.dtype)
+    return feature_linear_attention(features_q, features_k, v, key_mask)
 
 
 def _tracing() -> bool:
