@@ -213,7 +213,7 @@ def main(argv=None):
         before = evaluate(model, data, teacher=teacher, **ev)
         resume = (run / "last").exists()
         final = distill(student, data, run, teacher=teacher, recipe=recipe, resume=resume, device="cpu",
-                        progress=True)
+                        progress=True, transfer_steps=0)  # KD only, as measured (distill transfers first by default)
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
         curve = [{"images": 0, "top1": before["top1"], "agreement": before["agreement_top1"]}]
         curve += [{"images": m["epoch"] * args.train_images, "top1": m["val_top1"],

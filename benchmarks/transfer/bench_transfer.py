@@ -1,491 +1,384 @@
-"""Benchmark: layer-wise attention transfer before KD -- top-1 against images processed.
+"""Benchmark: top-1 against images processed on the extremes proxy, for KD only, transfer only and transfer
+followed by the stage after it, for every linear kind at k in {0, 2, 6}.
 
-For every student (each linear kind at k = 6 with sensitivity selection, and rala at k = 0), converted from
-a teacher on a synthetic task:
-  (a) KD only: ``mixa distill`` with a budget of B training images (one run per budget, each with its own
-      full cosine schedule: 1 epoch over a B-image subset of the training set, or B / S epochs over all S);
-  (b) transfer then KD: ``mixa transfer`` for --stage-steps steps (batch --transfer-batch), then (a) from
-      the transferred model; x = transfer images + KD images;
-  (c) transfer only: ``mixa transfer`` for each of --transfer-steps steps (one run each), no KD.
-A control row is the teacher itself fine-tuned with the same KD budgets (itself as KD teacher): what the
-recipe alone does to a model that lost nothing (the reference of the "within 1 point" target). At k = 6,
-``--select transfer`` students get KD at the --select-budgets too, to compare with sensitivity selection.
-Every top-1 is on the same --val-images held-out images (last checkpoint, no best-of selection).
+Task, data and recipe are the proxy benchmark's (benchmarks/proxy/bench_proxy.py): the packaged extremes
+teacher, --train-images / --val-images scenes of --seed from mixa.data.synthetic, mixa.quickstart.RECIPE for
+KD. k > 0 students keep the layers the proxy benchmark's sensitivity scores pick (its results.json), so a
+row here and a row there are the same student. One run per curve, evaluated along the way on every val scene:
 
-    PYTHONPATH=. python benchmarks/transfer/bench_transfer.py --output benchmarks/transfer --work /tmp/transfer_work
+- ``kd``: ``mixa distill`` (no transfer) for --images / --train-images epochs; a point after every epoch.
+- ``transfer``: ``mixa transfer`` planned for --images / batch steps; a point every --transfer-every steps.
+- ``tkd-VARIANT``: ``mixa transfer`` for --stage-transfer-steps steps, then the stage after it (``mixa
+  distill`` with the VARIANT's settings, see STAGES) for the epochs that fill --images; a point after the
+  transfer and after every epoch. ``tkd-default`` is exactly what ``mixa distill`` does by default after its
+  transfer stage; the other variants are the study behind that default.
 
-Defaults: the offline task (mixa.data.synthetic "shapes", the packaged teacher in mixa/assets/teacher) and
-the quick start's KD recipe (mixa.quickstart.RECIPE). ``--teacher DIR`` takes another saved teacher.
-OUTPUT/results.json gets every measurement as it finishes (a killed run resumes and skips what is done);
-OUTPUT/RESULTS.md and OUTPUT/transfer.png are rewritten at the end; ``--report-only`` rewrites them.
-The targets (issue 11) are evaluated in RESULTS.md and printed; the script exits 1 when one is not met.
+x = images processed (transfer images + KD images) and CPU seconds (process time of this run, one val pass
+per point included). A point is the model at that moment of a run planned for the whole curve (its lr has
+not annealed there): a run stopped at that budget would do at least as well.
+
+    PYTHONPATH=. python benchmarks/transfer/bench_transfer.py --work /work/transfer_runs --only relu_k0_kd,...
+
+Rows are named KIND_kK_MODE_sSEED. results.json gets each row as it finishes (under bench_proxy's file lock,
+so ``--only`` shards in several processes add to one file) and each point as it is measured (a killed run
+resumes from its last checkpoint); RESULTS.md and transfer.png are rewritten after every row and by
+``--report-only``.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-import os
-import shutil
+import math
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
 
-STUDENTS = [("rala", 6), ("relu", 6), ("stella", 6), ("rala", 0)]
+
+def _bench_proxy():
+    """benchmarks/proxy/bench_proxy.py (not a package): its results lock, teacher loader and task lookup."""
+    spec = importlib.util.spec_from_file_location("bench_proxy", REPO / "benchmarks" / "proxy" / "bench_proxy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def _ints(text):
-    return [int(v) for v in text.split(",") if v]
+proxy = _bench_proxy()
+KINDS = ("relu", "stella", "rala")
+KEEPS = (0, 2, 6)
+CONTROL = 98.9   # the proxy benchmark's control (teacher + the same 3-epoch KD), seed 1
+# The stage after transfer, on top of mixa.quickstart.RECIPE: the study behind distill's default, each for
+# STUDY_EPOCHS epochs (the proxy's KD budget). "recipe": the proxy's KD as is (lr 5e-4 at once); "low": lr
+# x 0.2; "hidden": lr x 0.2 and block outputs matched; "hidden-hi": the recipe's lr and block outputs matched.
+# "default": mixa distill's own transfer stage and defaults, run to the end of the grid (--images).
+STAGES = {
+    "recipe": {},
+    "low": {"lr": 1.0e-4},
+    "hidden": {"lr": 1.0e-4, "hidden_weight": 1.0},
+    "hidden-hi": {"hidden_weight": 1.0},
+    "default": None,
+}
+STUDY_EPOCHS = 3
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default="benchmarks/transfer")
-    p.add_argument("--work", default="/tmp/mixa_transfer_work", help="data, students, runs (kept: resumable)")
-    p.add_argument("--teacher", default=None, help="saved teacher dir (default: the packaged offline teacher)")
-    p.add_argument("--train-images", type=int, default=1000)
-    p.add_argument("--val-images", type=int, default=2000)
-    p.add_argument("--calib-images", type=int, default=256)
-    p.add_argument("--seed", type=int, default=1, help="data and run seed (the teacher was trained on seed 0)")
-    p.add_argument("--kd-budgets", type=_ints, default=_ints("250,500,1000,2000,4000"))
-    p.add_argument("--transfer-steps", type=_ints, default=_ints("5,10,25,50,100,200"))
+    p.add_argument("--output", default=str(REPO / "benchmarks" / "transfer"))
+    p.add_argument("--teacher", default=str(proxy.TEACHER_DIR))
+    p.add_argument("--work", default="transfer-work", help="data, students, runs (kept: resumable)")
+    p.add_argument("--train-images", type=int, default=800)
+    p.add_argument("--val-images", type=int, default=1000)
+    p.add_argument("--images", type=int, default=9600, help="images processed at the end of every curve")
     p.add_argument("--transfer-batch", type=int, default=64)
-    p.add_argument("--transfer-lr", type=float, default=None, help="default: mixa.transfer's")
-    p.add_argument("--stage-steps", type=int, default=25, help="transfer steps before KD in (b)")
-    p.add_argument("--select-budgets", type=_ints, default=_ints("1000,4000"))
-    p.add_argument("--lr-sweep", default="5e-4,2e-3,5e-3", help="transfer lrs tried on rala k=0 and k=6 (part lr)")
-    p.add_argument("--lr-sweep-steps", type=_ints, default=_ints("25,100"))
+    p.add_argument("--transfer-every", type=int, default=25, help="transfer-only: steps between points")
+    p.add_argument("--stage-transfer-steps", type=int, default=50, help="transfer steps before the stage")
+    p.add_argument("--seed", type=int, default=1, help="data and run seed (the teacher was trained on seed 0)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--only", default=None,
-                   help="comma-separated parts: control,kd,transfer,transfer_kd,select,lr,cost")
+    p.add_argument("--only", default=None, help="comma-separated row names (KIND_kK_MODE, seed added)")
     p.add_argument("--report-only", action="store_true")
     return p.parse_args(argv)
+
+
+def row_names(seed: int):
+    modes = ["kd", "transfer"] + [f"tkd-{v}" for v in STAGES]
+    return [f"{kind}_k{keep}_{mode}_s{seed}" for keep in KEEPS for kind in KINDS for mode in modes]
 
 
 class Bench:
     def __init__(self, args):
         import torch
 
-        from mixa import io, saved
+        from mixa.quickstart import RECIPE
 
         torch.set_num_threads(args.threads)
-        self.args, self.io, self.saved = args, io, saved
-        self.out, self.work = Path(args.output), Path(args.work)
+        self.args = args
+        self.out, self.work = Path(args.output), Path(args.work) / f"s{args.seed}"
         self.out.mkdir(parents=True, exist_ok=True)
         self.work.mkdir(parents=True, exist_ok=True)
         self.path = self.out / "results.json"
-        self.results = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.recipe = {**RECIPE, "seed": args.seed, "save_every_steps": 0, "transfer_steps": 0}
+        self.settings = {"task": proxy.teacher_task(Path(args.teacher)), "teacher": args.teacher,
+                         "train_images": args.train_images, "val_images": args.val_images, "images": args.images,
+                         "transfer_batch": args.transfer_batch, "stage_transfer_steps": args.stage_transfer_steps,
+                         "kd_recipe": {k: v for k, v in RECIPE.items()}}
 
-    # ------------------------------------------------------------------ bookkeeping
-    def done(self, *key):
-        node = self.results
-        for part in key:
-            if not isinstance(node, dict) or str(part) not in node:
-                return None
-            node = node[str(part)]
-        return node
+    def claim(self, results):
+        made = results.get("settings")
+        if made and {k: v for k, v in made.items() if k not in ("commands", "cpu")} != self.settings:
+            sys.exit(f"{self.path} holds rows made with other settings; choose another --output")
+        from mixa.profile.records import cpu_model
 
-    def record(self, value, *key):
-        node = self.results
-        for part in key[:-1]:
-            node = node.setdefault(str(part), {})
-        node[str(key[-1])] = value
-        self.io.write_json(self.path, self.results)
-        print(f"{'/'.join(map(str, key))}: {json.dumps(value)}", flush=True)
+        command = "PYTHONPATH=. python benchmarks/transfer/bench_transfer.py " + " ".join(sys.argv[1:])
+        commands = list((made or {}).get("commands", []))
+        if not self.args.report_only and command not in commands:
+            commands.append(command)
+        results["settings"] = {**self.settings, "commands": commands, "cpu": cpu_model()}
 
-    # ------------------------------------------------------------------ setup
     def setup(self):
         from mixa.data import synthetic
 
         a = self.args
-        teacher_dir = Path(a.teacher) if a.teacher else Path(__file__).resolve().parents[2] / "mixa/assets/teacher"
-        self.teacher = self.saved.load(teacher_dir)  # a saved plain model is its own original
         self.data = self.work / "data"
-        if not (self.data / "val").is_dir():
-            synthetic.write_image_folder(self.data, seed=a.seed, sizes={"train": a.train_images, "val": a.val_images},
-                                         progress=False)
-        calib_x, _ = synthetic.SyntheticShapes("calib", a.calib_images, seed=a.seed).tensors()
-        self.calib = list(calib_x.split(64))
-        if self.done("teacher") is None:
-            self.record({"top1": self.top1(self.teacher), "dir": str(teacher_dir)}, "teacher")
-        self.results["settings"] = {k: v for k, v in vars(a).items() if k not in ("report_only", "only")}
-        self.results["settings"]["command"] = "PYTHONPATH=. python benchmarks/transfer/bench_transfer.py " + \
-            " ".join(sys.argv[1:])
+        synthetic.write_image_folder(self.data, seed=a.seed, sizes={"train": a.train_images, "val": a.val_images},
+                                     task=self.settings["task"], progress=False)
+        self.teacher = proxy.load_teacher(Path(a.teacher)).eval()
+        scores = json.loads((REPO / "benchmarks" / "proxy" / "extremes" / "results.json").read_text())
+        self.scores = scores["sensitivity_scores"]
 
-    def subset(self, budget: int) -> Path:
-        """An ImageFolder whose train/ holds the first budget/classes images of each class (symlinks)
-        and whose val/ is the shared one; the full data when budget >= the training set."""
-        if budget >= self.args.train_images:
-            return self.data
-        root = self.work / f"data_{budget}"
-        if not (root / "train").is_dir():
-            classes = sorted(p.name for p in (self.data / "train").iterdir())
-            tmp = self.work / f".data_{budget}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            per_class = budget // len(classes)
-            for c in classes:
-                (tmp / "train" / c).mkdir(parents=True)
-                for f in sorted((self.data / "train" / c).iterdir())[:per_class]:
-                    os.symlink(f.resolve(), tmp / "train" / c / f.name)
-            os.symlink((self.data / "val").resolve(), tmp / "val")
-            os.replace(tmp, root)
-        return root
-
-    # ------------------------------------------------------------------ measurements
-    def top1(self, model) -> float:
-        from mixa.distill import evaluate
-
-        return evaluate(model, self.data, batch_size=250, workers=0, device="cpu", progress=False)["top1"]
-
-    def student(self, kind: str, keep: int, select: str = "sensitivity") -> Path:
+    # ---------------------------------------------------------------------------------------- pieces
+    def student(self, kind: str, keep: int) -> Path:
         import mixa
+        from mixa.conversion.select import top_k
+        from mixa.saved import is_model_dir, save
 
-        path = self.work / "students" / f"{kind}_k{keep}_{select}"
-        if not self.saved.is_model_dir(path):
-            model = mixa.convert(self.teacher, keep=keep, attn=kind, select=select if 0 < keep else "first",
-                                 calib=self.calib, calib_images=None, progress=False)
-            self.saved.save(model, path)
+        path = self.work / "students" / f"{kind}_k{keep}"
+        if not is_model_dir(path):
+            select = top_k(self.scores[kind], keep) if keep else "first"
+            save(mixa.convert(self.teacher, keep=keep, attn=kind, select=select, progress=False), path)
         return path
 
-    def kd(self, start, budget: int, name: str) -> float:
-        """Top-1 after KD with a budget of ``budget`` training images from the model at ``start``."""
-        from mixa.distill import distill
-        from mixa.quickstart import RECIPE
+    def evaluate(self, model) -> dict:
+        from mixa.distill import evaluate
 
-        a = self.args
-        data = self.subset(budget)
-        epochs = max(1, budget // a.train_images) if budget >= a.train_images else 1
-        run = self.work / "runs" / name
-        if not self.saved.is_model_dir(run / "last") or json.loads(
-                (run / "metrics.jsonl").read_text().splitlines()[-1])["epoch"] < epochs:
-            resume = (run / "last").is_dir()
-            if run.exists() and not resume:
-                shutil.rmtree(run)
-            distill(start, data, run, teacher=self.teacher, recipe={**RECIPE, "epochs": epochs, "seed": a.seed},
-                    resume=resume, device="cpu", progress=False)
-        return self.top1(self.saved.load(run / "last"))
+        m = evaluate(model, self.data, teacher=self.teacher, batch_size=250, workers=0, device="cpu",
+                     progress=False)
+        return {"top1": m["top1"], "agreement": m["agreement_top1"]}
 
-    def transfer(self, student: Path, steps: int, name: str, lr=None) -> Path:
+    def transfer(self, student: Path, run: Path, steps: int, every=None, point=None) -> None:
+        """``steps`` of mixa.transfer's defaults into ``run`` (resumed if killed), in chunks of ``every``
+        steps with ``point(step)`` after each."""
+        from mixa.saved import is_model_dir
         from mixa.transfer import transfer
 
         a = self.args
-        run = self.work / "runs" / name
-        if not self.saved.is_model_dir(run):
-            resume = (run / "last").is_dir()
-            if run.exists() and not resume:
-                shutil.rmtree(run)
-            transfer(student, self.data, run, teacher=self.teacher, resume=resume, device="cpu", progress=False,
-                     steps=steps, batch_size=a.transfer_batch, lr=lr or a.transfer_lr, seed=a.seed, workers=0,
-                     amp="none", eval_images=256, save_every_steps=0)
-        return run
+        while not is_model_dir(run):
+            transfer(student, self.data, run, teacher=self.teacher, resume=(run / "last").is_dir(), device="cpu",
+                     progress=False, steps=steps, stop_after=every, batch_size=a.transfer_batch, seed=a.seed,
+                     workers=0, amp="none", eval_images=0, save_every_steps=0)
+            if point is not None:
+                point(json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"])
 
-    def transfer_point(self, student: Path, steps: int, name: str, lr=None) -> dict:
-        t0 = time.perf_counter()
-        run = self.transfer(student, steps, name, lr)
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        return {"top1": self.top1(self.saved.load(run)), "images": steps * self.args.transfer_batch,
-                "holdout_error_before": rows[0]["holdout_error"], "holdout_error": rows[-1]["holdout_error"],
-                "seconds": round(time.perf_counter() - t0, 1)}
+    # ---------------------------------------------------------------------------------------- a row
+    def run_row(self, name: str) -> None:
+        from mixa.distill import distill
+        from mixa.saved import load
 
-    def step_cost(self, student: Path, rounds: int = 15) -> dict:
-        """Seconds per image of one transfer step and of one KD step (same student, teacher and batch of 64),
-        timed round-robin so that both see the same load of a shared machine; medians over rounds."""
-        from statistics import median
-
-        import torch
-
-        from mixa.distill.recipes import load_recipe
-        from mixa.distill.step import DistillStep
-        from mixa.quickstart import RECIPE
-        from mixa.transfer import TransferStep, replaced_layers, transfer_settings
-
-        x, y = torch.randn(64, 3, 32, 32), torch.randint(0, 8, (64,))
-        kd_model, tr_model = self.saved.load(student), self.saved.load(student)
-        kd = DistillStep(kd_model.train(), self.teacher, load_recipe(RECIPE), torch.device("cpu"), 5e-4, 1000, 0)
-        tr = TransferStep(self.teacher, replaced_layers(tr_model), transfer_settings(amp="none"), torch.device("cpu"),
-                          2e-3, 1000, 0)
-        times = {"kd": [], "transfer": []}
-        for _ in range(rounds):
-            for name, fn in (("kd", lambda: kd.forward_backward(x, y)), ("transfer", lambda: tr.forward_backward(x))):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append((time.perf_counter() - t0) / 64)
-        kd_s, tr_s = median(times["kd"]), median(times["transfer"])
-        return {"kd_s_per_image": kd_s, "transfer_s_per_image": tr_s, "ratio": tr_s / kd_s, "rounds": rounds}
-
-    def run(self, parts):
         a = self.args
-        if "cost" in parts:
-            import platform
+        kind, keep, mode = name.split("_")[0], int(name.split("_")[1][1:]), name.split("_")[2]
+        student = self.student(kind, keep)
+        state_path = self.work / "rows" / f"{name}.json"
+        state = json.loads(state_path.read_text()) if state_path.exists() else None
+        from mixa.io import write_json
 
-            from mixa.profile.records import cpu_model
+        if state is None:
+            before = self.evaluate(load(student))
+            state = {"curve": [{"images": 0, "cpu_s": 0.0, **before}]}
+            write_json(state_path, state)
+        clock = {"t": time.process_time(), "base": state["curve"][-1]["cpu_s"]}
 
-            for kind, keep in (("rala", 6), ("rala", 0)):
-                if self.done("cost", f"{kind}_k{keep}") is None:
-                    self.record({**self.step_cost(self.student(kind, keep)), "cpu": cpu_model(),
-                                 "machine": platform.machine()}, "cost", f"{kind}_k{keep}")
-        if "control" in parts:
-            control = self.work / "students" / "control"
-            if not self.saved.is_model_dir(control):
-                self.saved.save(self.teacher, control)
-            for b in a.kd_budgets:
-                if self.done("control", b) is None:
-                    t0 = time.perf_counter()
-                    self.record({"top1": self.kd(control, b, f"control_kd{b}"), "images": b,
-                                 "seconds": round(time.perf_counter() - t0, 1)}, "control", b)
-        for kind, keep in STUDENTS:
-            name = f"{kind}_k{keep}"
-            student = self.student(kind, keep)
-            if self.done(name, "before") is None:
-                model = self.saved.load(student)
-                self.record({"top1": self.top1(model), "kept": model.mixa_config["selection"]["kept"]},
-                            name, "before")
-            if "kd" in parts:
-                for b in a.kd_budgets:
-                    if self.done(name, "kd", b) is None:
-                        t0 = time.perf_counter()
-                        self.record({"top1": self.kd(student, b, f"{name}_kd{b}"), "images": b,
-                                     "seconds": round(time.perf_counter() - t0, 1)}, name, "kd", b)
-            if "transfer" in parts:
-                for steps in a.transfer_steps:
-                    if self.done(name, "transfer", steps) is None:
-                        self.record(self.transfer_point(student, steps, f"{name}_t{steps}"), name, "transfer", steps)
-            if "lr" in parts and kind == "rala":
-                for lr in a.lr_sweep.split(","):
-                    for steps in a.lr_sweep_steps:
-                        if self.done("lr_sweep", name, lr, steps) is None:
-                            self.record(self.transfer_point(student, steps, f"{name}_t{steps}_lr{lr}", float(lr)),
-                                        "lr_sweep", name, lr, steps)
-            if "transfer_kd" in parts:
-                t = a.stage_steps
-                stage_images = t * a.transfer_batch
-                for b in a.kd_budgets:
-                    if self.done(name, "transfer_kd", b) is None:
-                        t0 = time.perf_counter()
-                        run = self.transfer(student, t, f"{name}_t{t}")
-                        self.record({"top1": self.kd(run, b, f"{name}_t{t}_kd{b}"), "images": stage_images + b,
-                                     "kd_images": b, "transfer_images": stage_images,
-                                     "seconds": round(time.perf_counter() - t0, 1)}, name, "transfer_kd", b)
-            if "select" in parts and keep == 6:
-                chosen = self.student(kind, keep, "transfer")
-                sname = f"{kind}_k{keep}_select_transfer"
-                if self.done(sname, "before") is None:
-                    model = self.saved.load(chosen)
-                    self.record({"top1": self.top1(model), "kept": model.mixa_config["selection"]["kept"],
-                                 "scores": model.mixa_config["selection"]["scores"]}, sname, "before")
-                for b in a.select_budgets:
-                    if self.done(sname, "kd", b) is None:
-                        same = self.done(sname, "before", "kept") == self.done(name, "before", "kept")
-                        value = (dict(self.done(name, "kd", b), same_as="sensitivity") if same and
-                                 self.done(name, "kd", b) else {"top1": self.kd(chosen, b, f"{sname}_kd{b}"),
-                                                               "images": b})
-                        self.record(value, sname, "kd", b)
+        def add(images, model, extra=None):
+            value = {"images": images, **self.evaluate(model), **(extra or {})}
+            value["cpu_s"] = round(clock["base"] + time.process_time() - clock["t"], 1)  # with this val pass
+            clock["base"], clock["t"] = value["cpu_s"], time.process_time()
+            state["curve"].append(value)
+            write_json(state_path, state)
+            print(f"{name}: {json.dumps(value)}", flush=True)
 
+        def kd_curve(start: Path, run: Path, epochs: int, offset: int, settings: dict):
+            def in_run():
+                metrics = run / "metrics.jsonl"
+                return len(metrics.read_text().splitlines()) if (run / "last").is_dir() and metrics.exists() else 0
 
-# ---------------------------------------------------------------------------------------------- report
+            while True:
+                done, points = in_run(), len([p for p in state["curve"] if p.get("stage") == "kd"])
+                if done > points:  # (a kill between an epoch's checkpoint and its point: that point only)
+                    add(offset + done * a.train_images, load(run / "last"), {"stage": "kd"})
+                    continue
+                if done >= epochs:
+                    return
+                distill(start, self.data, run, teacher=self.teacher,
+                        recipe={**self.recipe, **settings, "epochs": epochs},
+                        resume=(run / "last").is_dir() or (run / "transfer").is_dir(), stop_after=1, device="cpu",
+                        progress=False)
 
-def images_to_reach(points, level):
-    """The fewest images at which a curve (list of (images, top1)) is at or above ``level``; None if never."""
-    reached = [x for x, y in sorted(points) if y >= level]
-    return reached[0] if reached else None
+        if mode == "kd":
+            kd_curve(student, self.work / "runs" / name, a.images // a.train_images, 0, {})
+            record = {"transfer_steps": 0}
+        elif mode == "transfer":
+            steps = math.ceil(a.images / a.transfer_batch)
+            run = self.work / "runs" / name
 
+            def point(step):
+                if all(p["images"] != step * a.transfer_batch for p in state["curve"]):
+                    add(step * a.transfer_batch, load(run / "last"), {"stage": "transfer"})
 
-def targets(results):
-    """Issue 11's targets, line by line: (text, met or None when not measured)."""
-    lines = []
-    control = results.get("control", {})
-    control_top1 = max((v["top1"] for v in control.values()), default=None)
-    teacher = results["teacher"]["top1"]
-    for kind, keep in STUDENTS:
-        r = results.get(f"{kind}_k{keep}", {})
-        before = r.get("before", {}).get("top1")
-        if before is None:
-            continue
-        lost = teacher - before
-        longest = max(r.get("transfer", {}), key=int, default=None)  # a fixed length, not the best on val
-        if longest is not None:
-            after = r["transfer"][longest]["top1"]
-            recovered = (after - before) / lost if lost > 0 else None
-            met = recovered is not None and recovered >= 0.5
-            lines.append((f"{kind} k={keep}: transfer alone ({longest} steps) recovers {after - before:+.2f} of the "
-                          f"{lost:.2f} points lost at conversion "
-                          f"({'n/a' if recovered is None else f'{100 * recovered:.0f}%'}; target >= 50%)",
-                          met if lost > 0 else None))
-        if control_top1 is not None and r.get("kd") and r.get("transfer_kd"):
-            level = control_top1 - 1.0
-            kd_n = images_to_reach([(v["images"], v["top1"]) for v in r["kd"].values()], level)
-            tkd_n = images_to_reach([(v["images"], v["top1"]) for v in r["transfer_kd"].values()], level)
-            if kd_n is None:
-                text, met = f"KD alone never reaches {level:.2f} (control {control_top1:.2f} - 1) here", None
-            elif tkd_n is None:
-                text, met = f"transfer + KD never reaches {level:.2f}; KD alone at {kd_n} images", False
-            else:
-                text = (f"control - 1 = {level:.2f}: KD alone at {kd_n} images, transfer + KD at {tkd_n} "
-                        f"(ratio {tkd_n / kd_n:.2f}; target <= 0.25)")
-                met = tkd_n <= kd_n / 4
-            lines.append((f"{kind} k={keep}: {text}", met))
-    for kind, keep in STUDENTS:
-        s, t = results.get(f"{kind}_k{keep}", {}), results.get(f"{kind}_k{keep}_select_transfer", {})
-        for b, v in sorted(t.get("kd", {}).items(), key=lambda kv: int(kv[0])):
-            ref = s.get("kd", {}).get(b)
-            if ref is not None:
-                lines.append((f"{kind} k={keep}, KD {b} images: --select transfer {v['top1']:.2f} vs sensitivity "
-                              f"{ref['top1']:.2f} (kept {t['before']['kept']} vs {s['before']['kept']}; "
-                              f"target >=)", v["top1"] >= ref["top1"]))
-    return lines
+            if (run / "last").is_dir():  # resumed: the point of the last checkpoint, if it was not taken
+                point(json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"])
+            self.transfer(student, run, steps, a.transfer_every, point)
+            record = {"transfer_steps": steps, "transfer_settings": json.loads((run / "run.json").read_text())["settings"]}
+        elif mode == "tkd-default":
+            # mixa distill as a user runs it: its own transfer stage (RUN/transfer), then its stage defaults
+            steps = a.stage_transfer_steps
+            run = self.work / "runs" / name
+            epochs = max(1, (a.images - steps * a.transfer_batch) // a.train_images)
+            if not any(p.get("stage") == "transfer" for p in state["curve"]):
+                distill(student, self.data, run, teacher=self.teacher, resume=(run / "run.json").is_file(),
+                        recipe={**self.recipe, "transfer_steps": steps, "epochs": epochs}, stop_after=0,
+                        device="cpu", progress=False)
+                add(steps * a.transfer_batch, load(run / "transfer"), {"stage": "transfer"})
+            kd_curve(student, run, epochs, steps * a.transfer_batch, {"transfer_steps": steps})
+            record = {"transfer_steps": steps, "stage": "mixa distill defaults",
+                      "settings": json.loads((run / "run.json").read_text())["settings"]}
+        else:
+            variant = mode.split("-", 1)[1]
+            steps = a.stage_transfer_steps
+            # one transfer run per student and step count, shared by every variant (deterministic)
+            t_run = self.work / "runs" / f"{kind}_k{keep}_transfer{steps}"
+            if not any(p.get("stage") == "transfer" for p in state["curve"]):
+                self.transfer(student, t_run, steps)
+                add(steps * a.transfer_batch, load(t_run), {"stage": "transfer"})
+            settings = {**STAGES[variant], "transfer_steps": 0}
+            kd_curve(t_run, self.work / "runs" / name, STUDY_EPOCHS, steps * a.transfer_batch, settings)
+            record = {"transfer_steps": steps, "stage": settings,
+                      "transfer_settings": json.loads((t_run / "run.json").read_text())["settings"]}
+        record = {"name": name, "kind": kind, "keep": keep, "mode": mode, "seed": a.seed,
+                  "kept": load(student).mixa_config["selection"]["kept"], "curve": state["curve"], **record}
+        results = proxy.update_results(self.path, lambda r: r["records"].append(record))
+        write_report(self.out, results)
+
+    def run(self, names):
+        results = proxy.update_results(self.path, self.claim)
+        for name in names:
+            results = proxy.update_results(self.path, lambda r: None)
+            if any(r["name"] == name for r in results["records"]):
+                continue
+            t0 = time.perf_counter()
+            self.run_row(name)
+            print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
 
 
-def write_report(out: Path, results) -> bool:
-    s = results.get("settings", {})
-    t = results["teacher"]
-    lines = ["# Layer-wise attention transfer before KD: top-1 against images processed", "",
-             f"Task: the offline task (mixa.data.synthetic shapes, 32x32, 16 patch tokens) and its packaged "
-             f"teacher (top-1 **{t['top1']:.2f}%** on {s.get('val_images')} val images). The proxy benchmark "
-             f"(issue 10) had not landed when this was measured.", "",
-             f"Command: `{s.get('command', '')}`", "",
-             f"KD: mixa.quickstart.RECIPE (AdamW lr 5e-4, cosine, batch 64, KD soft 0.5, no augmentation), one "
-             f"run per budget. Transfer: mixa.transfer defaults, batch {s.get('transfer_batch')}; (b) uses "
-             f"{s.get('stage_steps')} transfer steps = {s.get('stage_steps', 0) * s.get('transfer_batch', 0)} images "
-             f"before KD. Seed {s.get('seed')}, {s.get('threads')} thread(s).", ""]
-    budgets = sorted({int(b) for r in results.values() if isinstance(r, dict) for part in ("kd", "transfer_kd")
-                      for b in (r.get(part) or {})} | {int(b) for b in results.get("control", {})})
-    lines += ["## Curves (top-1 %, x = images processed)", "",
-              "| student | before | curve | " + " | ".join(f"{b}" for b in budgets) + " |",
-              "|---|---:|---|" + "---:|" * len(budgets)]
-    if results.get("control"):
-        lines.append("| control (teacher) | {:.2f} | KD only | ".format(t["top1"]) +
-                     " | ".join(f"{results['control'][str(b)]['top1']:.2f}" if str(b) in results["control"] else ""
-                                for b in budgets) + " |")
-    for kind, keep in STUDENTS:
-        r = results.get(f"{kind}_k{keep}")
-        if not r:
-            continue
-        b0 = r["before"]["top1"]
-        for part, label in (("kd", "KD only (x = KD images)"), ("transfer_kd", "transfer + KD (x = KD images)")):
-            if r.get(part):
-                lines.append(f"| {kind} k={keep} | {b0:.2f} | {label} | " +
-                             " | ".join(f"{r[part][str(b)]['top1']:.2f}" if str(b) in r[part] else "" for b in budgets)
-                             + " |")
-    lines += ["", "Transfer only:", "", "| student | before | " +
-              " | ".join(f"{st} steps ({st * s.get('transfer_batch', 0)} img)" for st in s.get("transfer_steps", []))
-              + " |", "|---|---:|" + "---:|" * len(s.get("transfer_steps", []))]
-    for kind, keep in STUDENTS:
-        r = results.get(f"{kind}_k{keep}")
-        if r and r.get("transfer"):
-            err0 = next(iter(r["transfer"].values())).get("holdout_error_before")
-            lines.append(f"| {kind} k={keep} | {r['before']['top1']:.2f}"
-                         + (f" (err {err0:.3f})" if err0 is not None else "") + " | " + " | ".join(
-                f"{r['transfer'][str(st)]['top1']:.2f} (err {r['transfer'][str(st)]['holdout_error']:.3f})"
-                if str(st) in r["transfer"] else "" for st in s.get("transfer_steps", [])) + " |")
-    if results.get("lr_sweep"):
-        lines += ["", "Transfer lr (top-1 after transfer only, held-out relative error):", "",
-                  "| student | lr | steps | top-1 | held-out error |", "|---|---:|---:|---:|---:|"]
-        for name, by_lr in results["lr_sweep"].items():
-            for lr, by_steps in by_lr.items():
-                for steps, v in sorted(by_steps.items(), key=lambda kv: int(kv[0])):
-                    lines.append(f"| {name} | {lr} | {steps} | {v['top1']:.2f} | {v['holdout_error']:.4f} |")
-    old_select = results.get("select_by_layer_error")
-    if old_select:
-        lines += ["", f"Superseded --select transfer (ranked by each trained layer's own relative error; "
-                      f"{old_select.get('note', '')}):", "",
-                  "| student | kept | top-1 before KD | " + " | ".join(f"KD {b}" for b in
-                                                                     sorted({int(b) for k, v in old_select.items()
-                                                                             if isinstance(v, dict)
-                                                                             for b in v.get("kd", {})})) + " |",
-                  "|---|---|---:|---:|---:|"]
-        for kind, v in old_select.items():
-            if isinstance(v, dict):
-                lines.append(f"| {kind} k=6 | {v['before']['kept']} | {v['before']['top1']:.2f} | " +
-                             " | ".join(f"{x['top1']:.2f}" for _, x in sorted(v["kd"].items(),
-                                                                                key=lambda kv: int(kv[0]))) + " |")
-    if any(f"{kind}_k6_select_transfer" in results for kind in ("rala", "relu", "stella")):
-        lines += ["", "--select transfer (sensitivity after transfer) vs sensitivity, after KD:", "",
-                  "| student | kept (transfer) | kept (sensitivity) | top-1 before KD (transfer / sens.) | " +
-                  " | ".join(f"KD {b} (transfer / sens.)" for b in s.get("select_budgets", [])) + " |",
-                  "|---|---|---|---:|" + "---:|" * len(s.get("select_budgets", []))]
-        for kind in ("rala", "relu", "stella"):
-            t, ref = results.get(f"{kind}_k6_select_transfer"), results.get(f"{kind}_k6")
-            if t and ref:
-                lines.append(f"| {kind} k=6 | {t['before']['kept']} | {ref['before']['kept']} | "
-                             f"{t['before']['top1']:.2f} / {ref['before']['top1']:.2f} | " + " | ".join(
-                                 f"{t['kd'][str(b)]['top1']:.2f} / {ref['kd'][str(b)]['top1']:.2f}"
-                                 if str(b) in t.get("kd", {}) else "" for b in s.get("select_budgets", [])) + " |")
-    if results.get("cost"):
-        lines += ["", "Cost of one step per image (batch 64, 1 thread, interleaved rounds, medians):", "",
-                  "| student | KD step (ms/img) | transfer step (ms/img) | transfer / KD | CPU |",
-                  "|---|---:|---:|---:|---|"]
-        for name, v in results["cost"].items():
-            lines.append(f"| {name} | {1e3 * v['kd_s_per_image']:.3f} | {1e3 * v['transfer_s_per_image']:.3f} | "
-                         f"{v['ratio']:.2f} | {v['cpu']} |")
-    verdicts = targets(results)
-    lines += ["", "## Targets (issue 11)", ""]
-    for text, met in verdicts:
-        lines.append(f"- {'MET' if met else 'not met' if met is False else 'not measurable'}: {text}")
-    lines.append("")
-    (out / "RESULTS.md").write_text("\n".join(lines))
+# -------------------------------------------------------------------------------------------- report
+
+def images_to_reach(curve, level):
+    """The fewest images at which a curve reaches ``level`` (None: never within the grid)."""
+    reached = [p["images"] for p in curve if p["top1"] >= level]
+    return min(reached) if reached else None
+
+
+def summary_rows(results):
+    """Per (kind, keep, mode): mean over seeds of every point, the seeds, images to control - 1."""
+    groups = {}
+    for r in results["records"]:
+        groups.setdefault((r["kind"], r["keep"], r["mode"]), []).append(r)
+    rows = []
+    for (kind, keep, mode), recs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        xs = sorted({p["images"] for r in recs for p in r["curve"]})
+        mean = []
+        for x in xs:
+            vals = [p for r in recs for p in r["curve"] if p["images"] == x]
+            if len(vals) == len(recs):
+                mean.append({"images": x, "top1": sum(p["top1"] for p in vals) / len(vals),
+                             "top1_seeds": [p["top1"] for p in vals],
+                             "cpu_s": sum(p["cpu_s"] for p in vals) / len(vals)})
+        reach = [images_to_reach(r["curve"], CONTROL - 1.0) for r in recs]
+        rows.append({"kind": kind, "keep": keep, "mode": mode, "seeds": sorted(r["seed"] for r in recs),
+                     "curve": mean, "reach_each": reach, "reach_mean_curve": images_to_reach(mean, CONTROL - 1.0)})
+    return rows
+
+
+def write_report(out: Path, results) -> None:
+    from mixa.io import atomic_path
+
+    s = results["settings"]
+    rows = summary_rows(results)
+    grid = sorted({p["images"] for r in rows for p in r["curve"]})
+    cols = [x for x in grid if x % 1600 == 0 or x in (800, 2400)]
+    lines = [f"# Curves on the {s['task']} proxy: KD only, transfer only, transfer + the stage after it", "",
+             f"Teacher {s['teacher']} (99.70%), control {CONTROL} (the teacher + 3 KD epochs, benchmarks/proxy/extremes); "
+             f"target level control - 1 = {CONTROL - 1:.1f}. {s['train_images']} training / {s['val_images']} val "
+             f"scenes per seed; KD recipe mixa.quickstart.RECIPE; transfer: mixa.transfer's defaults at batch "
+             f"{s['transfer_batch']}; transfer + stage: {s['stage_transfer_steps']} transfer steps "
+             f"({s['stage_transfer_steps'] * s['transfer_batch']} images), then the stage. CPU: {s.get('cpu')}, "
+             f"1 thread per run.", "",
+             "Top-1 (%) at images processed (mean over the seeds listed; a point is the model at that moment of "
+             "one run planned for the whole curve). `reach`: images to control - 1 (each seed).", "",
+             "| kind | k | curve | seeds | 0 | " + " | ".join(str(x) for x in cols) + " | reach | CPU s at end |",
+             "|---|---:|---|---|---:|" + "---:|" * len(cols) + "---|---:|"]
+    for r in rows:
+        at = {p["images"]: p for p in r["curve"]}
+        cells = [f"{at[x]['top1']:.2f}" if x in at else "" for x in [0] + cols]
+        reach = ", ".join("—" if v is None else str(v) for v in r["reach_each"])
+        end = r["curve"][-1]["cpu_s"] if r["curve"] else 0
+        lines.append(f"| {r['kind']} | {r['keep']} | {r['mode']} | {','.join(map(str, r['seeds']))} | "
+                     + " | ".join(cells) + f" | {reach} | {end:.0f} |")
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in s["commands"]), ""]
+    analysis = out / "ANALYSIS.md"
+    if analysis.is_file():
+        lines += [analysis.read_text()]
+    with atomic_path(out / "RESULTS.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     try:
-        plot(out / "transfer.png", results)
+        plot(out / "transfer.png", rows)
     except ImportError:
-        print("matplotlib is not installed (pip install 'mixa[plot]'): no plot", file=sys.stderr)
-    for text, met in verdicts:
-        print(f"{'MET' if met else 'not met' if met is False else 'n/a'}: {text}")
-    return all(met is not False for _, met in verdicts)
+        print("matplotlib is not installed: no plot", file=sys.stderr)
 
 
-def plot(path: Path, results) -> None:
+def plot(path: Path, rows) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    s = results["settings"]
-    fig, axes = plt.subplots(1, len(STUDENTS), figsize=(4.2 * len(STUDENTS), 3.8), sharey=True)
-    for ax, (kind, keep) in zip(axes, STUDENTS):
-        r = results.get(f"{kind}_k{keep}", {})
-        if not r:
+    fig, axes = plt.subplots(len(KEEPS), len(KINDS), figsize=(13, 10), sharex=True, squeeze=False)
+    styles = {"kd": ("tab:blue", "-"), "transfer": ("tab:orange", "-")}
+    others = iter(["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink"])
+    for r in rows:
+        if r["kind"] not in KINDS or r["keep"] not in KEEPS:
             continue
-        before = r["before"]["top1"]
-        stage = s["stage_steps"] * s["transfer_batch"]
-
-        def curve(part, offset=0):
-            pts = sorted((v["images"], v["top1"]) for v in r.get(part, {}).values())
-            return [offset] + [x for x, _ in pts], [before] + [y for _, y in pts]
-
-        if r.get("kd"):
-            ax.plot(*curve("kd"), "o-", label="KD only")
-        if r.get("transfer_kd"):
-            xs, ys = curve("transfer_kd")
-            t_point = r.get("transfer", {}).get(str(s["stage_steps"]))
-            if t_point:
-                xs, ys = [0, stage] + xs[1:], [before, t_point["top1"]] + ys[1:]
-            ax.plot(xs, ys, "s-", label=f"transfer ({stage} img) + KD")
-        if r.get("transfer"):
-            ax.plot(*curve("transfer"), "^--", label="transfer only")
-        if results.get("control"):
-            ctl = max(v["top1"] for v in results["control"].values())
-            ax.axhline(ctl - 1.0, color="grey", lw=0.8, ls=":", label="control - 1")
-        ax.axhline(results["teacher"]["top1"], color="black", lw=0.8, label="teacher")
-        ax.set_xscale("symlog", linthresh=250)
-        ax.set_xlim(left=0)
-        ax.set_title(f"{kind}, k = {keep}")
-        ax.set_xlabel("images processed (one run per point)")
-    axes[0].set_ylabel("val top-1 (%)")
-    axes[0].legend(fontsize=7, loc="lower right")
+        ax = axes[KEEPS.index(r["keep"])][KINDS.index(r["kind"])]
+        if r["mode"] not in styles:
+            styles[r["mode"]] = (next(others, "grey"), "--")
+        colour, ls = styles[r["mode"]]
+        ax.plot([p["images"] for p in r["curve"]], [p["top1"] for p in r["curve"]], ls, color=colour, marker="o",
+                ms=2.5, label=f"{r['mode']} ({len(r['seeds'])} seed{'s' if len(r['seeds']) > 1 else ''})")
+    for i, keep in enumerate(KEEPS):
+        for j, kind in enumerate(KINDS):
+            ax = axes[i][j]
+            ax.axhline(CONTROL - 1, color="black", lw=0.8, ls=":")
+            ax.set_title(f"{kind}, k = {keep}", fontsize=9)
+            ax.set_ylim(bottom=max(0, min([l.get_ydata().min() for l in ax.lines if len(l.get_ydata()) > 2] + [90])))
+            if i == len(KEEPS) - 1:
+                ax.set_xlabel("images processed")
+            if j == 0:
+                ax.set_ylabel("val top-1 (%)")
+            if any(not line.get_label().startswith("_") for line in ax.lines):
+                ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    from mixa.io import save_figure
+
+    save_figure(fig, path, dpi=110)
 
 
-def main(argv=None) -> int:
+def main(argv=None):
     args = parse_args(argv)
     bench = Bench(args)
-    if not args.report_only:
-        bench.setup()
-        parts = set((args.only or "control,kd,transfer,transfer_kd,select,lr,cost").split(","))
-        bench.run(parts)
-        bench.io.write_json(bench.path, bench.results)
-    return 0 if write_report(bench.out, bench.results) else 1
+    if args.report_only:
+        write_report(bench.out, proxy.update_results(bench.path, bench.claim))
+        return
+    bench.setup()
+    wanted = row_names(args.seed)
+    if args.only:
+        asked = [f"{n}_s{args.seed}" if not n.endswith(f"_s{args.seed}") else n for n in args.only.split(",")]
+        unknown = [n for n in asked if n not in wanted]
+        if unknown:
+            sys.exit(f"unknown row(s): {', '.join(unknown)} (known: KIND_kK_MODE with KIND in {KINDS}, K in {KEEPS}, "
+                     f"MODE in kd, transfer, {', '.join('tkd-' + v for v in STAGES)})")
+        wanted = asked
+    bench.run(wanted)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -1,4 +1,6 @@
-"""mixa distill: knowledge-distillation fine-tuning of a converted model (see README.md, "Distill and evaluate")."""
+"""mixa distill: knowledge-distillation fine-tuning of a converted model (docs/distill.md)."""
+import argparse
+
 from mixa.cli._common import add_data_loading_arguments, add_model_source_arguments, model_source_kwargs
 
 HELP = "fine-tune a converted model with knowledge distillation from its original (CPU, GPU, torchrun)"
@@ -6,6 +8,36 @@ HELP = "fine-tune a converted model with knowledge distillation from its origina
 
 def _bool(value: str) -> bool:
     return value.lower() in ("1", "true", "yes", "on")
+
+
+def _steps(text: str):
+    """--transfer-steps: 'auto' or an integer >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
 
 
 def add_arguments(p) -> None:
@@ -47,14 +79,24 @@ def add_arguments(p) -> None:
     g.add_argument("--save-every-steps", type=int, metavar="N",
                    help="also checkpoint RUN/last every N optimiser steps inside an epoch (0: epoch ends only)")
     g.add_argument("--ema", type=_bool, metavar="BOOL", help="keep an EMA of the weights (RUN/ema)")
-    g.add_argument("--transfer-steps", type=int, metavar="N",
-                   help="first N steps of layer-wise attention transfer (mixa transfer) into RUN/transfer; 0: off")
-    g.add_argument("--transfer-lr", type=float, help="peak lr of that stage")
+    g.add_argument("--hidden-weight", type=_non_negative, metavar="W",
+                   help="also match the teacher's block outputs (relative error, weight W; 0: off)")
+    g.add_argument("--transfer-steps", type=_steps, metavar="auto|N",
+                   help="first N steps of layer-wise attention transfer (mixa transfer) into RUN/transfer; "
+                        "auto (default): 4 passes over the training images for a converted student (25 to "
+                        "2000 steps), none for a model without replaced attention; 0: off")
+    g.add_argument("--transfer-lr", type=_positive, help="peak lr of that stage (default: mixa transfer's)")
+    g.add_argument("--after-transfer-lr-scale", type=_positive, metavar="F",
+                   help="after a transfer stage, KD runs at lr x F (default 0.2: it starts low and keeps "
+                        "what the transfer won)")
+    g.add_argument("--after-transfer-hidden-weight", type=_non_negative, metavar="W",
+                   help="hidden-state weight of the KD after a transfer stage (default 1)")
 
 
 OVERRIDES = ("epochs", "warmup_epochs", "batch_size", "accum_steps", "lr", "weight_decay", "clip_grad", "seed",
              "workers", "amp", "kd", "kd_weight", "kd_temperature", "smoothing", "mixup", "cutmix", "ema",
-             "save_every_steps", "transfer_steps", "transfer_lr")
+             "save_every_steps", "hidden_weight", "transfer_steps", "transfer_lr", "after_transfer_lr_scale",
+             "after_transfer_hidden_weight")
 
 
 def run(args) -> int:

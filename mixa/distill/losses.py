@@ -6,16 +6,22 @@ Conventions (documented in README.md, "Distill and evaluate"):
 - ``kd_loss``: "soft" is Hinton's KL(teacher_T || student_T) * T^2, averaged over the batch;
   "hard" is cross-entropy against the teacher's top-1 class (DeiT's hard distillation).
 - ``distillation_loss`` = (1 - weight) * CE(class head, labels) + weight * KD(kd head, teacher),
-  the DeiT form; the kd head is the distillation head of a two-head DeiT, else the class head.
+  the DeiT form; the kd head is the distillation head of a two-head DeiT, else the class head;
+  plus ``hidden_weight`` * ``hidden_state_loss`` when hidden states are given.
+- ``hidden_state_loss``: the mean over blocks of the relative squared error ||s - t||^2 / ||t||^2 of the
+  student's block output against the teacher's on the same images (the student runs on its own outputs,
+  not teacher-forced: ViT-AdaLA's second stage, arXiv 2603.16063). Relative, as in mixa.transfer, so that
+  deep blocks with large activations do not outweigh the others.
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..transfer.layerwise import relative_error
 from .recipes import KD_KINDS
 
 
@@ -47,16 +53,31 @@ def split_heads(output: Union[Tensor, Tuple[Tensor, Tensor]]) -> Tuple[Tensor, T
     return output, output
 
 
+def hidden_state_loss(student_states: List[Tensor], teacher_states: List[Tensor]) -> Tensor:
+    """Mean over blocks of each block's relative squared error (fp32)."""
+    if len(student_states) != len(teacher_states) or not student_states:
+        raise ValueError(f"{len(student_states)} student and {len(teacher_states)} teacher hidden states")
+    return torch.stack([relative_error(s, t.detach()) for s, t in zip(student_states, teacher_states)]).mean()
+
+
 def distillation_loss(output, target: Tensor, teacher_logits: Optional[Tensor], kd: str = "soft",
-                      weight: float = 0.5, temperature: float = 1.0,
-                      smoothing: float = 0.0) -> Dict[str, Tensor]:
-    """Total loss and its parts for one batch. ``output`` is the student's output (logits or a pair)."""
+                      weight: float = 0.5, temperature: float = 1.0, smoothing: float = 0.0,
+                      hidden: Optional[Tuple[List[Tensor], List[Tensor]]] = None,
+                      hidden_weight: float = 0.0) -> Dict[str, Tensor]:
+    """Total loss and its parts for one batch. ``output`` is the student's output (logits or a pair);
+    ``hidden`` the (student, teacher) block outputs, added with ``hidden_weight``."""
     cls_logits, kd_logits = split_heads(output)
     ce = cross_entropy(cls_logits, target, smoothing)
     if kd == "none" or teacher_logits is None:
         if kd_logits is not cls_logits:  # the distillation head still learns: from the labels
             ce = 0.5 * (ce + cross_entropy(kd_logits, target, smoothing))
-        return {"loss": ce, "ce": ce.detach(), "kd": torch.zeros_like(ce).detach()}
-    kdl = kd_loss(kd_logits, teacher_logits, kd, temperature)
-    loss = (1.0 - weight) * ce + weight * kdl
-    return {"loss": loss, "ce": ce.detach(), "kd": kdl.detach()}
+        loss, kdl = ce, torch.zeros_like(ce)
+    else:
+        kdl = kd_loss(kd_logits, teacher_logits, kd, temperature)
+        loss = (1.0 - weight) * ce + weight * kdl
+    parts = {"ce": ce.detach(), "kd": kdl.detach(), "hidden": torch.zeros_like(ce).detach()}
+    if hidden is not None and hidden_weight:
+        hid = hidden_state_loss(*hidden)
+        loss = loss + hidden_weight * hid
+        parts["hidden"] = hid.detach()
+    return {"loss": loss, **parts}

@@ -1,6 +1,8 @@
 """AdamW with timm's weight-decay groups and timm's per-step cosine schedule with linear warm-up."""
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any, Dict, List, Set
 
 import torch
@@ -39,10 +41,26 @@ def create_optimizer(params, lr: float, settings: Dict[str, Any]) -> torch.optim
 def create_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
                      settings: Dict[str, Any]):
     """Linear warm-up from ``warmup_lr`` over ``warmup_steps`` optimiser steps, then cosine down to ``min_lr``
-    at ``total_steps``; call ``step_update(step)`` before every optimiser step (step counts from 0)."""
-    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=settings["min_lr"],
-                             warmup_t=warmup_steps, warmup_lr_init=settings["warmup_lr"], warmup_prefix=True,
-                             t_in_epochs=False)
+    at ``total_steps``; call ``step_update(step)`` before every optimiser step (step counts from 0).
+    A run of one step after the warm-up has no cosine to anneal: timm logs a warning meant for its own
+    users then, which says nothing to ours, so it is filtered out here."""
+    with _quiet_cosine_warning():
+        return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=settings["min_lr"],
+                                 warmup_t=warmup_steps, warmup_lr_init=settings["warmup_lr"], warmup_prefix=True,
+                                 t_in_epochs=False)
+
+
+@contextlib.contextmanager
+def _quiet_cosine_warning():
+    def keep(record: logging.LogRecord) -> bool:
+        return "Cosine annealing scheduler will have no effect" not in record.getMessage()
+
+    logger = logging.getLogger(CosineLRScheduler.__module__)
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def clipped_step(optimizer: torch.optim.Optimizer, parameters, clip_grad, scaler=None) -> None:

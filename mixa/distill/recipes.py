@@ -6,6 +6,7 @@ to a YAML file works too. This module imports no torch: the CLI reads its choice
 """
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -22,6 +23,7 @@ KD_KINDS = ("soft", "hard", "none")            # loss against the teacher (see m
 DEFAULTS: Dict[str, Any] = {
     "epochs": 150,
     "warmup_epochs": 10,
+    "warmup_max_fraction": 0.1,  # the warm-up never takes more than this fraction of the run's steps
     "batch_size": 512,        # global batch per optimiser step = per-process batch x processes x accum_steps
     "accum_steps": 1,
     "lr": 1.0e-4,             # for a global batch of lr_base_batch; scaled linearly for other batches
@@ -53,9 +55,35 @@ DEFAULTS: Dict[str, Any] = {
     "workers": "auto",        # data-loader processes per process; auto: min(4, available cores)
     "eval_batch_size": None,  # null: per-process batch
     "save_every_steps": 500,  # also write RUN/last every N optimiser steps inside an epoch; 0: epoch ends only
-    "transfer_steps": 0,      # > 0: first a layer-wise attention transfer of that many steps (RUN/transfer)
-    "transfer_lr": 2.0e-3,    # its peak lr (the other transfer settings: mixa.transfer.settings)
+    "hidden_weight": 0.0,     # > 0: also match the teacher's per-block hidden states (mixa.distill.losses)
+    # Transfer first (mixa.transfer): "auto" = TRANSFER_AUTO below for a converted student, 0 for a model
+    # without replaced attention layers; an integer: that many steps; 0: off.
+    "transfer_steps": "auto",
+    "transfer_lr": None,      # its peak lr; null: mixa.transfer's default (mixa.transfer.settings)
+    # The stage after a transfer stage starts low and matches hidden states, so that it keeps what the
+    # transfer won (benchmarks/transfer: the recipe's lr at once lost part of the gain).
+    "after_transfer_lr_scale": 0.2,       # lr x this after a transfer stage (1: the recipe's lr)
+    "after_transfer_hidden_weight": 1.0,  # hidden_weight after a transfer stage
 }
+
+# transfer_steps "auto": this many passes over the training images (batch = the run's), at least
+# min_steps and at most max_steps optimiser steps (benchmarks/transfer: the curves behind these numbers).
+TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 25, "max_steps": 2000}
+
+
+def auto_transfer_steps(train_images: int, batch_size: int) -> int:
+    """transfer_steps "auto" for a converted student trained on ``train_images`` at ``batch_size``."""
+    steps = round(TRANSFER_AUTO["epochs"] * train_images / batch_size)
+    return int(min(TRANSFER_AUTO["max_steps"], max(TRANSFER_AUTO["min_steps"], steps)))
+
+
+def warmup_steps(settings: Dict[str, Any], steps_per_epoch: int) -> int:
+    """Optimiser steps of linear warm-up: the recipe's warmup_epochs, capped at warmup_max_fraction of the
+    run (a 150-epoch recipe's 10 epochs stay 10; cut to 3 epochs, the run warms up for 0.3 epochs, not
+    the whole run)."""
+    total = settings["epochs"] * steps_per_epoch
+    cap = int(math.floor(settings["warmup_max_fraction"] * total))
+    return int(min(round(settings["warmup_epochs"] * steps_per_epoch), cap))
 
 def _packaged() -> Dict[str, Any]:
     """Named recipes shipped with mixa: name -> resource."""
@@ -118,9 +146,23 @@ def validate(s: Dict[str, Any]) -> None:
     for key in ("epochs", "batch_size", "accum_steps"):
         positive(key)
     positive("lr", integer=False)
-    if s["warmup_epochs"] < 0 or s["warmup_epochs"] > s["epochs"]:
-        # a warm-up longer than the run is clamped rather than refused (tiny test runs)
-        s["warmup_epochs"] = max(0, min(s["warmup_epochs"], s["epochs"]))
+    def number(key, low, high=None):
+        value = s[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < low or (
+                high is not None and value > high):
+            raise UsageError(f"{key} must be a number in [{low}, {'inf' if high is None else high}], got {value!r}")
+
+    number("warmup_epochs", 0)
+    number("warmup_max_fraction", 0, 1)
+    number("hidden_weight", 0)
+    number("after_transfer_lr_scale", 0)
+    number("after_transfer_hidden_weight", 0)
+    if not float(s["after_transfer_lr_scale"]) > 0:
+        raise UsageError(f"after_transfer_lr_scale must be > 0, got {s['after_transfer_lr_scale']!r}")
+    if s["transfer_lr"] is not None:
+        number("transfer_lr", 0)
+        if not float(s["transfer_lr"]) > 0:
+            raise UsageError(f"transfer_lr must be > 0, got {s['transfer_lr']!r}")
     if s["kd"] not in KD_KINDS:
         raise UsageError(f"kd must be one of {', '.join(KD_KINDS)}, got {s['kd']!r}")
     if not 0.0 <= float(s["kd_weight"]) <= 1.0:
@@ -131,8 +173,9 @@ def validate(s: Dict[str, Any]) -> None:
         raise UsageError(f"amp must be one of {', '.join(AMP_MODES)}, got {s['amp']!r}")
     if not 0.0 <= float(s["smoothing"]) < 1.0:
         raise UsageError(f"smoothing must be in [0, 1), got {s['smoothing']}")
-    if isinstance(s["transfer_steps"], bool) or not isinstance(s["transfer_steps"], int) or s["transfer_steps"] < 0:
-        raise UsageError(f"transfer_steps must be an integer >= 0, got {s['transfer_steps']!r}")
+    if s["transfer_steps"] != "auto" and (isinstance(s["transfer_steps"], bool) or not isinstance(s["transfer_steps"], int)
+                                          or s["transfer_steps"] < 0):
+        raise UsageError(f"transfer_steps must be 'auto' or an integer >= 0, got {s['transfer_steps']!r}")
     if s["workers"] != "auto" and (isinstance(s["workers"], bool) or not isinstance(s["workers"], int)
                                    or s["workers"] < 0):
         raise UsageError(f"workers must be 'auto' or an integer >= 0, got {s['workers']!r}")

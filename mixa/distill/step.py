@@ -2,17 +2,41 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..models.attention_layers import attention_layers
 from .losses import distillation_loss
 from .optim import clipped_step, create_optimizer, create_scheduler, param_groups
 from .precision import autocast, autocast_dtype
 from .teacher import renormalizer, unwrap
+
+
+class BlockStates:
+    """The output of every block that holds an attention layer (the attention layer's parent), recorded
+    by forward hooks while ``recording`` is on (not during validation), in forward order."""
+    def __init__(self, model: nn.Module):
+        paths = [path.rsplit(".", 1)[0] for path, _ in attention_layers(model) if "." in path]
+        self.states: List[torch.Tensor] = []
+        self.recording = False
+        for path in paths:
+            model.get_submodule(path).register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        if self.recording:
+            self.states.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    @contextlib.contextmanager
+    def record(self):
+        self.states, self.recording = [], True
+        try:
+            yield self.states
+        finally:
+            self.recording = False
 
 
 class DistillStep:
@@ -41,6 +65,9 @@ class DistillStep:
             self.ema = ModelEmaV3(self.model, decay=settings["ema_decay"])
         self.step = 0
         self._micro = 0
+        self.hidden = None  # (student, teacher) block recorders when hidden states are matched
+        if settings.get("hidden_weight") and teacher is not None and settings["kd"] != "none":
+            self.hidden = (BlockStates(self.model), BlockStates(teacher))
 
     def current_lr(self) -> float:
         """The learning rate of the latest optimiser step (the warm-up start before the first)."""
@@ -52,17 +79,22 @@ class DistillStep:
         accum = s["accum_steps"]
         last = (self._micro + 1) % accum == 0
         sync = contextlib.nullcontext() if last or not hasattr(self.net, "no_sync") else self.net.no_sync()
-        teacher_logits = None
+        teacher_logits, hidden = None, None
+        record_s, record_t = ((h.record() for h in self.hidden) if self.hidden is not None
+                              else (contextlib.nullcontext([]), contextlib.nullcontext([])))
         if self.teacher is not None and s["kd"] != "none":
-            with torch.no_grad(), autocast(self.device, self.dtype):
+            with torch.no_grad(), autocast(self.device, self.dtype), record_t as t_states:
                 x_t = self.to_teacher(images) if self.to_teacher is not None else images
                 teacher_logits = self.teacher(x_t).float()
         with sync:
-            with autocast(self.device, self.dtype):
+            with autocast(self.device, self.dtype), record_s as s_states:
                 output = self.net(images)
+            if self.hidden is not None:
+                hidden = (s_states, t_states)
             parts = distillation_loss(output, target, teacher_logits, kd=s["kd"], weight=s["kd_weight"],
                                       temperature=s["kd_temperature"],
-                                      smoothing=s["smoothing"] if target.dim() == 1 else 0.0)
+                                      smoothing=s["smoothing"] if target.dim() == 1 else 0.0,
+                                      hidden=hidden, hidden_weight=s.get("hidden_weight", 0.0))
             loss = parts["loss"] / accum
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()

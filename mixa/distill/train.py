@@ -16,13 +16,14 @@ from tqdm import tqdm
 
 from ..errors import MixaError, UsageError
 from ..io import write_json
+from ..models.attention_layers import attention_layers, layer_kind
 from ..transfer.run import transfer
 from . import data as D
 from .checkpoint import load_last_weights, open_run, rng_state, save_checkpoint, set_rng_state, write_metrics
 from .distributed import Dist, Sums
 from .evaluation import evaluate_loader
 from .precision import autocast_dtype
-from .recipes import load_recipe
+from .recipes import auto_transfer_steps, load_recipe, warmup_steps
 from .step import DistillStep
 from .teacher import ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original
 
@@ -46,11 +47,72 @@ def _transfer_stage(student, student_source, source, data_dir, run: Path, teache
     load_last_weights(student, stage, f"the student {student_source}")
 
 
+def resolve_transfer_steps(s: Dict[str, Any], student, train_images: int) -> int:
+    """transfer_steps as a number: "auto" is TRANSFER_AUTO's rule for a student with replaced attention
+    layers and 0 for one without (nothing to transfer)."""
+    if s["transfer_steps"] != "auto":
+        return int(s["transfer_steps"])
+    if s["kd"] == "none":  # labels only: no reference to transfer from
+        return 0
+    try:
+        converted = any(layer_kind(m) != "softmax" for _, m in attention_layers(student))
+    except UsageError:  # a model family mixa does not convert: nothing to transfer
+        converted = False
+    return auto_transfer_steps(train_images, s["batch_size"]) if converted else 0
+
+
+def stage_settings(s: Dict[str, Any]) -> Dict[str, Any]:
+    """The settings distillation runs with: after a transfer stage, hidden states matched with
+    after_transfer_hidden_weight (see recipes.DEFAULTS)."""
+    if s["transfer_steps"]:
+        return {**s, "hidden_weight": s["after_transfer_hidden_weight"]}
+    return s
+
+
+def scaled_lr(s: Dict[str, Any]) -> float:
+    """The recipe's lr, scaled linearly for the global batch (lr_base_batch) and by after_transfer_lr_scale
+    after a transfer stage."""
+    lr = s["lr"] * (s["batch_size"] / s["lr_base_batch"] if s["lr_base_batch"] else 1.0)
+    return lr * (s["after_transfer_lr_scale"] if s["transfer_steps"] else 1.0)
+
+
+def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images: int) -> List[str]:
+    """What the run will do, in a few lines printed at its start (what a recipe does is visible)."""
+    lr = scaled_lr(s)
+    why = []
+    if s["lr_base_batch"] and s["batch_size"] != s["lr_base_batch"]:
+        why.append(f"x {s['batch_size']}/{s['lr_base_batch']} linear batch rule")
+    if s["transfer_steps"] and s["after_transfer_lr_scale"] != 1:
+        why.append(f"x {s['after_transfer_lr_scale']:g} after transfer")
+    lines = [f"{s['epochs']} epoch(s) x {steps_per_epoch} step(s) of {s['batch_size']} images; lr {lr:.3g} "
+             f"(recipe {s['lr']:.3g}{', ' + ', '.join(why) if why else ''}), warm-up {warmup} step(s)"
+             + (f" (the recipe's {s['warmup_epochs']:g} epoch(s), capped at {s['warmup_max_fraction']:.0%} of the run)"
+                if warmup < round(s["warmup_epochs"] * steps_per_epoch) else "") + ", then cosine"]
+    if lr < 10 * s["min_lr"]:
+        lines.append(f"lr {lr:.3g} is within 10x of min_lr {s['min_lr']:.3g}: the schedule barely moves (the recipe's "
+                     f"lr is for a batch of {s['lr_base_batch']}); pass --lr")
+    if s["transfer_steps"]:
+        lines.append(f"first {s['transfer_steps']} step(s) of layer-wise transfer ({s['transfer_steps'] * s['batch_size']} "
+                     f"images, into RUN/transfer; --transfer-steps 0: off), then KD matching the teacher's logits "
+                     f"and block outputs (hidden weight {s['after_transfer_hidden_weight']:g})")
+    heavy = [text for text, on in (
+        (f"RandAugment {s['auto_augment']}", s["auto_augment"]), (f"random erasing {s['reprob']}", s["reprob"]),
+        (f"crops down to {s['scale'][0]:.0%} of the image", s["scale"][0] < 0.5),
+        (f"Mixup {s['mixup']}", s["mixup"]), (f"CutMix {s['cutmix']}", s["cutmix"])) if on]
+    if heavy:
+        lines.append("augmentation: " + ", ".join(heavy)
+                     + (f" -- made for ImageNet-scale data; with {train_images} training images it may keep the "
+                        f"student from fitting (--recipe small: no augmentation, short runs)"
+                        if train_images < 20000 else ""))
+    return lines
+
+
 @dataclasses.dataclass
 class TrainSums(Sums):
     loss: float = 0.0
     ce: float = 0.0
     kd: float = 0.0
+    hidden: float = 0.0
     batches: float = 0.0
     skipped: float = 0.0
 
@@ -102,7 +164,6 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         raise UsageError(f"batch_size {s['batch_size']} is not divisible by processes x accum_steps "
                          f"= {world} x {accum}")
     per_process = s["batch_size"] // (world * accum)
-    lr = s["lr"] * (s["batch_size"] / s["lr_base_batch"] if s["lr_base_batch"] else 1.0)
     random_seed(int(s["seed"]), dist.rank)
 
     # Everything that can fail on user input is checked before anything is written.
@@ -128,6 +189,12 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         raise MixaError(f"one epoch has {len(train_dl)} batches, fewer than accum_steps={accum}")
     if state is not None:
         load_last_weights(student, run, f"the student {student_source}")
+    s = settings = {**s, "transfer_steps": resolve_transfer_steps(s, student, len(train_set))}
+    lr = scaled_lr(s)
+    warmup = warmup_steps(s, steps_per_epoch)
+    if dist.main and state is None:
+        for line in describe(s, steps_per_epoch, warmup, len(train_set)):
+            tqdm.write(f"mixa distill: {line}")
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
         write_json(run / "run.json", {
@@ -137,11 +204,14 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
     if state is None and s["transfer_steps"]:
         _transfer_stage(student, student_source, source, data_dir, run, t_model if t_model is not None else teacher,
                         teacher_checkpoint, s, dist, progress)
+    # Training draws the same random numbers however its models were built (a teacher's random init, a
+    # transfer stage): a run after a transfer stage is the run started from the transferred model.
+    random_seed(int(s["seed"]), dist.rank)
     student.to(dist.device).train()
     mixup = D.mixup_fn(s, len(train_set.classes))
 
-    total, warmup = s["epochs"] * steps_per_epoch, s["warmup_epochs"] * steps_per_epoch
-    stepper = DistillStep(student, t_model, s, dist.device, lr, total, warmup, ddp=dist.enabled)
+    total = s["epochs"] * steps_per_epoch
+    stepper = DistillStep(student, t_model, stage_settings(s), dist.device, lr, total, warmup, ddp=dist.enabled)
 
     history: List[Dict[str, Any]] = []
     start_epoch, best = 0, -1.0
@@ -183,7 +253,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             if not math.isfinite(loss):
                 raise MixaError(f"training loss became {loss} at epoch {epoch + 1}, step {stepper.step}; "
                                 f"lower --lr or use --amp none")
-            sums.add(loss=loss, ce=parts["ce"].item(), kd=parts["kd"].item(), batches=1,
+            sums.add(loss=loss, ce=parts["ce"].item(), kd=parts["kd"].item(), hidden=parts["hidden"].item(), batches=1,
                      skipped=(skipped > 0).sum().item())
             seen += images.shape[0] * world
             bar.update(1)
@@ -202,7 +272,8 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         val = evaluate_loader(stepper.model, val_dl, t_model, dist.device, stepper.dtype, dist,
                               progress=progress and dist.main, desc="val")
         row = {"epoch": epoch + 1, "step": stepper.step, "train_loss": sums.loss / sums.batches,
-               "train_ce": sums.ce / sums.batches, "train_kd": sums.kd / sums.batches, "lr": stepper.current_lr(),
+               "train_ce": sums.ce / sums.batches, "train_kd": sums.kd / sums.batches,
+               "train_hidden": sums.hidden / sums.batches, "lr": stepper.current_lr(),
                "images_per_s": seen / train_time, "val_top1": val["top1"], "val_top5": val["top5"],
                "val_loss": val["loss"], "agreement_top1": val.get("agreement_top1"), "mean_kl": val.get("mean_kl"),
                "skipped_images": int(sums.skipped) + val["skipped"], "skipped_train_images": int(sums.skipped),

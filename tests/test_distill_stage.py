@@ -1,0 +1,176 @@
+"""mixa distill: transfer first by default, the stage after it (low lr + hidden states), short-run schedules."""
+import json
+import logging
+import math
+
+import pytest
+import torch
+
+import mixa
+from mixa.cli import main
+from mixa.distill import losses
+from mixa.distill.optim import create_optimizer, create_scheduler
+from mixa.distill.recipes import DEFAULTS, TRANSFER_AUTO, auto_transfer_steps, load_recipe, warmup_steps
+from mixa.distill.train import distill
+
+from test_distill import BASE, TINY, _weights, world  # noqa: F401  (the shared fixture)
+
+QUIET = dict(progress=False, workers=0)
+# the tiny recipe with the stage after transfer's own settings left at their defaults
+STAGE = dict(recipe="tiny", epochs=1, **QUIET)
+
+
+# ------------------------------------------------------------------------------------------ short runs
+
+def test_a_short_run_warms_up_for_a_fraction_of_it_then_anneals():
+    """The deit recipes warm up for 10 of 150 epochs; cut to 3 epochs, the warm-up is 10% of the run (not
+    the whole run, which left the lr climbing until the last step)."""
+    long = load_recipe("deit_t")
+    assert warmup_steps(long, 100) == 10 * 100  # 10 epochs = 6.7% of 150: untouched
+    short = load_recipe("deit_t", epochs=3)
+    assert warmup_steps(short, 10) == 3  # 10% of 30 steps
+    settings = {**short, "warmup_lr": 1e-6, "min_lr": 1e-6}
+    optimizer = create_optimizer([torch.nn.Parameter(torch.zeros(1))], 1e-4, settings)
+    scheduler = create_scheduler(optimizer, total_steps=30, warmup_steps=warmup_steps(short, 10), settings=settings)
+    lrs = []
+    for step in range(30):
+        scheduler.step_update(step)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert max(lrs) == pytest.approx(1e-4) and lrs.index(max(lrs)) == 3  # the peak is reached
+    assert lrs[-1] < 0.05 * 1e-4  # and the cosine anneals it by the end
+
+
+def test_timms_cosine_warning_does_not_reach_the_user(caplog):
+    settings = {"min_lr": 1e-6, "warmup_lr": 1e-6}
+    optimizer = create_optimizer([torch.nn.Parameter(torch.zeros(1))], 1e-3, {**settings, "betas": (0.9, 0.999),
+                                                                               "eps": 1e-8})
+    with caplog.at_level(logging.WARNING):
+        create_scheduler(optimizer, total_steps=2, warmup_steps=1, settings=settings)  # t_initial = 1
+    assert "Cosine annealing" not in caplog.text
+
+
+def test_distill_cut_short_reaches_its_peak_lr_and_says_what_the_recipe_does(world, tmp_path, capsys, caplog):  # noqa: F811
+    """The default recipe with --epochs 2 on 32 images: on main the whole run was warm-up (lr still
+    climbing at the end) and timm's warning printed. Now the lr peaks early and anneals, and the start
+    says what the recipe does, that its augmentation is made for large data, and what to use instead."""
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        distill(world / "student", world / "data", run, epochs=2, batch_size=8, lr=1e-2, transfer_steps=0, **QUIET)
+    out = capsys.readouterr().out
+    assert "Cosine annealing" not in caplog.text + out
+    info = json.loads((run / "run.json").read_text())
+    peak = info["lr_scaled"]
+    assert peak == pytest.approx(1e-2 * 8 / DEFAULTS["lr_base_batch"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["lr"] < 0.2 * peak  # annealed by the end, not still warming up
+    assert "warm-up 0 step(s)" in out and "capped at 10% of the run" in out
+    assert "made for ImageNet-scale data" in out and "--recipe small" in out
+    # with the recipe's own lr, the batch rule takes it to min_lr: the start says so
+    quiet = tmp_path / "quiet"
+    distill(world / "student", world / "data", quiet, epochs=1, batch_size=8, transfer_steps=0, **QUIET)
+    assert "the schedule barely moves" in capsys.readouterr().out
+
+
+def test_the_small_recipe_is_the_quick_starts():
+    from mixa.quickstart import RECIPE
+
+    small = load_recipe("small")
+    assert {k: small[k] for k in RECIPE if k not in ("epochs", "workers")} == \
+        {k: v for k, v in RECIPE.items() if k not in ("epochs", "workers")}
+
+
+# ------------------------------------------------------------------------------------------ hidden states
+
+def test_hidden_state_loss_is_the_mean_relative_error():
+    s = [torch.tensor([[1.0, 2.0]]), torch.tensor([[0.0, 3.0]])]
+    t = [torch.tensor([[1.0, 1.0]]), torch.tensor([[2.0, 0.0]])]
+    # block 1: (0 + 1) / 2; block 2: (4 + 9) / 4
+    assert losses.hidden_state_loss(s, t).item() == pytest.approx((0.5 + 13 / 4) / 2)
+    parts = losses.distillation_loss(torch.zeros(1, 2), torch.tensor([0]), torch.zeros(1, 2), hidden=(s, t),
+                                     hidden_weight=2.0)
+    assert parts["loss"].item() == pytest.approx(0.5 * math.log(2) + 2.0 * (0.5 + 13 / 4) / 2)
+
+
+# ------------------------------------------------------------------------------------------ transfer first
+
+def test_distill_transfers_first_by_default_for_a_converted_student(world, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    distill(world / "student", world / "data", run, recipe="small", epochs=1, batch_size=8, **QUIET)
+    settings = json.loads((run / "run.json").read_text())["settings"]
+    assert settings["transfer_steps"] == auto_transfer_steps(32, 8) == TRANSFER_AUTO["min_steps"]
+    stage = json.loads((run / "transfer" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert stage["step"] == TRANSFER_AUTO["min_steps"]
+    # an unconverted model has nothing to transfer: no stage
+    plain = tmp_path / "plain"
+    mixa.save(_teacher(world), tmp_path / "teacher")
+    distill(tmp_path / "teacher", world / "data", plain, recipe="small", epochs=1, batch_size=8, **QUIET)
+    assert json.loads((plain / "run.json").read_text())["settings"]["transfer_steps"] == 0
+    assert not (plain / "transfer").exists()
+
+
+def _teacher(world):  # noqa: F811
+    from mixa.models import create_model
+
+    return create_model(BASE, checkpoint=str(world / "teacher.safetensors"), **TINY)
+
+
+def test_auto_transfer_steps_scale_with_the_data():
+    assert auto_transfer_steps(800, 64) == 50            # the proxy: 4 passes over 800 images
+    assert auto_transfer_steps(100, 64) == TRANSFER_AUTO["min_steps"]
+    assert auto_transfer_steps(1_281_167, 512) == TRANSFER_AUTO["max_steps"]
+
+
+def test_the_stage_after_transfer_starts_from_the_transferred_weights(world, tmp_path):  # noqa: F811
+    """distill with its transfer stage == transfer, then distill of the transferred model with the stage's
+    settings spelled out (lr x after_transfer_lr_scale, hidden_weight): bit for bit."""
+    staged = tmp_path / "staged"
+    distill(world / "student", world / "data", staged, transfer_steps=3, **STAGE)
+    stage_lr = load_recipe("tiny")["lr"] * DEFAULTS["after_transfer_lr_scale"]
+    by_hand = tmp_path / "by_hand"
+    distill(staged / "transfer", world / "data", by_hand, transfer_steps=0, lr=stage_lr,
+            hidden_weight=DEFAULTS["after_transfer_hidden_weight"], **STAGE)
+    a, b = _weights(staged / "last"), _weights(by_hand / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # ... and the stage did change the transferred weights (the comparison can fail)
+    t = _weights(staged / "transfer")
+    assert not all(torch.equal(a[k], t[k]) for k in a)
+    row = json.loads((staged / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["train_hidden"] > 0
+
+
+def test_the_stage_after_transfer_resumes_exactly(world, tmp_path):  # noqa: F811
+    straight = tmp_path / "straight"
+    distill(world / "student", world / "data", straight, transfer_steps=3, **{**STAGE, "epochs": 2})
+    split = tmp_path / "split"
+    distill(world / "student", world / "data", split, transfer_steps=3, stop_after=0, **{**STAGE, "epochs": 2})
+    assert (split / "transfer").is_dir() and not (split / "last").exists()  # killed after the transfer
+    distill(world / "student", world / "data", split, resume=True, stop_after=1, **{**STAGE, "epochs": 2})
+    distill(world / "student", world / "data", split, resume=True, **{**STAGE, "epochs": 2})
+    a, b = _weights(straight / "last"), _weights(split / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+@pytest.mark.parametrize("flag,value", [
+    ("--transfer-steps", "-1"), ("--transfer-steps", "many"), ("--transfer-lr", "0"), ("--hidden-weight", "-1"),
+    ("--hidden-weight", "nan"), ("--after-transfer-lr-scale", "0"), ("--after-transfer-hidden-weight", "x")])
+def test_bad_new_flags_are_one_line_exit_2(world, tmp_path, capsys, flag, value):  # noqa: F811
+    with pytest.raises(SystemExit) as exc:
+        main(["distill", "-m", str(world / "student"), "--data-dir", str(world / "data"), "--output",
+              str(tmp_path / "run"), flag, value])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and flag in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text,expect", [
+    ("transfer_steps: -2", "transfer_steps must be"), ("after_transfer_lr_scale: 0", "after_transfer_lr_scale"),
+    ("hidden_weight: -1", "hidden_weight must be"), ("warmup_max_fraction: 2", "warmup_max_fraction")])
+def test_bad_recipe_values_are_one_line_exit_2(world, tmp_path, capsys, text, expect):  # noqa: F811
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(text + "\n")
+    code = main(["distill", "-m", str(world / "student"), "--data-dir", str(world / "data"), "--output",
+                 str(tmp_path / "run"), "--recipe", str(recipe), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and expect in err[0]
