@@ -93,7 +93,8 @@ def test_hidden_state_loss_is_the_mean_relative_error():
 
 # ------------------------------------------------------------------------------------------ transfer first
 
-def test_distill_transfers_first_by_default_for_a_converted_student(world, tmp_path):  # noqa: F811
+def test_distill_transfers_first_by_default_for_a_converted_student(world, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(TRANSFER_AUTO, "min_steps", 5)  # (100 by default: a short test)
     run = tmp_path / "run"
     distill(world / "student", world / "data", run, recipe="small", epochs=1, batch_size=8, **QUIET)
     settings = json.loads((run / "run.json").read_text())["settings"]
@@ -115,7 +116,8 @@ def _teacher(world):  # noqa: F811
 
 
 def test_auto_transfer_steps_scale_with_the_data():
-    assert auto_transfer_steps(800, 64) == 50            # the proxy: 4 passes over 800 images
+    assert auto_transfer_steps(800, 64) == 100           # the proxy: 4 passes would be 50, too few
+    assert auto_transfer_steps(3000, 64) == 188          # the quick start: 4 passes
     assert auto_transfer_steps(100, 64) == TRANSFER_AUTO["min_steps"]
     assert auto_transfer_steps(1_281_167, 512) == TRANSFER_AUTO["max_steps"]
 

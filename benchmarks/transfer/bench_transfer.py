@@ -51,7 +51,7 @@ KINDS = ("relu", "stella", "rala")
 KEEPS = (0, 2, 6)
 CONTROL = 98.9   # the proxy benchmark's control (teacher + the same 3-epoch KD), seed 1
 # The stage after transfer, on top of mixa.quickstart.RECIPE: the study behind distill's default, each for
-# STUDY_EPOCHS epochs (the proxy's KD budget). "recipe": the proxy's KD as is (lr 5e-4 at once); "low": lr
+# --study-epochs epochs (3: the proxy's KD budget). "recipe": the proxy's KD as is (lr 5e-4 at once); "low": lr
 # x 0.2; "hidden": lr x 0.2 and block outputs matched; "hidden-hi": the recipe's lr and block outputs matched.
 # "default": mixa distill's own transfer stage and defaults, run to the end of the grid (--images).
 STAGES = {
@@ -61,7 +61,6 @@ STAGES = {
     "hidden-hi": {"hidden_weight": 1.0},
     "default": None,
 }
-STUDY_EPOCHS = 3
 
 
 def parse_args(argv=None):
@@ -74,7 +73,9 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=9600, help="images processed at the end of every curve")
     p.add_argument("--transfer-batch", type=int, default=64)
     p.add_argument("--transfer-every", type=int, default=25, help="transfer-only: steps between points")
-    p.add_argument("--stage-transfer-steps", type=int, default=50, help="transfer steps before the stage")
+    p.add_argument("--stage-transfer-steps", type=int, default=50,
+                   help="transfer steps before the stage in the study variants (tkd-default: distill's auto)")
+    p.add_argument("--study-epochs", type=int, default=3, help="KD epochs of the study variants (tkd-*, not default)")
     p.add_argument("--seed", type=int, default=1, help="data and run seed (the teacher was trained on seed 0)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", default=None, help="comma-separated row names (KIND_kK_MODE, seed added)")
@@ -107,7 +108,10 @@ class Bench:
 
     def claim(self, results):
         made = results.get("settings")
-        if made and {k: v for k, v in made.items() if k not in ("commands", "cpu")} != self.settings:
+        def same(settings):
+            return {k: v for k, v in settings.items() if k not in ("commands", "cpu", "stage_transfer_steps")}
+
+        if made and same(made) != same(self.settings):
             sys.exit(f"{self.path} holds rows made with other settings; choose another --output")
         from mixa.profile.records import cpu_model
 
@@ -220,8 +224,11 @@ class Bench:
             self.transfer(student, run, steps, a.transfer_every, point)
             record = {"transfer_steps": steps, "transfer_settings": json.loads((run / "run.json").read_text())["settings"]}
         elif mode == "tkd-default":
-            # mixa distill as a user runs it: its own transfer stage (RUN/transfer), then its stage defaults
-            steps = a.stage_transfer_steps
+            # mixa distill as a user runs it: its own transfer stage (RUN/transfer, transfer_steps "auto"),
+            # then its stage defaults
+            from mixa.distill.recipes import auto_transfer_steps
+
+            steps = auto_transfer_steps(a.train_images, self.recipe["batch_size"])
             run = self.work / "runs" / name
             epochs = max(1, (a.images - steps * a.transfer_batch) // a.train_images)
             if not any(p.get("stage") == "transfer" for p in state["curve"]):
@@ -241,8 +248,8 @@ class Bench:
                 self.transfer(student, t_run, steps)
                 add(steps * a.transfer_batch, load(t_run), {"stage": "transfer"})
             settings = {**STAGES[variant], "transfer_steps": 0}
-            kd_curve(t_run, self.work / "runs" / name, STUDY_EPOCHS, steps * a.transfer_batch, settings)
-            record = {"transfer_steps": steps, "stage": settings,
+            kd_curve(t_run, self.work / "runs" / name, a.study_epochs, steps * a.transfer_batch, settings)
+            record = {"transfer_steps": steps, "stage": settings, "study_epochs": a.study_epochs,
                       "transfer_settings": json.loads((t_run / "run.json").read_text())["settings"]}
         record = {"name": name, "kind": kind, "keep": keep, "mode": mode, "seed": a.seed,
                   "kept": load(student).mixa_config["selection"]["kept"], "curve": state["curve"], **record}
@@ -300,8 +307,8 @@ def write_report(out: Path, results) -> None:
              f"Teacher {s['teacher']} (99.70%), control {CONTROL} (the teacher + 3 KD epochs, benchmarks/proxy/extremes); "
              f"target level control - 1 = {CONTROL - 1:.1f}. {s['train_images']} training / {s['val_images']} val "
              f"scenes per seed; KD recipe mixa.quickstart.RECIPE; transfer: mixa.transfer's defaults at batch "
-             f"{s['transfer_batch']}; transfer + stage: {s['stage_transfer_steps']} transfer steps "
-             f"({s['stage_transfer_steps'] * s['transfer_batch']} images), then the stage. CPU: {s.get('cpu')}, "
+             f"{s['transfer_batch']}; transfer + stage: the row's transfer steps (`transfer_steps` in results.json), "
+             f"then the stage. CPU: {s.get('cpu')}, "
              f"1 thread per run.", "",
              "Top-1 (%) at images processed (mean over the seeds listed; a point is the model at that moment of "
              "one run planned for the whole curve). `reach`: images to control - 1 (each seed).", "",

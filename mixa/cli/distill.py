@@ -83,7 +83,7 @@ def add_arguments(p) -> None:
                    help="also match the teacher's block outputs (relative error, weight W; 0: off)")
     g.add_argument("--transfer-steps", type=_steps, metavar="auto|N",
                    help="first N steps of layer-wise attention transfer (mixa transfer) into RUN/transfer; "
-                        "auto (default): 4 passes over the training images for a converted student (25 to "
+                        "auto (default): 4 passes over the training images for a converted student (100 to "
                         "2000 steps), none for a model without replaced attention; 0: off")
     g.add_argument("--transfer-lr", type=_positive, help="peak lr of that stage (default: mixa transfer's)")
     g.add_argument("--after-transfer-lr-scale", type=_positive, metavar="F",
