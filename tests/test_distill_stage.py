@@ -126,11 +126,11 @@ def test_the_stage_after_transfer_starts_from_the_transferred_weights(world, tmp
     """distill with its transfer stage == transfer, then distill of the transferred model with the stage's
     settings spelled out (lr x after_transfer_lr_scale, hidden_weight): bit for bit."""
     staged = tmp_path / "staged"
-    distill(world / "student", world / "data", staged, transfer_steps=3, **STAGE)
-    stage_lr = load_recipe("tiny")["lr"] * DEFAULTS["after_transfer_lr_scale"]
+    distill(world / "student", world / "data", staged, transfer_steps=3, after_transfer_lr_scale=0.2,
+            after_transfer_hidden_weight=1.0, **STAGE)
+    stage_lr = load_recipe("tiny")["lr"] * 0.2
     by_hand = tmp_path / "by_hand"
-    distill(staged / "transfer", world / "data", by_hand, transfer_steps=0, lr=stage_lr,
-            hidden_weight=DEFAULTS["after_transfer_hidden_weight"], **STAGE)
+    distill(staged / "transfer", world / "data", by_hand, transfer_steps=0, lr=stage_lr, hidden_weight=1.0, **STAGE)
     a, b = _weights(staged / "last"), _weights(by_hand / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)
     # ... and the stage did change the transferred weights (the comparison can fail)
@@ -142,12 +142,13 @@ def test_the_stage_after_transfer_starts_from_the_transferred_weights(world, tmp
 
 def test_the_stage_after_transfer_resumes_exactly(world, tmp_path):  # noqa: F811
     straight = tmp_path / "straight"
-    distill(world / "student", world / "data", straight, transfer_steps=3, **{**STAGE, "epochs": 2})
+    stage = {**STAGE, "epochs": 2, "after_transfer_hidden_weight": 1.0}
+    distill(world / "student", world / "data", straight, transfer_steps=3, **stage)
     split = tmp_path / "split"
-    distill(world / "student", world / "data", split, transfer_steps=3, stop_after=0, **{**STAGE, "epochs": 2})
+    distill(world / "student", world / "data", split, transfer_steps=3, stop_after=0, **stage)
     assert (split / "transfer").is_dir() and not (split / "last").exists()  # killed after the transfer
-    distill(world / "student", world / "data", split, resume=True, stop_after=1, **{**STAGE, "epochs": 2})
-    distill(world / "student", world / "data", split, resume=True, **{**STAGE, "epochs": 2})
+    distill(world / "student", world / "data", split, resume=True, stop_after=1, **stage)
+    distill(world / "student", world / "data", split, resume=True, **stage)
     a, b = _weights(straight / "last"), _weights(split / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)
 

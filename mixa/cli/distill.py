@@ -87,10 +87,9 @@ def add_arguments(p) -> None:
                         "2000 steps), none for a model without replaced attention; 0: off")
     g.add_argument("--transfer-lr", type=_positive, help="peak lr of that stage (default: mixa transfer's)")
     g.add_argument("--after-transfer-lr-scale", type=_positive, metavar="F",
-                   help="after a transfer stage, KD runs at lr x F (default 0.2: it starts low and keeps "
-                        "what the transfer won)")
+                   help="after a transfer stage, KD runs at lr x F (default 1: the recipe's lr)")
     g.add_argument("--after-transfer-hidden-weight", type=_non_negative, metavar="W",
-                   help="hidden-state weight of the KD after a transfer stage (default 1)")
+                   help="hidden-state weight of the KD after a transfer stage (default 0: logits only)")
 
 
 OVERRIDES = ("epochs", "warmup_epochs", "batch_size", "accum_steps", "lr", "weight_decay", "clip_grad", "seed",

@@ -93,8 +93,9 @@ def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images:
                      f"lr is for a batch of {s['lr_base_batch']}); pass --lr")
     if s["transfer_steps"]:
         lines.append(f"first {s['transfer_steps']} step(s) of layer-wise transfer ({s['transfer_steps'] * s['batch_size']} "
-                     f"images, into RUN/transfer; --transfer-steps 0: off), then KD matching the teacher's logits "
-                     f"and block outputs (hidden weight {s['after_transfer_hidden_weight']:g})")
+                     f"images, into RUN/transfer; --transfer-steps 0: off), then KD"
+                     + (f" matching the teacher's logits and block outputs (hidden weight "
+                        f"{s['after_transfer_hidden_weight']:g})" if s["after_transfer_hidden_weight"] else ""))
     heavy = [text for text, on in (
         (f"RandAugment {s['auto_augment']}", s["auto_augment"]), (f"random erasing {s['reprob']}", s["reprob"]),
         (f"crops down to {s['scale'][0]:.0%} of the image", s["scale"][0] < 0.5),
