@@ -80,6 +80,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", default=None, help="comma-separated row names (KIND_kK_MODE, seed added)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--partial", action="store_true",
+                   help="with --report-only: also report rows whose runs were stopped, marked partial")
     return p.parse_args(argv)
 
 
@@ -101,7 +103,9 @@ class Bench:
         self.work.mkdir(parents=True, exist_ok=True)
         self.path = self.out / "results.json"
         self.recipe = {**RECIPE, "seed": args.seed, "save_every_steps": 0, "transfer_steps": 0}
-        self.settings = {"task": proxy.teacher_task(Path(args.teacher)), "teacher": args.teacher,
+        teacher = Path(args.teacher).resolve()
+        self.settings = {"task": proxy.teacher_task(teacher),
+                         "teacher": str(teacher.relative_to(REPO)) if teacher.is_relative_to(REPO) else str(teacher),
                          "train_images": args.train_images, "val_images": args.val_images, "images": args.images,
                          "transfer_batch": args.transfer_batch, "stage_transfer_steps": args.stage_transfer_steps,
                          "kd_recipe": {k: v for k, v in RECIPE.items()}}
@@ -269,6 +273,21 @@ class Bench:
 
 # -------------------------------------------------------------------------------------------- report
 
+def add_partial_rows(results, work: Path) -> None:
+    """Rows of WORK/rows whose runs were stopped before the end of their curve, as far as they got
+    (``partial``: their points are those of a run planned for the whole curve)."""
+    results["records"] = [r for r in results["records"] if not r.get("partial")]
+    done = {r["name"] for r in results["records"]}
+    for path in sorted((work / "rows").glob("*.json")):
+        name = path.stem
+        curve = json.loads(path.read_text())["curve"]
+        if name in done or len(curve) < 2:
+            continue
+        kind, keep, mode = name.split("_")[0], int(name.split("_")[1][1:]), name.split("_")[2]
+        results["records"].append({"name": name, "kind": kind, "keep": keep, "mode": mode,
+                                   "seed": int(name.rsplit("_s", 1)[1]), "curve": curve, "partial": True})
+
+
 def images_to_reach(curve, level):
     """The fewest images at which a curve reaches ``level`` (None: never within the grid)."""
     reached = [p["images"] for p in curve if p["top1"] >= level]
@@ -291,7 +310,8 @@ def summary_rows(results):
                              "top1_seeds": [p["top1"] for p in vals],
                              "cpu_s": sum(p["cpu_s"] for p in vals) / len(vals)})
         reach = [images_to_reach(r["curve"], CONTROL - 1.0) for r in recs]
-        rows.append({"kind": kind, "keep": keep, "mode": mode, "seeds": sorted(r["seed"] for r in recs),
+        rows.append({"kind": kind, "keep": keep, "mode": mode + (" (stopped)" if any(r.get("partial") for r in recs) else ""),
+                     "seeds": sorted(r["seed"] for r in recs),
                      "curve": mean, "reach_each": reach, "reach_mean_curve": images_to_reach(mean, CONTROL - 1.0)})
     return rows
 
@@ -302,7 +322,7 @@ def write_report(out: Path, results) -> None:
     s = results["settings"]
     rows = summary_rows(results)
     grid = sorted({p["images"] for r in rows for p in r["curve"]})
-    cols = [x for x in grid if x % 1600 == 0 or x in (800, 2400)]
+    cols = [x for x in grid if x > 0 and x % 800 == 0]
     lines = [f"# Curves on the {s['task']} proxy: KD only, transfer only, transfer + the stage after it", "",
              f"Teacher {s['teacher']} (99.70%), control {CONTROL} (the teacher + 3 KD epochs, benchmarks/proxy/extremes); "
              f"target level control - 1 = {CONTROL - 1:.1f}. {s['train_images']} training / {s['val_images']} val "
@@ -346,9 +366,10 @@ def plot(path: Path, rows) -> None:
         if r["kind"] not in KINDS or r["keep"] not in KEEPS:
             continue
         ax = axes[KEEPS.index(r["keep"])][KINDS.index(r["kind"])]
-        if r["mode"] not in styles:
-            styles[r["mode"]] = (next(others, "grey"), "--")
-        colour, ls = styles[r["mode"]]
+        mode = r["mode"].split(" ")[0]
+        if mode not in styles:
+            styles[mode] = (next(others, "grey"), "--")
+        colour, ls = styles[mode]
         ax.plot([p["images"] for p in r["curve"]], [p["top1"] for p in r["curve"]], ls, color=colour, marker="o",
                 ms=2.5, label=f"{r['mode']} ({len(r['seeds'])} seed{'s' if len(r['seeds']) > 1 else ''})")
     for i, keep in enumerate(KEEPS):
@@ -373,7 +394,10 @@ def main(argv=None):
     args = parse_args(argv)
     bench = Bench(args)
     if args.report_only:
-        write_report(bench.out, proxy.update_results(bench.path, bench.claim))
+        results = proxy.update_results(bench.path, bench.claim)
+        if args.partial:
+            results = proxy.update_results(bench.path, lambda r: add_partial_rows(r, bench.work))
+        write_report(bench.out, results)
         return
     bench.setup()
     wanted = row_names(args.seed)

@@ -61,8 +61,8 @@ DEFAULTS: Dict[str, Any] = {
     "transfer_steps": "auto",
     "transfer_lr": None,      # its peak lr; null: mixa.transfer's default (mixa.transfer.settings)
     # The stage after a transfer stage (benchmarks/transfer, the study): from a transfer that left room
-    # (relu k = 0 at 92.5%), one KD epoch at the recipe's lr gained 2.3 points, at lr x 0.2 with block outputs
-    # matched 0.3: so the recipe's lr and plain KD, until a measurement says otherwise.
+    # (relu k = 0 at 92.5%), one KD epoch at the recipe's lr gained 2.3 points, with block outputs matched 1.8,
+    # at lr x 0.2 with block outputs matched 0.3: so the recipe's lr and plain KD, until a measurement says otherwise.
     "after_transfer_lr_scale": 1.0,       # lr x this after a transfer stage (1: the recipe's lr)
     "after_transfer_hidden_weight": 0.0,  # hidden_weight after a transfer stage (0: logit KD only)
 }
