@@ -96,6 +96,8 @@ def _mix_views(m: MixAttention, args, kwargs) -> _Views:
     b, n, c = x.shape
     q, k, v = m.qkv(x).reshape(b, n, 3, m.num_heads, m.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = m.q_norm(q), m.k_norm(k)
+    if m.feature_map is not None:  # a learnable kernel (hedgehog): the core works on its features
+        q, k = m.feature_map(q, k)
     mask = kwargs.get("mask")  # Swin's shifted-window mask, as timm passes it
     core = get_attention_kind(m.kind).core
     if mask is not None and m.kind != "softmax":
