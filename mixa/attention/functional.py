@@ -57,9 +57,10 @@ def _mm(a: Tensor, b: Tensor) -> Tensor:
     for the operands' device while it runs. The cores call it on ``_wide`` operands."""
     if torch.jit.is_scripting():  # TorchScript cannot key autocast on a run-time device (see above)
         return a @ b
-    if not torch.is_autocast_enabled(a.device.type):
+    device = a.device.type
+    if not torch.amp.is_autocast_available(device) or not torch.is_autocast_enabled(device):  # e.g. "meta"
         return a @ b
-    with torch.autocast(a.device.type, enabled=False):
+    with torch.autocast(device, enabled=False):
         return a @ b
 
 

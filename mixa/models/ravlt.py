@@ -280,6 +280,7 @@ class RAVLT(nn.Module):
                      if num_classes > 0 else nn.Identity())
         if num_classes > 0:
             self._init_weights(self.head)
+        self.head.train(self.training)
 
     def forward_intermediates(self, x: Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
