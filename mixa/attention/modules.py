@@ -17,6 +17,7 @@ Decisions for RALA outside its home (documented in README, tested in tests/test_
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Union
 
 import torch
@@ -47,7 +48,6 @@ torch.fx.wrap("_grid_side")
 SWIN_MAX_REGIONS = 4
 
 
-@torch.jit.interface
 class _Attends(nn.Module):
     """What ``_attend_as_one_call`` needs of a MixAttention (an interface type, so that TorchScript can compile
     an FX graph that passes the layer to it)."""
@@ -55,6 +55,11 @@ class _Attends(nn.Module):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], mask: Optional[Tensor],
                is_causal: bool) -> Tensor:
         pass
+
+
+with warnings.catch_warnings():  # torch 2.14 deprecates TorchScript; say so once per use, not on import
+    warnings.simplefilter("ignore", FutureWarning)
+    _Attends = torch.jit.interface(_Attends)
 
 
 def _attend_as_one_call(module: _Attends, q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
