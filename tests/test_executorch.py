@@ -46,6 +46,58 @@ def test_pte_matches_eager_and_int8_approximates_it(pte_files):
     assert not np.allclose(got, expected, atol=1e-6)  # it really is quantised
 
 
+def pte_instructions(path):
+    """Counter of what a .pte's execution plan runs, read from the serialised program (independent of the
+    graph mixa's report walks): ``{"delegate": n, "native_layer_norm": n, ...}`` (kernel calls by op)."""
+    from collections import Counter
+
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(Path(path).read_bytes())
+    program = getattr(program, "program", program)
+    (plan,) = program.execution_plan
+    counts = Counter()
+    for instruction in plan.chains[0].instructions:
+        args = instruction.instr_args
+        if type(args).__name__ == "DelegateCall":
+            counts["delegate"] += 1
+        elif type(args).__name__ == "KernelCall":
+            counts[plan.operators[args.op_index].name.split("::")[-1]] += 1
+    return counts
+
+
+# The ops torch's SDPA decomposition leaves outside XNNPACK (its boolean-mask branch).
+SDPA_DECOMPOSITION = {"logical_not", "eq", "any", "where", "full_like", "mul"}
+
+
+def test_delegation_report_matches_the_program_and_replaced_layers_add_nothing(pte_files):
+    """Issue 20: the report's counts against the serialised program's instructions; nothing a replaced
+    (RALA) layer computes runs outside the delegate; kept softmax layers carry no SDPA decomposition."""
+    model, fp32, int8 = pte_files
+    for result in (fp32, int8):
+        report = result.delegation
+        program = pte_instructions(result.path)
+        assert report.delegate_calls == program.pop("delegate") > 0
+        assert {op.split(".")[0]: n for op, n in report.outside.items()} == dict(program)
+        assert not set(program) & SDPA_DECOMPOSITION
+        assert report.in_modules(["blocks.1.attn"]) == {}  # the RALA layer
+        assert report.in_modules(["blocks.0.attn"]) == {}  # the kept softmax layer, plain form
+
+
+def test_the_original_lowers_without_sdpa_decomposition_and_fused_form_would_not(tmp_path):
+    """Graph check: the original exported as mixa exports it has no SDPA decomposition outside XNNPACK; the
+    form timm uses by default (fused SDPA) has, so the check can fail."""
+    from mixa.export.executorch import export_pte
+
+    model = tiny_model("vit", "softmax")
+    plain = export_pte(model, tmp_path / "plain.pte", (3, 32, 32))
+    assert not set(pte_instructions(plain.path)) & SDPA_DECOMPOSITION
+    fused = export_pte(model, tmp_path / "fused.pte", (3, 32, 32), softmax="fused")
+    assert set(pte_instructions(fused.path)) & SDPA_DECOMPOSITION
+    assert fused.delegation.outside_total > plain.delegation.outside_total
+    assert all(m.fused_attn for m in model.modules() if hasattr(m, "fused_attn"))  # restored afterwards
+
+
 @pytest.mark.slow  # ~1 min per lowering on a shared 2-core CPU
 @pytest.mark.parametrize("kind", ["softmax", "relu", "stella"])
 def test_every_kind_lowers_to_xnnpack(kind, tmp_path):
@@ -81,7 +133,11 @@ def test_cli_export_and_profile_pte(tmp_path, capsys):
     mixa.save(tiny_model("vit", "stella"), tmp_path / "tiny")
     out = tmp_path / "tiny.pte"
     assert main(["export", "--model", str(tmp_path / "tiny"), "--output", str(out)]) == 0
-    assert "ExecuTorch" in capsys.readouterr().out and out.is_file()
+    printed = capsys.readouterr().out
+    assert "ExecuTorch" in printed and out.is_file()
+    # the delegation report: LayerNorm only, nothing from the replaced (stella) layer
+    assert "outside the XNNPACK delegate: 5 call site(s) (native_layer_norm 5)" in printed
+    assert "none from the 1 replaced attention layer(s)" in printed
     assert main(["profile", str(out), "--repeat", "3", "--warmup", "1", "--json", str(tmp_path / "r.json")]) == 0
     (record,) = json.loads((tmp_path / "r.json").read_text())
     assert (record["runtime"], record["resolution"], record["batch"]) == ("executorch", 32, 1)

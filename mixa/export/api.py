@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterator, List, Optional, Union
 import numpy as np
 from torch import nn
 
+from ..attention import MixAttention
 from ..conversion import calibration_batches
 from ..data import eval_loader
 from ..errors import UsageError
@@ -46,6 +47,13 @@ def _batches(source: CalibSource, model, input_size, limit: int) -> Optional[Lis
             raise UsageError(f"--calib-data: directory not found: {source}")
         return list(image_batches(source, model, input_size, limit))
     return [np.asarray(batch, dtype=np.float32) for batch in calibration_batches(source, model, limit)]
+
+
+def _delegation(delegation, model: nn.Module) -> Dict[str, Any]:
+    """The delegation report as a dict, with what the replaced attention layers put outside the delegate."""
+    replaced = [name for name, m in model.named_modules() if isinstance(m, MixAttention)]
+    return {**delegation.as_dict(), "replaced_layers": len(replaced),
+            "outside_in_replaced_layers": delegation.in_modules(replaced)}
 
 
 def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[int] = None,
@@ -100,10 +108,11 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
                           fp32_nodes=len(q.excluded))
     else:
         result = export_pte(model, fp32_path, input_size)
-        report.update(fp32_path=str(fp32_path), max_abs_diff=result.max_abs_diff, tolerance=result.tolerance)
+        report.update(fp32_path=str(fp32_path), max_abs_diff=result.max_abs_diff, tolerance=result.tolerance,
+                      delegation=_delegation(result.delegation, model))
         if int8:
-            export_pte(model, output, input_size, int8=True, calib_batches=calib_batches)
-            report.update(int8_path=str(output))
+            quantized = export_pte(model, output, input_size, int8=True, calib_batches=calib_batches)
+            report.update(int8_path=str(output), int8_delegation=_delegation(quantized.delegation, model))
 
     if int8:
         if calib is not None:

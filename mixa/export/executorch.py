@@ -3,8 +3,9 @@ and running a .pte with ExecuTorch's Python runtime. Needs the ``edge`` extra (`
 executorch); the runtime half (``load_pte``) needs executorch only, not torch's model code.
 
 Lowering: ``torch.export`` -> ``to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` ->
-``to_executorch``. What XNNPACK cannot run (e.g. RALA's ELU, reductions) falls back to ExecuTorch's
-portable kernels in the same program.
+``to_executorch``, with ``mixa.export.delegation``'s rewrites that keep view-like ops in the delegate. What
+XNNPACK still cannot run (LayerNorm in executorch 1.5) falls back to ExecuTorch's portable kernels in the
+same program; the result says which ops do (``PteResult.delegation``).
 
 INT8: PT2E quantization with the ``XNNPACKQuantizer`` (symmetric int8, per-channel weights, static
 activation ranges calibrated on images): it quantises the layers (linear, conv) and leaves the attention
@@ -23,6 +24,7 @@ import numpy as np
 
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
+from .delegation import DelegationReport, delegation_report, keep_views_delegable
 
 EDGE_EXTRA_HINT = "pip install 'mixa[edge]'"
 # |ExecuTorch - torch| <= RTOL * max(1, max |torch output|), as for ONNX.
@@ -50,6 +52,7 @@ class PteResult:
     int8: bool
     max_abs_diff: float
     tolerance: float
+    delegation: Optional[DelegationReport] = None  # what runs outside the XNNPACK delegate
 
 
 def _quantized_module(model, example, calib_batches):
@@ -70,13 +73,23 @@ def _quantized_module(model, example, calib_batches):
 
 
 def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 224, 224), *, int8: bool = False,
-               calib_batches: Optional[List[np.ndarray]] = None, verify: bool = True, seed: int = 0) -> PteResult:
+               calib_batches: Optional[List[np.ndarray]] = None, verify: bool = True, seed: int = 0,
+               softmax: Optional[str] = None) -> PteResult:
     """Write ``model`` (CPU, eval, batch 1) to ``path`` as an ExecuTorch program lowered to XNNPACK, then
     run it with ExecuTorch's runtime against eager PyTorch on a random image before it replaces ``path``.
     fp32 must match within DEFAULT_RTOL. INT8 (``int8=True``, calibrated on ``calib_batches``) is an
     approximation: it must run and give finite outputs of the right shape; its difference is reported and
-    its accuracy is measured as top-1 agreement with fp32 on images (``agreement_pte``)."""
+    its accuracy is measured as top-1 agreement with fp32 on images (``agreement_pte``). Softmax layers are
+    exported in ``softmax`` form ('plain' / 'fused'; default the one XNNPACK runs best, see
+    ``mixa.export.lowering``)."""
     require_executorch()
+    from .lowering import best_softmax_form, softmax_form
+
+    with softmax_form(model, softmax or best_softmax_form("executorch")):
+        return _export_pte(model, path, input_size, int8, calib_batches, verify, seed)
+
+
+def _export_pte(model, path, input_size, int8, calib_batches, verify, seed) -> PteResult:
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -93,7 +106,9 @@ def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 2
                 warnings.simplefilter("ignore")
                 module = _quantized_module(model, example, calib_batches) if int8 else model
                 program = torch.export.export(module, (example,), strict=False)
-                lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+                lowered = to_edge_transform_and_lower(program, transform_passes=[keep_views_delegable],
+                                                      partitioner=[XnnpackPartitioner()])
+                delegation = delegation_report(lowered.exported_program())
                 buffer = lowered.to_executorch().buffer
         except (MixaError, KeyboardInterrupt):
             raise
@@ -113,7 +128,7 @@ def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 2
             if not np.isfinite(diff) or diff > tolerance:
                 raise MixaError(f"{path}: ExecuTorch differs from PyTorch by {diff:.3g} (tolerance "
                                 f"{tolerance:.3g}); the export is wrong")
-    return PteResult(path, input_size, int8, diff, tolerance)
+    return PteResult(path, input_size, int8, diff, tolerance, delegation)
 
 
 def agreement_pte(model, int8_path: os.PathLike | str, batches) -> tuple:

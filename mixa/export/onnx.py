@@ -192,11 +192,20 @@ def verify_onnx(path: os.PathLike | str, model: nn.Module, input_size: Sequence[
 
 def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[int] = (3, 224, 224), *,
                 opset: int = DEFAULT_OPSET, dynamic_batch: bool = False, exporter: str = "torchscript",
-                verify: bool = True, rtol: float = DEFAULT_RTOL, metadata: Optional[Dict[str, str]] = None
-                ) -> ExportResult:
+                verify: bool = True, rtol: float = DEFAULT_RTOL, metadata: Optional[Dict[str, str]] = None,
+                softmax: Optional[str] = None) -> ExportResult:
     """Write ``model`` (fp32, CPU, eval) to ``path`` as ONNX with input ``input`` (B, C, H, W) and output
     ``logits``; verify it (see ``verify_onnx``) before it replaces ``path``: a failed export leaves no file.
+    Softmax layers are exported in ``softmax`` form ('plain' / 'fused'; default the one ONNX Runtime runs
+    best, see ``mixa.export.lowering``).
     """
+    from .lowering import best_softmax_form, softmax_form
+
+    with softmax_form(model, softmax or best_softmax_form("onnx")):
+        return _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, metadata)
+
+
+def _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, metadata) -> ExportResult:
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:

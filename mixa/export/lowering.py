@@ -1,0 +1,55 @@
+"""The form in which each runtime runs softmax attention best, applied to a model while it is exported.
+
+timm's attention layers (ViT ``Attention``, Swin ``WindowAttention``, and every other timm layer with a
+``fused_attn`` switch) compute softmax attention either with torch's fused
+``scaled_dot_product_attention`` (``fused_attn = True``, timm's default on torch 2) or as the plain
+``q @ k^T -> softmax -> @ v`` chain. Both are the same maths; the exported graphs differ:
+
+- ExecuTorch / XNNPACK: the SDPA op is decomposed on the way to the edge dialect into a chain with a
+  boolean-mask branch (``mul``, ``logical_not``, ``eq``, ``any``, ``where``...) that XNNPACK does not take, so
+  part of every softmax layer runs in ExecuTorch's portable kernels; the plain chain is one delegated
+  subgraph. Measured on DeiT-T/14 @224 (benchmarks/edge/softmax_forms.md): plain is much faster.
+- ONNX Runtime: both export to MatMul / Softmax / MatMul; see ``BEST_SOFTMAX_FORM`` for the measured pick.
+
+The original and the kept softmax layers of every student get the same treatment, so a student is always
+compared with an original lowered as well as it can be.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+from torch import nn
+
+from ..errors import UsageError
+
+SOFTMAX_FORMS = ("plain", "fused")
+# Measured per runtime, fp32, DeiT-T/14 @224, 1 thread (benchmarks/bench_edge_softmax.py ->
+# benchmarks/edge/softmax_forms.md).
+BEST_SOFTMAX_FORM = {"executorch": "plain", "onnx": "plain"}
+
+
+def _switchable(model: nn.Module):
+    return [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
+
+
+@contextlib.contextmanager
+def softmax_form(model: nn.Module, form: str) -> Iterator[nn.Module]:
+    """``model`` with every timm softmax attention layer in ``form`` ('plain' or 'fused') for the duration
+    of the block (restored afterwards)."""
+    if form not in SOFTMAX_FORMS:
+        raise UsageError(f"softmax form must be one of {', '.join(SOFTMAX_FORMS)}; got {form!r}")
+    layers = _switchable(model)
+    before = [m.fused_attn for m in layers]
+    for m in layers:
+        m.fused_attn = form == "fused"
+    try:
+        yield model
+    finally:
+        for m, fused in zip(layers, before):
+            m.fused_attn = fused
+
+
+def best_softmax_form(runtime: str) -> str:
+    """The measured best form for 'executorch' or 'onnx'."""
+    return BEST_SOFTMAX_FORM[runtime]
