@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mixa  # noqa: E402
 from mixa.export import export_onnx, quantize_onnx  # noqa: E402
+from mixa.export.lowering import best_softmax_form  # noqa: E402
 from mixa.export.targets import at_resolution  # noqa: E402
 from mixa.io import atomic_path  # noqa: E402
 from mixa.macs import count_macs  # noqa: E402
@@ -118,6 +119,11 @@ def main() -> int:
     p.add_argument("--tag", default=None, help="suffix of the result files")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="cpu: the thread's CPU time (robust to load from other jobs; 1 thread only)")
+    p.add_argument("--previous-export", action="store_true",
+                   help="also time every variant as mixa exported it before issue 20 (timm's fused SDPA in "
+                        "softmax layers, no delegation rewrites: rows 'VARIANT (previous export)'), and the "
+                        "original in the other softmax form in ONNX Runtime (row 'original (fused)' / "
+                        "'original (plain)')")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="writes <runtimes>.json and <runtimes>.md there (e.g. ort.json, ort.md)")
     args = p.parse_args()
@@ -151,17 +157,24 @@ def main() -> int:
                     continue
                 full = res in full_at and use_ort
                 runners, rows = [], []
-                for vi, (vlabel, model) in enumerate(variants(original, args.keep, full, default_gate)):
-                    if args.only and vlabel not in args.only.split(","):
+                chosen = variants(original, args.keep, full, default_gate)
+                if args.previous_export:
+                    chosen += [(f"{vl} (previous export)", m) for vl, m in chosen]
+                for vi, (vlabel, model) in enumerate(chosen):
+                    previous = vlabel.endswith(" (previous export)")
+                    if args.only and vlabel.replace(" (previous export)", "") not in args.only.split(","):
                         continue
                     sized = at_resolution(model, res)
                     macs = count_macs(sized, (3, res, res))
                     fp32 = Path(work) / f"{vi}_{res}.onnx"
                     files = []
                     if use_ort:
-                        export_onnx(sized, fp32, (3, res, res))
+                        # the "previous export" of the original in ORT: the other softmax form
+                        form = None if not previous else \
+                            ("fused" if best_softmax_form("onnx") == "plain" else "plain")
+                        export_onnx(sized, fp32, (3, res, res), softmax=form)
                         files.append(("ort", "fp32", fp32))
-                    if use_ort and res in int8_at and not args.no_int8:
+                    if use_ort and res in int8_at and not args.no_int8 and not previous:
                         calib = [rng.standard_normal((1, 3, res, res), dtype=np.float32) for _ in range(4)]
                         for mode in ("dynamic", "static"):
                             q = Path(work) / f"{vi}_{res}.{mode}.onnx"
@@ -171,9 +184,10 @@ def main() -> int:
                         from mixa.export.executorch import export_pte
 
                         pte = Path(work) / f"{vi}_{res}.pte"
-                        export_pte(sized, pte, (3, res, res))
+                        export_pte(sized, pte, (3, res, res), softmax="fused" if previous else None,
+                                   keep_views=not previous)
                         files.append(("executorch", "fp32", pte))
-                        if not args.no_int8:
+                        if not args.no_int8 and not previous:
                             qpte = Path(work) / f"{vi}_{res}.int8.pte"
                             calib = [rng.standard_normal((4, 3, res, res), dtype=np.float32)]
                             export_pte(sized, qpte, (3, res, res), int8=True, calib_batches=calib)

@@ -190,3 +190,40 @@ def test_records_follow_the_order_of_the_targets(tmp_path, capsys, tiny_onnx):
     assert code == 0
     targets = [r["target"] for r in json.loads((tmp_path / "r.json").read_text())]
     assert targets == ["m", tiny_onnx.name]
+    assert f"wrote the records (JSON) to {tmp_path / 'r.json'}" in capsys.readouterr().out  # issue 19 defect 8
+
+
+def test_several_targets_are_timed_round_robin_with_the_chosen_clock():
+    """Issue 20: the targets of one command alternate call by call (after their warm-up), each thread count
+    in its own round-robin, records in the order given; the cpu clock counts this thread's CPU time only."""
+    import time
+
+    from mixa.profile.compare import Runner, measure
+
+    calls = []
+
+    def runner(name, threads, work=0.0):
+        def start():
+            calls.append(f"start {name}")
+            return lambda: (calls.append(name), time.sleep(work))
+        return Runner(dict(target=name, runtime="ort", device="cpu", threads=threads, batch=1, resolution=8,
+                           params=None, macs=None), start)
+
+    records = measure([runner("a", 1), runner("b", 2), runner("c", 1)], warmup=1, repeat=3)
+    assert [r["target"] for r in records] == ["a", "b", "c"]
+    assert calls == ["start a", "start c", "a", "c"] + ["a", "c"] * 3 + ["start b", "b"] + ["b"] * 3
+    # sleeping costs wall time but no CPU time
+    slept, busy = measure([runner("s", 1, work=0.02), runner("t", 1)], warmup=0, repeat=3, clock="cpu")
+    assert slept["latency_ms"]["median"] < 5
+    slept = measure([runner("s", 1, work=0.02)], warmup=0, repeat=3)[0]
+    assert slept["latency_ms"]["median"] >= 19
+
+
+def test_cpu_clock_needs_one_thread(capsys, tiny_onnx):
+    from mixa.cli import main
+
+    assert main(["profile", str(tiny_onnx), "--clock", "cpu", "--threads", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--clock cpu" in err and len(err.strip().splitlines()) == 1
+    assert main(["profile", str(tiny_onnx), str(tiny_onnx), "--clock", "cpu", "--repeat", "2"]) == 0
+    assert "timed round-robin in one process (2 rounds, cpu clock" in capsys.readouterr().out

@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="input resolutions, e.g. 224,384,512,1024 (default: the trained size / the file's)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
     p.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default 20)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time per call (default), or cpu: the calling thread's CPU time -- robust to other "
+                        "jobs on a shared machine, for --threads 1 on CPU only. Either way every target is timed "
+                        "round-robin in one process")
     p.add_argument("--compare", metavar="NAME",
                    help="also profile this original (a timm name, model dir or file) first; speed-ups are "
                         "relative to it")
@@ -58,27 +62,24 @@ def _progress(total: int):
     return tqdm(total=total, unit="run", file=sys.stderr, leave=False, disable=not sys.stderr.isatty())
 
 
-def _file_records(args, files, threads, batch, progress) -> list:
-    records = []
-    for path in files:
-        for res in args.img_size or [None]:
-            for t in threads:
-                if path.endswith(".pte"):
-                    from mixa.profile.pte import profile_pte
+def _file_runners(args, path, threads, batch) -> list:
+    runners = []
+    for res in args.img_size or [None]:
+        for t in threads:
+            if path.endswith(".pte"):
+                from mixa.profile.pte import pte_runner
 
-                    records.append(profile_pte(path, threads=t, batch=batch, resolution=res, warmup=args.warmup,
-                                               repeat=args.repeat, label=Path(path).name, progress=progress))
-                else:
-                    from mixa.profile.ort import profile_file
+                runners.append(pte_runner(path, threads=t, batch=batch, resolution=res, label=Path(path).name))
+            else:
+                from mixa.profile.ort import file_runner
 
-                    records.append(profile_file(path, threads=t, batch=batch, resolution=res, warmup=args.warmup,
-                                                repeat=args.repeat, label=Path(path).name, progress=progress))
-    return records
+                runners.append(file_runner(path, threads=t, batch=batch, resolution=res, label=Path(path).name))
+    return runners
 
 
-def _model_records(args, targets, threads, batch, progress, original: bool = False) -> list:
+def _model_runners(args, targets, threads, batch, work, original: bool = False) -> list:
     from mixa.export.targets import load_model
-    from mixa.profile.models import keep_sweep, profile_model
+    from mixa.profile.models import keep_sweep, model_runners
 
     source = model_source_kwargs(args)
     variants = []
@@ -93,12 +94,12 @@ def _model_records(args, targets, threads, batch, progress, original: bool = Fal
             options = {"gate": args.gate} if args.gate else None
             variants += keep_sweep(model, args.keep_sweep, args.attn, label=label, keep_kind=args.keep_kind,
                                    attn_options=options)
-    records = []
+    runners = []
     for label, model in variants:
-        records += profile_model(model, label=label, runtime=args.runtime, resolutions=args.img_size or [None],
-                                 threads=threads, batch=batch, device=args.device, warmup=args.warmup,
-                                 repeat=args.repeat, progress=progress)
-    return records
+        runners += model_runners(model, label=label, work=work, runtime=args.runtime,
+                                 resolutions=args.img_size or [None], threads=threads, batch=batch,
+                                 device=args.device)
+    return runners
 
 
 def run(args) -> int:
@@ -128,31 +129,41 @@ def run(args) -> int:
             raise MixaError(f"{path}: no such file")
 
     threads = args.threads
-    measurements = (len(files) + compare_file) * len(args.img_size or [None]) * len(threads)
-    progress = _progress(measurements * args.repeat) if measurements else None
-    # the original first, then the targets in the order given; only model targets import torch
-    records = []
-    if compare_file:
-        records += _file_records(args, [args.compare], threads, batch, progress)
-    elif args.compare:
-        records += _model_records(args, [], threads, batch, progress, original=True)
-    for target in args.targets:
-        if target in files:
-            records += _file_records(args, [target], threads, batch, progress)
-        else:
-            records += _model_records(args, [target], threads, batch, progress)
-    if progress is not None:
-        progress.close()
+    if args.clock == "cpu" and (threads != [1] or args.device != "cpu"):
+        raise UsageError("--clock cpu measures the calling thread's CPU time: use it with --threads 1 on CPU")
+    import tempfile
+
+    from mixa.profile.compare import measure
+
+    # the original first, then the targets in the order given; only model targets import torch. Every
+    # target is loaded (models exported) first, then all are timed round-robin in this process.
+    with tempfile.TemporaryDirectory(prefix="mixa-profile-") as work:
+        runners = []
+        if compare_file:
+            runners += _file_runners(args, args.compare, threads, batch)
+        elif args.compare:
+            runners += _model_runners(args, [], threads, batch, work, original=True)
+        for target in args.targets:
+            if target in files:
+                runners += _file_runners(args, target, threads, batch)
+            else:
+                runners += _model_runners(args, [target], threads, batch, work)
+        progress = _progress(len(runners) * args.repeat)
+        records = measure(runners, warmup=args.warmup, repeat=args.repeat, clock=args.clock, progress=progress)
+        if progress is not None:
+            progress.close()
 
     print(format_table(records))
     env = records[0]["environment"] if records else {}
     if env:
         versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
         print(f"\n{env['cpu']} ({env['cpu_count']} logical CPUs), {env['os']}; {versions}")
-    if args.json:
-        write_json(args.json, records)
-    if args.csv:
-        write_csv(args.csv, records)
-    if args.plot:
-        plot(args.plot, records)
+    if len(records) > 1:
+        print(f"timed round-robin in one process ({args.repeat} rounds, {args.clock} clock"
+              f"{': thread CPU time' if args.clock == 'cpu' else ''})")
+    for flag, write, what in ((args.json, write_json, "records (JSON)"), (args.csv, write_csv, "records (CSV)"),
+                              (args.plot, plot, "latency plot")):
+        if flag:
+            write(flag, records)
+            print(f"wrote the {what} to {flag}")
     return 0

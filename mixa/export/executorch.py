@@ -74,22 +74,23 @@ def _quantized_module(model, example, calib_batches):
 
 def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 224, 224), *, int8: bool = False,
                calib_batches: Optional[List[np.ndarray]] = None, verify: bool = True, seed: int = 0,
-               softmax: Optional[str] = None) -> PteResult:
+               softmax: Optional[str] = None, keep_views: bool = True) -> PteResult:
     """Write ``model`` (CPU, eval, batch 1) to ``path`` as an ExecuTorch program lowered to XNNPACK, then
     run it with ExecuTorch's runtime against eager PyTorch on a random image before it replaces ``path``.
     fp32 must match within DEFAULT_RTOL. INT8 (``int8=True``, calibrated on ``calib_batches``) is an
     approximation: it must run and give finite outputs of the right shape; its difference is reported and
     its accuracy is measured as top-1 agreement with fp32 on images (``agreement_pte``). Softmax layers are
     exported in ``softmax`` form ('plain' / 'fused'; default the one XNNPACK runs best, see
-    ``mixa.export.lowering``)."""
+    ``mixa.export.lowering``); ``keep_views=False`` skips ``mixa.export.delegation``'s rewrites (the
+    lowering before issue 20, for comparison)."""
     require_executorch()
     from .lowering import best_softmax_form, softmax_form
 
     with softmax_form(model, softmax or best_softmax_form("executorch")):
-        return _export_pte(model, path, input_size, int8, calib_batches, verify, seed)
+        return _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views)
 
 
-def _export_pte(model, path, input_size, int8, calib_batches, verify, seed) -> PteResult:
+def _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views) -> PteResult:
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -106,7 +107,7 @@ def _export_pte(model, path, input_size, int8, calib_batches, verify, seed) -> P
                 warnings.simplefilter("ignore")
                 module = _quantized_module(model, example, calib_batches) if int8 else model
                 program = torch.export.export(module, (example,), strict=False)
-                lowered = to_edge_transform_and_lower(program, transform_passes=[keep_views_delegable],
+                lowered = to_edge_transform_and_lower(program, transform_passes=[keep_views_delegable] if keep_views else [],
                                                       partitioner=[XnnpackPartitioner()])
                 delegation = delegation_report(lowered.exported_program())
                 buffer = lowered.to_executorch().buffer

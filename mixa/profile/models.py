@@ -2,19 +2,21 @@
 ONNX Runtime (exported on the fly) or PyTorch eager / compiled. Imports torch."""
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import torch
 from torch import nn
 
 from ..conversion import convert
 from ..export import export_onnx
 from ..export.targets import at_resolution, trained_size
 from ..macs import count_macs, count_params
-from .ort import profile_file
-from .records import make_record
-from .torch_runtime import check_device, time_model
+from .compare import Runner, measure
+from .ort import file_runner
+from .torch_runtime import check_device, model_call
 
 
 def keep_sweep(model: nn.Module, keeps: Sequence[int], attn: str = "rala", *, label: str = "model",
@@ -28,33 +30,44 @@ def keep_sweep(model: nn.Module, keeps: Sequence[int], attn: str = "rala", *, la
             for k in keeps]
 
 
-def profile_model(model: nn.Module, *, label: str, runtime: str = "ort", resolutions: Sequence[Optional[int]] = (None,),
-                  threads: Sequence[Optional[int]] = (1,), batch: int = 1, device: str = "cpu", warmup: int = 5,
-                  repeat: int = 20, progress=None) -> List[Dict[str, Any]]:
-    """Records for ``model`` at each resolution (None: its trained size) and thread count. ``runtime``:
-    'ort' (exported to ONNX in a temporary directory, then timed), 'torch' or 'torch-compile' (CUDA also
-    timed with AMP)."""
+def model_runners(model: nn.Module, *, label: str, work: os.PathLike | str, runtime: str = "ort",
+                  resolutions: Sequence[Optional[int]] = (None,), threads: Sequence[Optional[int]] = (1,),
+                  batch: int = 1, device: str = "cpu") -> List[Runner]:
+    """What to time for ``model`` at each resolution (None: its trained size) and thread count
+    (``mixa.profile.compare``). ``runtime``: 'ort' (exported to ONNX into ``work`` now, in the form ONNX
+    Runtime runs best), 'torch' or 'torch-compile' (CUDA also timed with AMP)."""
     if runtime != "ort":
         check_device(device)
-    records = []
+    runners = []
+    for res in resolutions:
+        sized = at_resolution(model, res)
+        res = trained_size(sized)
+        params, macs = count_params(sized), count_macs(sized, (3, res, res))
+        if runtime == "ort":
+            path = Path(work) / f"{len(list(Path(work).iterdir()))}_{res}.onnx"
+            export_onnx(sized, path, (3, res, res), dynamic_batch=batch != 1)
+            runners += [file_runner(path, threads=t, batch=batch, resolution=res, label=label, params=params,
+                                    macs_per_image=macs) for t in threads]
+            continue
+        for amp in ([False, True] if device == "cuda" else [False]):
+            for t in threads if device == "cpu" else [None]:
+                record = dict(target=label, runtime=runtime + ("+amp" if amp else ""), device=device, threads=t,
+                              batch=batch, resolution=res, params=params, macs=macs * batch)
+
+                def start(sized=sized, res=res, amp=amp, t=t):
+                    if t:
+                        torch.set_num_threads(t)
+                    return model_call(sized, batch=batch, resolution=res, device=device, amp=amp,
+                                      compile=runtime == "torch-compile")
+                runners.append(Runner(record, start, warmup=1 if runtime == "torch-compile" else 0))
+    return runners
+
+
+def profile_model(model: nn.Module, *, label: str, runtime: str = "ort", resolutions: Sequence[Optional[int]] = (None,),
+                  threads: Sequence[Optional[int]] = (1,), batch: int = 1, device: str = "cpu", warmup: int = 5,
+                  repeat: int = 20, progress=None, clock: str = "wall") -> List[Dict[str, Any]]:
+    """Records for ``model`` at each resolution and thread count (``model_runners``), timed round-robin."""
     with tempfile.TemporaryDirectory(prefix="mixa-profile-") as work:
-        for res in resolutions:
-            sized = at_resolution(model, res)
-            res = trained_size(sized)
-            params, macs = count_params(sized), count_macs(sized, (3, res, res))
-            if runtime == "ort":
-                path = Path(work) / f"{res}.onnx"
-                export_onnx(sized, path, (3, res, res), dynamic_batch=batch != 1)
-                records += [profile_file(path, threads=t, batch=batch, resolution=res, warmup=warmup,
-                                         repeat=repeat, label=label, params=params, macs_per_image=macs,
-                                         progress=progress) for t in threads]
-                continue
-            for amp in ([False, True] if device == "cuda" else [False]):
-                for t in threads if device == "cpu" else [None]:
-                    seconds = time_model(sized, batch=batch, resolution=res, device=device, threads=t, amp=amp,
-                                         compile=runtime == "torch-compile", warmup=warmup, repeat=repeat,
-                                         progress=progress)
-                    records.append(make_record(target=label, runtime=runtime + ("+amp" if amp else ""),
-                                               device=device, threads=t, batch=batch, resolution=res,
-                                               params=params, macs=macs * batch, seconds=seconds))
-    return records
+        runners = model_runners(model, label=label, work=work, runtime=runtime, resolutions=resolutions,
+                                threads=threads, batch=batch, device=device)
+        return measure(runners, warmup=warmup, repeat=repeat, progress=progress, clock=clock)

@@ -11,8 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from ..errors import MixaError, UsageError
-from .records import make_record
-from .timing import time_call
+from .compare import Runner, measure
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -98,16 +97,12 @@ def operator_times(path: os.PathLike | str, *, threads: Optional[int], runs: int
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]["us"]))
 
 
-def time_session(sess, feed: Dict[str, np.ndarray], warmup: int, repeat: int, progress=None) -> List[float]:
-    """Per-call wall time (seconds) of ``repeat`` runs after ``warmup`` untimed ones."""
-    return time_call(lambda: sess.run(None, feed), warmup=warmup, repeat=repeat, progress=progress)
-
-
-def profile_file(path: os.PathLike | str, *, threads: Optional[int], batch: int, resolution: Optional[int],
-                 warmup: int, repeat: int, label: Optional[str] = None, params: Optional[int] = None,
-                 macs_per_image: Optional[int] = None, progress=None) -> Dict[str, Any]:
-    """One record for an .onnx file. Params/MACs come from the arguments or from the metadata that
-    ``mixa export`` writes into the file (null for files from elsewhere)."""
+def file_runner(path: os.PathLike | str, *, threads: Optional[int], batch: int, resolution: Optional[int],
+                label: Optional[str] = None, params: Optional[int] = None,
+                macs_per_image: Optional[int] = None) -> Runner:
+    """An .onnx file to time (``mixa.profile.compare``); the session is made now, so a file that does not fit
+    the request fails before anything is timed. Params/MACs come from the arguments or from the metadata
+    that ``mixa export`` writes into the file (null for files from elsewhere)."""
     sess = session(path, threads)
     feed, res = input_for(sess, batch, resolution)
     meta = metadata(sess)
@@ -115,7 +110,15 @@ def profile_file(path: os.PathLike | str, *, threads: Optional[int], batch: int,
         params = int(meta["mixa.params"])
     if macs_per_image is None and "mixa.macs" in meta:
         macs_per_image = int(meta["mixa.macs"])
-    times = time_session(sess, feed, warmup, repeat, progress)
-    return make_record(target=label or str(path), runtime="ort", device="cpu", threads=threads, batch=batch,
-                       resolution=res, params=params,
-                       macs=None if macs_per_image is None else macs_per_image * batch, seconds=times)
+    record = dict(target=label or str(path), runtime="ort", device="cpu", threads=threads, batch=batch,
+                  resolution=res, params=params, macs=None if macs_per_image is None else macs_per_image * batch)
+    return Runner(record, lambda: (lambda: sess.run(None, feed)))
+
+
+def profile_file(path: os.PathLike | str, *, threads: Optional[int], batch: int, resolution: Optional[int],
+                 warmup: int, repeat: int, label: Optional[str] = None, params: Optional[int] = None,
+                 macs_per_image: Optional[int] = None, progress=None, clock: str = "wall") -> Dict[str, Any]:
+    """One record for an .onnx file timed alone (several files: ``mixa.profile.compare.measure``)."""
+    runner = file_runner(path, threads=threads, batch=batch, resolution=resolution, label=label, params=params,
+                         macs_per_image=macs_per_image)
+    return measure([runner], warmup=warmup, repeat=repeat, progress=progress, clock=clock)[0]

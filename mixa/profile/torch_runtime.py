@@ -33,24 +33,30 @@ def cpu_threads(threads: Optional[int]):
         torch.set_num_threads(previous)
 
 
-def time_model(model: nn.Module, *, batch: int, resolution: int, device: str = "cpu",
-               threads: Optional[int] = None, amp: bool = False, compile: bool = False,
-               warmup: int = 10, repeat: int = 50, progress=None) -> List[float]:
-    """Per-call latency (seconds) of ``model`` on a random batch.
-
-    On CUDA every timed call is bracketed by ``torch.cuda.synchronize()`` so the time covers the kernels,
-    not just their launch; AMP means fp16 autocast there (bf16 on CPU). torch.compile's compilation runs
-    inside the warm-up (at least one call)."""
+def model_call(model: nn.Module, *, batch: int, resolution: int, device: str = "cpu", amp: bool = False,
+               compile: bool = False):
+    """A zero-argument call running ``model`` once on a random batch (inference mode; on CUDA synchronised,
+    so a timed call covers the kernels, not just their launch; AMP = fp16 autocast there, bf16 on CPU)."""
     dev = check_device(device)
     model = model.to(dev).eval()
     run = torch.compile(model) if compile else model
     x = torch.randn(batch, 3, resolution, resolution, device=dev)
-    autocast = torch.autocast(dev.type, dtype=torch.float16 if dev.type == "cuda" else torch.bfloat16,
-                              enabled=amp)
+    dtype = torch.float16 if dev.type == "cuda" else torch.bfloat16
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
     def call():
-        run(x)
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=dtype, enabled=amp):
+            run(x)
         sync()
 
-    with cpu_threads(threads if dev.type == "cpu" else None), torch.inference_mode(), autocast:
+    return call
+
+
+def time_model(model: nn.Module, *, batch: int, resolution: int, device: str = "cpu",
+               threads: Optional[int] = None, amp: bool = False, compile: bool = False,
+               warmup: int = 10, repeat: int = 50, progress=None) -> List[float]:
+    """Per-call latency (seconds) of ``model`` on a random batch, timed alone (``model_call``).
+    torch.compile's compilation runs inside the warm-up (at least one call)."""
+    call = model_call(model, batch=batch, resolution=resolution, device=device, amp=amp, compile=compile)
+    with cpu_threads(threads if device == "cpu" else None):
         return time_call(call, warmup=max(warmup, 1 if compile else 0), repeat=repeat, progress=progress)

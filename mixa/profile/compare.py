@@ -1,0 +1,47 @@
+"""Timing several targets side by side: every target of one command is timed round-robin in one process
+(one call of each per round, ``mixa.profile.timing.round_robin``), so that load from other processes hits
+them alike and the speed-up column compares calls made at the same moments. Pure Python + numpy (records).
+
+A target is a ``Runner``: what to record about it, and ``start`` -- called when its round-robin begins, after
+the thread count has been set -- which loads it (an ONNX Runtime session, an ExecuTorch program, a model) and
+returns the zero-argument call to time. Targets with different thread counts are timed in separate
+round-robins (one per count): ExecuTorch's and torch's thread pools are process-wide."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from ..errors import UsageError
+from .records import make_record
+from .timing import CLOCKS, round_robin
+
+
+@dataclass
+class Runner:
+    record: Dict[str, Any]                      # make_record's fields besides ``seconds``
+    start: Callable[[], Callable[[], object]]   # loads the target, returns the call to time
+    warmup: int = 0                             # extra untimed calls (torch.compile compiles in them)
+
+
+def measure(runners: List[Runner], *, warmup: int = 5, repeat: int = 20, clock: str = "wall",
+            progress=None) -> List[Dict[str, Any]]:
+    """One record per runner, in the order given: ``warmup`` untimed calls each, then ``repeat`` rounds
+    of one timed call of each runner (per thread count). ``clock='cpu'`` times the calling thread's CPU
+    time: right for 1-thread runtimes on a shared machine, refused with more threads (it would miss the
+    workers' time)."""
+    if clock not in CLOCKS:
+        raise UsageError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}")
+    if clock == "cpu" and any((r.record.get("threads") or 0) != 1 or r.record.get("device", "cpu") != "cpu"
+                              for r in runners):
+        raise UsageError("--clock cpu measures the calling thread's CPU time: use it with --threads 1 on CPU")
+    records: List[Optional[Dict[str, Any]]] = [None] * len(runners)
+    for threads in dict.fromkeys(r.record.get("threads") for r in runners):
+        group = [i for i, r in enumerate(runners) if r.record.get("threads") == threads]
+        calls = [runners[i].start() for i in group]
+        for i, call in zip(group, calls):
+            for _ in range(runners[i].warmup):
+                call()
+        times = round_robin(calls, warmup=warmup, rounds=repeat, progress=progress, clock=clock)
+        for i, seconds in zip(group, times):
+            records[i] = make_record(**runners[i].record, seconds=seconds)
+    return records
