@@ -142,6 +142,18 @@ def test_cli_export_and_profile_pte(tmp_path, capsys):
     (record,) = json.loads((tmp_path / "r.json").read_text())
     assert (record["runtime"], record["resolution"], record["batch"]) == ("executorch", 32, 1)
     assert record["latency_ms"]["median"] > 0
+    # per-operator time (ETDump): the ops outside XNNPACK are the program's kernel calls
+    from mixa.profile.pte import operator_times
+
+    times = operator_times(out, runs=2)
+    outside = {op.split(".")[0]: t["calls"] for op, t in times["ops"].items() if not t["delegated"]}
+    program = pte_instructions(out)
+    program.pop("delegate")
+    assert outside == dict(program)
+    assert 0 < times["outside_ms"] < times["total_ms"]
+    assert sum(t["ms"] for t in times["ops"].values()) <= times["total_ms"] * 1.001
+    assert main(["profile", str(out), "--ops", "--repeat", "2", "--warmup", "0"]) == 0
+    assert "outside the XNNPACK delegate: " in capsys.readouterr().out
     assert main(["profile", str(out), "--img-size", "64"]) == 2
     assert "wrong input size" in capsys.readouterr().err
     # dynamic INT8 is an ONNX Runtime scheme: refused for .pte with one line

@@ -36,6 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="wall time per call (default), or cpu: the calling thread's CPU time -- robust to other "
                         "jobs on a shared machine, for --threads 1 on CPU only. Either way every target is timed "
                         "round-robin in one process")
+    p.add_argument("--ops", action="store_true",
+                   help="also print where the time goes per operator, from the runtime's own profiler: .pte "
+                        "files (ExecuTorch ETDump: XNNPACK's operators and the ops outside the delegate, with "
+                        "their share) and .onnx files (ONNX Runtime's profiler)")
     p.add_argument("--compare", metavar="NAME",
                    help="also profile this original (a timm name, model dir or file) first; speed-ups are "
                         "relative to it")
@@ -158,6 +162,9 @@ def run(args) -> int:
     if env:
         versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
         print(f"\n{env['cpu']} ({env['cpu_count']} logical CPUs), {env['os']}; {versions}")
+    if args.ops:
+        for path in ([args.compare] if compare_file else []) + files:
+            _print_operator_times(path, args.threads[0], args.repeat)
     if len(records) > 1:
         print(f"timed round-robin in one process ({args.repeat} rounds, {args.clock} clock"
               f"{': thread CPU time' if args.clock == 'cpu' else ''})")
@@ -167,3 +174,29 @@ def run(args) -> int:
             write(flag, records)
             print(f"wrote the {what} to {flag}")
     return 0
+
+
+def _print_operator_times(path: str, threads: int, runs: int) -> None:
+    """Per-operator time of one file, most expensive first (the .pte's split inside / outside XNNPACK)."""
+    from mixa.report import table
+
+    if path.endswith(".pte"):
+        from mixa.profile.pte import operator_times
+
+        times = operator_times(path, threads=threads, runs=runs)
+        total = times["total_ms"] or 1.0
+        rows = [[op, "XNNPACK" if t["delegated"] else "outside", f"{t['calls']:.0f}", f"{t['ms']:.3f}",
+                 f"{100 * t['ms'] / total:.1f}%"] for op, t in times["ops"].items()]
+        print(f"\n{Path(path).name}: per-operator time (ExecuTorch ETDump, {runs} runs, {threads} thread(s))")
+        print(table(rows, ["operator", "runs in", "calls", "ms/run", "share"], align="llrrr"))
+        print(f"outside the XNNPACK delegate: {times['outside_ms']:.3f} of {times['total_ms']:.3f} ms per run "
+              f"({100 * (times['outside_share'] or 0):.1f}%)")
+    else:
+        from mixa.profile.ort import operator_times
+
+        times = operator_times(path, threads=threads, runs=runs)
+        total = sum(t["us"] for t in times.values()) or 1.0
+        rows = [[op, f"{t['nodes']:.0f}", f"{t['us'] / 1e3:.3f}", f"{100 * t['us'] / total:.1f}%"]
+                for op, t in times.items()]
+        print(f"\n{Path(path).name}: per-operator time (ONNX Runtime profiler, {runs} runs, {threads} thread(s))")
+        print(table(rows, ["operator", "nodes", "ms/run", "share"], align="lrrr"))
