@@ -24,6 +24,7 @@ import numpy as np
 
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
+from .lowering import best_softmax_form, softmax_form
 from .delegation import DelegationReport, delegation_report, keep_views_delegable
 
 EDGE_EXTRA_HINT = "pip install 'mixa[edge]'"
@@ -84,8 +85,6 @@ def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 2
     ``mixa.export.lowering``); ``keep_views=False`` skips ``mixa.export.delegation``'s rewrites (the
     lowering before issue 20, for comparison)."""
     require_executorch()
-    from .lowering import best_softmax_form, softmax_form
-
     with softmax_form(model, softmax or best_softmax_form("executorch")):
         return _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views)
 

@@ -1,4 +1,5 @@
 """The form in which each runtime runs softmax attention best, applied to a model while it is exported.
+Imports no torch (a model is only walked and switched).
 
 timm's attention layers (ViT ``Attention``, Swin ``WindowAttention``, and every other timm layer with a
 ``fused_attn`` switch) compute softmax attention either with torch's fused
@@ -17,9 +18,7 @@ compared with an original lowered as well as it can be.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
-
-from torch import nn
+from typing import Any, Iterator
 
 from ..errors import UsageError
 
@@ -29,12 +28,12 @@ SOFTMAX_FORMS = ("plain", "fused")
 BEST_SOFTMAX_FORM = {"executorch": "plain", "onnx": "plain"}
 
 
-def _switchable(model: nn.Module):
+def _switchable(model: Any):
     return [m for m in model.modules() if isinstance(getattr(m, "fused_attn", None), bool)]
 
 
 @contextlib.contextmanager
-def softmax_form(model: nn.Module, form: str) -> Iterator[nn.Module]:
+def softmax_form(model: Any, form: str) -> Iterator[Any]:
     """``model`` with every timm softmax attention layer in ``form`` ('plain' or 'fused') for the duration
     of the block (restored afterwards)."""
     if form not in SOFTMAX_FORMS:

@@ -28,6 +28,7 @@ from torch import nn
 from ..attention import MixAttention
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
+from .lowering import best_softmax_form, softmax_form
 from ..macs import count_macs, count_params
 from ..models.attention_layers import attention_layers, layer_kind
 
@@ -199,8 +200,6 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     Softmax layers are exported in ``softmax`` form ('plain' / 'fused'; default the one ONNX Runtime runs
     best, see ``mixa.export.lowering``).
     """
-    from .lowering import best_softmax_form, softmax_form
-
     with softmax_form(model, softmax or best_softmax_form("onnx")):
         return _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, metadata)
 
