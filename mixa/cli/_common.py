@@ -104,8 +104,8 @@ def check_output_dir(path: str, overwrite: bool) -> None:
         raise UsageError(f"--output {path} is not empty; pass --overwrite to replace what it holds")
 
 
-def workers_arg(text: str):
-    """--workers/-j: 'auto' (min(4, available cores)) or a count >= 0."""
+def auto_or_count(text: str):
+    """'auto' or an integer >= 0 (--workers/-j: auto = min(4, available cores); --transfer-steps)."""
     if text == "auto":
         return text
     try:
@@ -115,6 +115,9 @@ def workers_arg(text: str):
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {text!r}")
     return value
+
+
+workers_arg = auto_or_count
 
 
 def add_data_loading_arguments(parser: argparse.ArgumentParser, batch_size_help: str,

@@ -1,26 +1,14 @@
 """mixa distill: knowledge-distillation fine-tuning of a converted model (docs/distill.md)."""
 import argparse
 
-from mixa.cli._common import add_data_loading_arguments, add_model_source_arguments, model_source_kwargs
+from mixa.cli._common import (add_data_loading_arguments, add_model_source_arguments, auto_or_count,
+                              model_source_kwargs)
 
 HELP = "fine-tune a converted model with knowledge distillation from its original (CPU, GPU, torchrun)"
 
 
 def _bool(value: str) -> bool:
     return value.lower() in ("1", "true", "yes", "on")
-
-
-def _steps(text: str):
-    """--transfer-steps: 'auto' or an integer >= 0."""
-    if text == "auto":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 0, got {text!r}")
-    return value
 
 
 def _non_negative(text: str) -> float:
@@ -81,7 +69,7 @@ def add_arguments(p) -> None:
     g.add_argument("--ema", type=_bool, metavar="BOOL", help="keep an EMA of the weights (RUN/ema)")
     g.add_argument("--hidden-weight", type=_non_negative, metavar="W",
                    help="also match the teacher's block outputs (relative error, weight W; 0: off)")
-    g.add_argument("--transfer-steps", type=_steps, metavar="auto|N",
+    g.add_argument("--transfer-steps", type=auto_or_count, metavar="auto|N",
                    help="first N steps of layer-wise attention transfer (mixa transfer) into RUN/transfer; "
                         "auto (default): 4 passes over the training images for a converted student (100 to "
                         "2000 steps), none for a model without replaced attention; 0: off")
