@@ -5,6 +5,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixa.attention import get_attention_kind, list_attention_kinds
+from mixa.attention.feature_maps import make_feature_map
 from mixa.macs import count_macs
 from mixa.models import create_model
 
@@ -25,10 +26,14 @@ def test_known_models_match_published_macs(name):
 @pytest.mark.parametrize("n,d", [(17, 16), (50, 32)])
 def test_core_macs_match_counted_matmuls(kind, n, d):
     """FlopCounterMode counts every matmul of the core (2 FLOPs per MAC); SDPA is forced onto its math
-    path, the one FlopCounterMode can see."""
+    path, the one FlopCounterMode can see. A kind with a learnable feature map (hedgehog) runs its core on
+    the map's features, and its core_macs counts the map too: both run under the counter."""
     spec = get_attention_kind(kind)
     b, h = 2, 3
     q, k, v = (torch.randn(b, h, n, d) for _ in range(3))
+    feature_map = make_feature_map(spec.module_defaults.get("feature_map"), h, d)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        if feature_map is not None:
+            q, k = feature_map(q, k)
         spec.core(q, k, v)
     assert counter.get_total_flops() == 2 * b * spec.core_macs(h, n, d)

@@ -86,9 +86,10 @@ register_attention(AttentionKind(
     name="rala",
     core=AF.rala_attention,
     linear=True,
-    # q_g = mean_i q_i as a row product (N d), logits q_g . k_j (N d), k'^T v and q KV (2 N d^2),
-    # mean_j k'_j = p K (N d), denominator q . mean k' (N d)
-    core_macs=lambda h, n, d: h * (2 * n * d * d + 4 * n * d),
+    # logits q_g . k_j (N d), k'^T v and q KV (2 N d^2), mean_j k'_j = p K (N d), denominator q . mean k'
+    # (N d); q_g = mean_i q_i is a reduction (N d additions, no products: not counted, as for the softmax
+    # kinds' normalisers)
+    core_macs=lambda h, n, d: h * (2 * n * d * d + 3 * n * d),
     description="rank-augmented linear attention (RALA, CVPR 2025) with output gate and LePE",
     module_defaults={"gate": "identity", "lepe": True},
 ))
