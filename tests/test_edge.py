@@ -89,7 +89,7 @@ def test_gate_macs_follow_their_formulas():
     model = deep_model("vit")
     n, dim, heads, d, k = 17, 64, 2, 32, 3
     base = count_macs(model, (3, 32, 32))
-    core_delta = heads * ((2 * n * d * d + 4 * n * d) - 2 * n * n * d)
+    core_delta = heads * ((2 * n * d * d + 3 * n * d) - 2 * n * n * d)  # rala: 2Nd^2 + 3Nd products per head
     lepe = (n - 1) * dim * k * k
     gate_cost = {"linear": n * dim * dim, "lowrank": 2 * n * dim * (dim // 8), "identity": 0, "none": 0}
     for gate, cost in gate_cost.items():
