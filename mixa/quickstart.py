@@ -57,9 +57,6 @@ PLAN_KEEP = (0, 2, 4)
 PLAN_TRANSFER_STEPS = 20
 PLAN_TRANSFER_BATCH = 32
 PLAN_CALIB_IMAGES = 64
-# Transfer steps of the distill stage when mixa distill does not transfer by default (its default decides
-# otherwise): the measured quick start run (docs/quickstart.md) used 100.
-TRANSFER_STEPS_IF_DISTILL_DOES_NOT = 100
 # A budget slightly looser than MIN_SPEEDUP decides which rows are worth transferring: the timing of the
 # second pass may differ by a few percent from the first.
 TIMING_MARGIN = 0.95
@@ -209,11 +206,6 @@ def quickstart(output="mixa-quickstart", attn: str = "auto", keep: Optional[int]
     if unknown:
         raise UsageError(f"unknown distillation setting(s): {', '.join(unknown)}")
     settings = {**RECIPE, "seed": seed, **{k: v for k, v in recipe.items() if v is not None}}
-    if "transfer_steps" not in settings:
-        from .distill.recipes import DEFAULTS as DISTILL_DEFAULTS
-
-        if not DISTILL_DEFAULTS.get("transfer_steps"):  # recovery is transfer-first, whatever distill's default
-            settings["transfer_steps"] = TRANSFER_STEPS_IF_DISTILL_DOES_NOT
     sizes = dict(DEFAULT_SIZES if sizes is None else sizes)
     if threads is not None:
         torch.set_num_threads(int(threads))

@@ -10,7 +10,6 @@ slower). Settings that feed the student's own inputs run the original every step
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 from typing import Any, Dict, List, Optional
 
@@ -28,9 +27,7 @@ ACTIVATION_BUDGET_BYTES = 1 << 30
 def probe_settings(steps: int, kind: Optional[str] = None, **overrides) -> Dict[str, Any]:
     """mixa.transfer's settings for ``steps`` steps: its defaults (for ``kind`` when it has per-kind ones),
     then ``overrides``."""
-    if kind is not None and "kind" in inspect.signature(transfer_settings).parameters:
-        return transfer_settings(kind=kind, steps=steps, **overrides)
-    return transfer_settings(steps=steps, **overrides)
+    return transfer_settings(kind=kind, steps=steps, **overrides)
 
 
 def settings_key(settings: Dict[str, Any]) -> str:
@@ -85,9 +82,8 @@ class Probe:
         images."""
         s = settings
         layers = replaced_layers(student)
-        extra = {"student": student} if "student" in inspect.signature(TransferStep).parameters else {}
         step = TransferStep(self.original, layers, s, torch.device("cpu"), lr=float(s["lr"]), total_steps=s["steps"],
-                            warmup_steps=int(round(s["warmup_fraction"] * s["steps"])), **extra)
+                            warmup_steps=int(round(s["warmup_fraction"] * s["steps"])), student=student)
         size = int(s["batch_size"])
         batches = self.batches(size)
         teacher_forced = s.get("inputs", "teacher") == "teacher"
