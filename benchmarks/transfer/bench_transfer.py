@@ -277,14 +277,17 @@ class Bench:
                       "transfer_settings": json.loads((t_run / "run.json").read_text())["settings"]}
         record = {"name": name, "kind": kind, "keep": keep, "mode": mode, "seed": a.seed,
                   "kept": load(student).mixa_config["selection"]["kept"], "curve": state["curve"], **record}
-        results = proxy.update_results(self.path, lambda r: r["records"].append(record))
+        def add_record(results):  # replaces the row's partial record (--report-only --partial), if any
+            results["records"] = [r for r in results["records"] if r["name"] != name] + [record]
+
+        results = proxy.update_results(self.path, add_record)
         write_report(self.out, results)
 
     def run(self, names):
         results = proxy.update_results(self.path, self.claim)
         for name in names:
             results = proxy.update_results(self.path, lambda r: None)
-            if any(r["name"] == name for r in results["records"]):
+            if any(r["name"] == name and not r.get("partial") for r in results["records"]):
                 continue
             t0 = time.perf_counter()
             self.run_row(name)
