@@ -234,3 +234,60 @@ def test_int8_keeps_attention_cores_fp32(tmp_path, mode):
     assert quantised_cores(tmp_path / "plain.onnx")  # ORT's default does quantise inside the cores
     kept_ops = {n.op_type for n in onnx.load(str(tmp_path / "kept.onnx")).graph.node}
     assert kept_ops & {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear"}  # the layers are INT8
+
+
+def _activation_pairs_by_layer(path, scopes):
+    """{attention scope: QuantizeLinear nodes of activations that a node of that layer produces or (through
+    the DequantizeLinear) reads}, counted on the ONNX graph: a QuantizeLinear of an activation reads a tensor
+    no initializer holds."""
+    graph = onnx.load(str(path)).graph
+    constants = {t.name for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    pairs = {scope: 0 for scope in scopes}
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.input[0] in constants:
+            continue
+        readers = [c for dq in consumers.get(q.output[0], []) if dq.op_type == "DequantizeLinear"
+                   for c in consumers.get(dq.output[0], [])]
+        nodes = readers + [producers[q.input[0]]] if q.input[0] in producers else readers
+        for scope in {s for s in scopes for n in nodes if n.name.startswith(s)}:
+            pairs[scope] += 1
+    return pairs
+
+
+def test_static_int8_rala_layers_cost_the_same_quantizers_as_softmax_layers(tmp_path):
+    """Layers-only static INT8 (issue 20 item 6): every attention layer, rala or softmax, has exactly two
+    activation QuantizeLinear/DequantizeLinear pairs -- the inputs of qkv and proj -- and none on the layers'
+    outputs; and no node that stays fp32 reads a quantised constant. A freshly converted model is the hard
+    case: the exporter merges its equal zero biases (qkv, proj, LePE) into one initializer, which
+    quantize_static would replace by a DequantizeLinear output for every reader, LePE's Conv included."""
+    from mixa.export.quantize import LAYER_OPS, attention_scopes
+
+    model = mixa.convert(deep_model("vit"), keep=1, attn="rala", progress=False)
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, fp32, (3, 32, 32))
+    shared = {}
+    for node in onnx.load(str(fp32)).graph.node:
+        for name in node.input:
+            shared.setdefault(name, set()).add(node.op_type)
+    assert any({"Conv", "Gemm"} <= ops or {"Conv", "MatMul"} <= ops for ops in shared.values())  # the hard case
+    rng = np.random.default_rng(0)
+    int8 = tmp_path / "m.int8.onnx"
+    quantize_onnx(fp32, int8, mode="static",
+                  calib_batches=[rng.standard_normal((1, 3, 32, 32), dtype=np.float32) for _ in range(4)])
+    scopes = attention_scopes(fp32)
+    assert sorted(scopes.values()) == ["rala"] * 3 + ["softmax"]
+    assert _activation_pairs_by_layer(int8, scopes) == {scope: 2 for scope in scopes}
+    graph = onnx.load(str(int8)).graph
+    constants = {t.name for t in graph.initializer}
+    dequantised_constants = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"
+                             and n.input[0] in constants}
+    cores = set(core_nodes(int8))
+    readers = [(n.op_type, n.name) for n in graph.node if dequantised_constants & set(n.input)]
+    assert readers and all(op in LAYER_OPS and name not in cores for op, name in readers), readers
+    lepe = [n for n in graph.node if n.op_type == "Conv" and "/lepe/" in n.name]
+    assert len(lepe) == 3 and all(set(n.input[1:]) <= constants for n in lepe)

@@ -217,3 +217,25 @@ def test_int8_of_a_trained_model_agrees_with_fp32(mode, tmp_path):
     quantize_onnx(fp32, int8, mode=mode, calib_batches=batches[:2] if mode == "static" else None)
     same, total = agreement(fp32, int8, batches)
     assert total == 300 and same / total >= 0.99, (mode, same)
+
+
+@pytest.mark.slow  # ~15 s on 2 cores
+def test_static_int8_of_a_rala_student_agrees_with_fp32(tmp_path):
+    """Static INT8 with rala layers (issue 20: their quantizers were reworked) keeps the tolerance of the
+    teacher's test above: >= 99% top-1 agreement with the fp32 file. The student is the packaged teacher
+    converted to rala keeping 2 softmax layers (its q/k/v/proj trained, the core the untrained-rala start:
+    86% of the 300 scenes right, 8 classes predicted, so agreement is not trivial)."""
+    import mixa
+    from mixa.data.synthetic import SyntheticShapes
+    from mixa.quickstart import TEACHER_DIR
+
+    student = mixa.convert(mixa.load(TEACHER_DIR), keep=2, attn="rala", select="uniform", progress=False)
+    images, _ = SyntheticShapes("val", length=300, seed=7).tensors()
+    batches = [images[i:i + 50].numpy() for i in range(0, 300, 50)]
+    with torch.no_grad():
+        assert len(student(images).argmax(-1).unique()) > 4  # not a constant prediction
+    fp32, int8 = tmp_path / "s.onnx", tmp_path / "s.int8.onnx"
+    export_onnx(student, fp32, (3, 32, 32), dynamic_batch=True)
+    quantize_onnx(fp32, int8, mode="static", calib_batches=batches[:2])
+    same, total = agreement(fp32, int8, batches)
+    assert total == 300 and same / total >= 0.99, same

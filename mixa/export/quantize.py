@@ -20,7 +20,18 @@ What stays fp32 (``keep_fp32``):
   * the residual additions, norms and other element-wise ops (``op_types_to_quantize`` = the layers): static
     QDQ of the residual stream cost 1-4 of 300 images of top-1 agreement on the packaged trained teacher
     (98.7-99.3%), layers-only static INT8 agreed on 300/300 (benchmarks/edge/INT8.md).
+  * the layers' outputs (``OpTypesToExcludeOutputQuantization``): every consumer of a MatMul/Gemm output
+    is fp32 here, so a QuantizeLinear/DequantizeLinear pair there would only round (ONNX Runtime then runs
+    the layer as a QGemm with fp32 output). Measured on DeiT-T/14 keep-6 rala: the rala layers' qkv output
+    otherwise got a second pair after its head transpose (ONNX Runtime's transpose optimiser).
 - ``"none"``: ONNX Runtime's defaults (everything it can quantise).
+
+Static mode gives every node its own copy of each constant it reads first (``own_constants``):
+``quantize_static`` replaces a quantised bias by a DequantizeLinear output *under the initializer's name*,
+so every other reader of a shared initializer -- the exporter merges equal tensors, e.g. the zero biases of
+a freshly converted model -- then reads a computed tensor. For rala's LePE Conv (its bias merged with the
+zero biases of the Linears) that turned off ONNX Runtime's NCHWc Conv, which needs constant weights:
+5.7 ms instead of 0.6 ms for six layers at DeiT-T/14.
 
 Weights (``weights``): ``"s8"`` (U8S8) is the default on CPUs with VNNI (AVX512-VNNI / AVX-VNNI) and on ARM,
 where it is exact and fastest; ``"u8"`` (U8U8) on x86 CPUs without VNNI, where ONNX Runtime's U8S8 kernels
@@ -50,6 +61,9 @@ QUANT_MODES = ("dynamic", "static")
 WEIGHT_TYPES = ("auto", "u8", "s8")
 KEEP_FP32 = ("cores", "none")
 LAYER_OPS = ["MatMul", "Gemm", "Conv"]
+# Layers whose outputs stay fp32 in layers-only static INT8 (a Conv's: ONNX Runtime has no QLinearConv with an
+# fp32 output, and the patch embedding's Conv would then run in fp32).
+LAYER_OUTPUTS_FP32 = ["MatMul", "Gemm"]
 # Sub-modules of an attention layer that are layers (quantised like any Linear), not its core.
 _LAYER_SCOPES = ("qkv/", "proj/", "gate/")
 
@@ -130,6 +144,37 @@ def core_nodes(path: os.PathLike | str, scopes: Optional[dict] = None) -> List[s
     return names
 
 
+def own_constants(src: os.PathLike | str, dst: os.PathLike | str) -> int:
+    """Write ``src`` to ``dst`` with one copy of each initializer per node reading it (see the module
+    docstring); the number of copies made."""
+    import onnx
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    by_name = {t.name: t for t in graph.initializer}
+    names = set(by_name) | {v.name for v in graph.input} | {o for n in graph.node for o in n.output}
+    reads = {}
+    copies = 0
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name not in by_name:
+                continue
+            reads[name] = reads.get(name, 0) + 1
+            if reads[name] == 1:  # the first reader keeps the original
+                continue
+            copy_name = f"{name}.own{reads[name]}"
+            while copy_name in names:
+                copy_name += "_"
+            names.add(copy_name)
+            copy = graph.initializer.add()
+            copy.CopyFrom(by_name[name])
+            copy.name = copy_name
+            node.input[i] = copy_name
+            copies += 1
+    onnx.save(model, str(dst))
+    return copies
+
+
 def quantize_onnx(fp32_path: os.PathLike | str, int8_path: os.PathLike | str, mode: str = "dynamic",
                   calib_batches: Optional[List[np.ndarray]] = None, weights: str = "auto",
                   keep_fp32: str = "cores") -> QuantizeResult:
@@ -159,6 +204,9 @@ def quantize_onnx(fp32_path: os.PathLike | str, int8_path: os.PathLike | str, mo
             quant_pre_process(str(fp32_path), str(prepared))
         except Exception:  # pre-processing is an optimisation; quantise the plain file if it fails
             prepared = Path(fp32_path)
+        if mode == "static":
+            own_constants(prepared, Path(work) / "own.onnx")
+            prepared = Path(work) / "own.onnx"
         excluded = core_nodes(prepared, scopes) if keep_fp32 == "cores" else []
         op_types = LAYER_OPS if keep_fp32 == "cores" else None
         try:
@@ -170,7 +218,9 @@ def quantize_onnx(fp32_path: os.PathLike | str, int8_path: os.PathLike | str, mo
                 quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,
                                 per_channel=True, activation_type=QuantType.QUInt8,
                                 weight_type=weight_type, calibrate_method=CalibrationMethod.MinMax,
-                                nodes_to_exclude=excluded, op_types_to_quantize=op_types)
+                                nodes_to_exclude=excluded, op_types_to_quantize=op_types,
+                                extra_options={"OpTypesToExcludeOutputQuantization": LAYER_OUTPUTS_FP32}
+                                if keep_fp32 == "cores" else {})
         except (MixaError, KeyboardInterrupt):
             raise
         except Exception as err:
