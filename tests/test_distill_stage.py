@@ -10,7 +10,8 @@ import mixa
 from mixa.cli import main
 from mixa.distill import losses
 from mixa.distill.optim import create_optimizer, create_scheduler
-from mixa.distill.recipes import DEFAULTS, TRANSFER_AUTO, auto_transfer_steps, load_recipe, warmup_steps
+from mixa.distill.recipes import (AFTER_TRANSFER_AUTO, DEFAULTS, TRANSFER_AUTO, auto_lr_scale, auto_transfer_steps,
+                                  load_recipe, warmup_steps)
 from mixa.distill.train import distill
 
 from test_distill import BASE, TINY, _weights, world  # noqa: F401  (the shared fixture)
@@ -140,6 +141,35 @@ def test_the_stage_after_transfer_starts_from_the_transferred_weights(world, tmp
     assert row["train_hidden"] > 0
 
 
+def test_auto_lr_scale_threshold():
+    full = AFTER_TRANSFER_AUTO["full_lr_disagreement"]
+    assert auto_lr_scale(100.0 - full) == 1.0 and auto_lr_scale(50.0) == 1.0
+    assert auto_lr_scale(100.0 - full + 0.01) == AFTER_TRANSFER_AUTO["near_scale"] == 0.1
+    assert auto_lr_scale(100.0) == 0.1
+
+
+def test_auto_lr_scale_is_measured_on_the_transferred_student(world, tmp_path, monkeypatch):  # noqa: F811
+    """after_transfer_lr_scale "auto" (the default): the agreement run.json records is the transferred
+    model's on the first training images (mixa.distill.evaluate, independently), the scale follows the
+    threshold, and the stage is the run started by hand from the transferred model at that lr."""
+    # a threshold no agreement reaches: the near-the-teacher branch, whatever the tiny student's agreement
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)
+    scale = AFTER_TRANSFER_AUTO["near_scale"]
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "images", 16)
+    staged = tmp_path / "staged"
+    distill(world / "student", world / "data", staged, transfer_steps=3, **STAGE)
+    info = json.loads((staged / "run.json").read_text())
+    measured = mixa.distill.evaluate(staged / "transfer", world / "data" / "train", teacher="auto", max_images=16,
+                                     workers=0, progress=False)
+    assert info["after_transfer_lr_scale_auto"]["agreement_top1"] == pytest.approx(measured["agreement_top1"], abs=0.01)
+    assert info["settings"]["after_transfer_lr_scale"] == scale
+    assert info["lr_scaled"] == pytest.approx(load_recipe("tiny")["lr"] * scale)
+    by_hand = tmp_path / "by_hand"
+    distill(staged / "transfer", world / "data", by_hand, transfer_steps=0, lr=info["lr_scaled"], **STAGE)
+    a, b = _weights(staged / "last"), _weights(by_hand / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_the_stage_after_transfer_resumes_exactly(world, tmp_path):  # noqa: F811
     straight = tmp_path / "straight"
     stage = {**STAGE, "epochs": 2, "after_transfer_hidden_weight": 1.0}
@@ -157,7 +187,8 @@ def test_the_stage_after_transfer_resumes_exactly(world, tmp_path):  # noqa: F81
 
 @pytest.mark.parametrize("flag,value", [
     ("--transfer-steps", "-1"), ("--transfer-steps", "many"), ("--transfer-lr", "0"), ("--hidden-weight", "-1"),
-    ("--hidden-weight", "nan"), ("--after-transfer-lr-scale", "0"), ("--after-transfer-hidden-weight", "x")])
+    ("--hidden-weight", "nan"), ("--after-transfer-lr-scale", "0"), ("--after-transfer-lr-scale", "automatic"),
+    ("--after-transfer-hidden-weight", "x")])
 def test_bad_new_flags_are_one_line_exit_2(world, tmp_path, capsys, flag, value):  # noqa: F811
     with pytest.raises(SystemExit) as exc:
         main(["distill", "-m", str(world / "student"), "--data-dir", str(world / "data"), "--output",
@@ -169,6 +200,7 @@ def test_bad_new_flags_are_one_line_exit_2(world, tmp_path, capsys, flag, value)
 
 @pytest.mark.parametrize("text,expect", [
     ("transfer_steps: -2", "transfer_steps must be"), ("after_transfer_lr_scale: 0", "after_transfer_lr_scale"),
+    ("after_transfer_lr_scale: fast", "after_transfer_lr_scale"),
     ("hidden_weight: -1", "hidden_weight must be"), ("warmup_max_fraction: 2", "warmup_max_fraction")])
 def test_bad_recipe_values_are_one_line_exit_2(world, tmp_path, capsys, text, expect):  # noqa: F811
     recipe = tmp_path / "r.yaml"

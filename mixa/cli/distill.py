@@ -28,6 +28,10 @@ def _positive(text: str) -> float:
     return value
 
 
+def _auto_or_positive(text: str):
+    return "auto" if text == "auto" else _positive(text)
+
+
 def add_arguments(p) -> None:
     from mixa.distill.recipes import AMP_MODES, KD_KINDS
 
@@ -74,8 +78,10 @@ def add_arguments(p) -> None:
                         "auto (default): 4 passes over the training images for a converted student (100 to "
                         "2000 steps), none for a model without replaced attention; 0: off")
     g.add_argument("--transfer-lr", type=_positive, help="peak lr of that stage (default: mixa transfer's)")
-    g.add_argument("--after-transfer-lr-scale", type=_positive, metavar="F",
-                   help="after a transfer stage, KD runs at lr x F (default 1: the recipe's lr)")
+    g.add_argument("--after-transfer-lr-scale", type=_auto_or_positive, metavar="auto|F",
+                   help="after a transfer stage, KD runs at lr x F; auto (default): the recipe's lr while the "
+                        "transferred student disagrees with the teacher on >= 5%% of 256 training images, "
+                        "else lr x 0.1")
     g.add_argument("--after-transfer-hidden-weight", type=_non_negative, metavar="W",
                    help="hidden-state weight of the KD after a transfer stage (default 0: logits only)")
 

@@ -60,10 +60,9 @@ DEFAULTS: Dict[str, Any] = {
     # without replaced attention layers; an integer: that many steps; 0: off.
     "transfer_steps": "auto",
     "transfer_lr": None,      # its peak lr; null: mixa.transfer's default (mixa.transfer.settings)
-    # The stage after a transfer stage (benchmarks/transfer, the study): from a transfer that left room
-    # (relu k = 0 at 92.5%), one KD epoch at the recipe's lr gained 2.3 points, with block outputs matched 1.8,
-    # at lr x 0.2 with block outputs matched 0.3: so the recipe's lr and plain KD, until a measurement says otherwise.
-    "after_transfer_lr_scale": 1.0,       # lr x this after a transfer stage (1: the recipe's lr)
+    # The stage after a transfer stage: KD at lr x after_transfer_lr_scale; "auto" = AFTER_TRANSFER_AUTO below,
+    # from the transferred student's agreement with the teacher on training images.
+    "after_transfer_lr_scale": "auto",    # a number > 0, or "auto"
     "after_transfer_hidden_weight": 0.0,  # hidden_weight after a transfer stage (0: logit KD only)
 }
 
@@ -72,6 +71,22 @@ DEFAULTS: Dict[str, Any] = {
 # 50-step transfer ends at 92.5% and a 100-step one at 97.4% (control 98.9): at least 100 steps
 # (benchmarks/transfer).
 TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000}
+
+# after_transfer_lr_scale "auto": the transferred student is compared with the teacher on the first
+# ``images`` training images (no augmentation). Where it still disagrees on at least ``full_lr_disagreement``
+# percent of them, KD runs at the recipe's lr; closer to the teacher, at lr x ``near_scale``. Measured on the
+# extremes proxy (relu k = 0, seed 1, benchmarks/transfer): from a 50-step transfer (7.5% disagreement) one KD
+# epoch at the recipe's lr gained 2.3 points and lr x 0.2 lost 0.2; from a 100-step transfer (3% disagreement)
+# the recipe's lr and lr x 0.2 both fell a point in the first epoch (97.0 -> 96.1 / 96.0) while lr x 0.1 kept
+# it and ended 0.4 higher (97.4) after 3 epochs. The threshold sits between the two measured starts.
+AFTER_TRANSFER_AUTO = {"images": 256, "full_lr_disagreement": 5.0, "near_scale": 0.1}
+
+
+def auto_lr_scale(agreement: float) -> float:
+    """after_transfer_lr_scale "auto" for a transferred student that agrees with the teacher on
+    ``agreement`` percent of the training images compared."""
+    full = 100.0 - agreement >= AFTER_TRANSFER_AUTO["full_lr_disagreement"]
+    return 1.0 if full else AFTER_TRANSFER_AUTO["near_scale"]
 
 
 def auto_transfer_steps(train_images: int, batch_size: int) -> int:
@@ -158,10 +173,11 @@ def validate(s: Dict[str, Any]) -> None:
     number("warmup_epochs", 0)
     number("warmup_max_fraction", 0, 1)
     number("hidden_weight", 0)
-    number("after_transfer_lr_scale", 0)
+    if s["after_transfer_lr_scale"] != "auto":
+        scale = s["after_transfer_lr_scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise UsageError(f"after_transfer_lr_scale must be 'auto' or a number > 0, got {scale!r}")
     number("after_transfer_hidden_weight", 0)
-    if not float(s["after_transfer_lr_scale"]) > 0:
-        raise UsageError(f"after_transfer_lr_scale must be > 0, got {s['after_transfer_lr_scale']!r}")
     if s["transfer_lr"] is not None:
         number("transfer_lr", 0)
         if not float(s["transfer_lr"]) > 0:

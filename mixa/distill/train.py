@@ -23,7 +23,7 @@ from .checkpoint import load_last_weights, open_run, rng_state, save_checkpoint,
 from .distributed import Dist, Sums
 from .evaluation import evaluate_loader
 from .precision import autocast_dtype
-from .recipes import auto_transfer_steps, load_recipe, warmup_steps
+from .recipes import AFTER_TRANSFER_AUTO, auto_lr_scale, auto_transfer_steps, load_recipe, warmup_steps
 from .step import DistillStep
 from .teacher import ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original
 
@@ -71,9 +71,22 @@ def stage_settings(s: Dict[str, Any]) -> Dict[str, Any]:
 
 def scaled_lr(s: Dict[str, Any]) -> float:
     """The recipe's lr, scaled linearly for the global batch (lr_base_batch) and by after_transfer_lr_scale
-    after a transfer stage."""
+    after a transfer stage (still "auto" before that stage has run: the recipe's lr, as planned)."""
     lr = s["lr"] * (s["batch_size"] / s["lr_base_batch"] if s["lr_base_batch"] else 1.0)
-    return lr * (s["after_transfer_lr_scale"] if s["transfer_steps"] else 1.0)
+    scale = s["after_transfer_lr_scale"]
+    return lr * (scale if s["transfer_steps"] and scale != "auto" else 1.0)
+
+
+def resolve_lr_scale(student, teacher, data_dir, s: Dict[str, Any], dist: Dist) -> Dict[str, Any]:
+    """after_transfer_lr_scale "auto" as a number (recipes.AFTER_TRANSFER_AUTO), from the transferred
+    student's top-1 agreement with the teacher on the first training images, without augmentation."""
+    images = AFTER_TRANSFER_AUTO["images"]
+    loader = D.val_loader(data_dir, student, batch_size=min(64, images), workers=s["workers"], split="train",
+                          max_images=images, rank=dist.rank, world=dist.world)
+    measured = evaluate_loader(student, loader, teacher, dist.device, dist=dist)
+    agreement = measured["agreement_top1"]
+    scale = auto_lr_scale(agreement)
+    return {"after_transfer_lr_scale": scale, "agreement_top1": round(agreement, 2), "images": measured["images"]}
 
 
 def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images: int) -> List[str]:
@@ -82,7 +95,9 @@ def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images:
     why = []
     if s["lr_base_batch"] and s["batch_size"] != s["lr_base_batch"]:
         why.append(f"x {s['batch_size']}/{s['lr_base_batch']} linear batch rule")
-    if s["transfer_steps"] and s["after_transfer_lr_scale"] != 1:
+    if s["transfer_steps"] and s["after_transfer_lr_scale"] == "auto":
+        why.append("x after_transfer_lr_scale auto: set after transfer")
+    elif s["transfer_steps"] and s["after_transfer_lr_scale"] != 1:
         why.append(f"x {s['after_transfer_lr_scale']:g} after transfer")
     lines = [f"{s['epochs']} epoch(s) x {steps_per_epoch} step(s) of {s['batch_size']} images; lr {lr:.3g} "
              f"(recipe {s['lr']:.3g}{', ' + ', '.join(why) if why else ''}), warm-up {warmup} step(s)"
@@ -205,6 +220,16 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
     if state is None and s["transfer_steps"]:
         _transfer_stage(student, student_source, source, data_dir, run, t_model if t_model is not None else teacher,
                         teacher_checkpoint, s, dist, progress)
+        if s["after_transfer_lr_scale"] == "auto" and t_model is not None:
+            auto = resolve_lr_scale(student, t_model, data_dir, s, dist)
+            s = settings = {**s, "after_transfer_lr_scale": auto["after_transfer_lr_scale"]}
+            lr = scaled_lr(s)
+            if dist.main:
+                tqdm.write(f"mixa distill: after transfer the student agrees with the teacher on "
+                           f"{auto['agreement_top1']:.1f}% of {auto['images']} training images: KD at lr x "
+                           f"{s['after_transfer_lr_scale']:g} = {lr:.3g} (after_transfer_lr_scale auto)")
+                info = json.loads((run / "run.json").read_text())
+                write_json(run / "run.json", {**info, "settings": s, "lr_scaled": lr, "after_transfer_lr_scale_auto": auto})
     # Training draws the same random numbers however its models were built (a teacher's random init, a
     # transfer stage): a run after a transfer stage is the run started from the transferred model.
     random_seed(int(s["seed"]), dist.rank)
