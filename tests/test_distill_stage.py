@@ -144,8 +144,8 @@ def test_the_stage_after_transfer_starts_from_the_transferred_weights(world, tmp
 def test_auto_lr_scale_threshold():
     full = AFTER_TRANSFER_AUTO["full_lr_disagreement"]
     assert auto_lr_scale(100.0 - full) == 1.0 and auto_lr_scale(50.0) == 1.0
-    assert auto_lr_scale(100.0 - full + 0.01) == AFTER_TRANSFER_AUTO["near_scale"] == 0.1
-    assert auto_lr_scale(100.0) == 0.1
+    assert auto_lr_scale(100.0 - full + 0.01) == AFTER_TRANSFER_AUTO["near_scale"] == 0.2
+    assert auto_lr_scale(100.0) == 0.2
 
 
 def test_auto_lr_scale_is_measured_on_the_transferred_student(world, tmp_path, monkeypatch):  # noqa: F811

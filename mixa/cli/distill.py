@@ -81,7 +81,7 @@ def add_arguments(p) -> None:
     g.add_argument("--after-transfer-lr-scale", type=_auto_or_positive, metavar="auto|F",
                    help="after a transfer stage, KD runs at lr x F; auto (default): the recipe's lr while the "
                         "transferred student disagrees with the teacher on >= 5%% of 256 training images, "
-                        "else lr x 0.1")
+                        "else lr x 0.2")
     g.add_argument("--after-transfer-hidden-weight", type=_non_negative, metavar="W",
                    help="hidden-state weight of the KD after a transfer stage (default 0: logits only)")
 
