@@ -57,8 +57,9 @@ PLAN_KEEP = (0, 2, 4)
 PLAN_TRANSFER_STEPS = 20
 PLAN_TRANSFER_BATCH = 32
 PLAN_CALIB_IMAGES = 64
-# A budget slightly looser than MIN_SPEEDUP decides which rows are worth transferring: the timing of the
-# second pass may differ by a few percent from the first.
+# Timings of one row differ by a few percent from run to run: rows down to TIMING_MARGIN x MIN_SPEEDUP are
+# worth transferring, and the pick is a row that clears MIN_SPEEDUP / TIMING_MARGIN when one does (a row at
+# 1.23x in the plan timed 1.199x in the summary against a 1.2x budget).
 TIMING_MARGIN = 0.95
 
 # KD fine-tuning settings for the synthetic tasks (also every row of benchmarks/proxy). No augmentation:
@@ -124,6 +125,24 @@ def _run_stage(out: Path, name: str, fn: Callable[[], Dict[str, Any]], say: Call
     return result
 
 
+def pick_within_budget(rows, min_speedup: float):
+    """(row, why): the most faithful row that clears ``min_speedup`` by the timing margin (a row just over the
+    budget may time just under it in the summary's run), else the most faithful that clears it at all, else
+    (None, None)."""
+    from .plan import best_under
+
+    margin = f"{100 * (1 - TIMING_MARGIN):.0f}% timing margin"
+    faithful = f"the most faithful after {PLAN_TRANSFER_STEPS} transfer steps of the rows at least"
+    pick = best_under(rows, min_speedup=min_speedup / TIMING_MARGIN)
+    if pick is not None:
+        return pick, f"{faithful} {min_speedup:g}x as fast as the teacher with a {margin} ({min_speedup / TIMING_MARGIN:.2f}x)"
+    pick = best_under(rows, min_speedup=min_speedup)
+    if pick is not None:
+        return pick, (f"{faithful} {min_speedup:g}x as fast as the teacher (none clears the {margin}: the "
+                      f"summary's timing may land under the budget)")
+    return None, None
+
+
 def choose_student(teacher, calib, min_speedup: float, work_dir: Path, progress: bool,
                    say: Callable[[str], None]) -> Dict[str, Any]:
     """The plan's student: every (kind, k) of PLAN_KINDS x PLAN_KEEP converted and timed against the teacher
@@ -132,7 +151,7 @@ def choose_student(teacher, calib, min_speedup: float, work_dir: Path, progress:
     ``min_speedup`` times as fast. When none is, the fastest row, said plainly."""
     from dataclasses import asdict
 
-    from .plan import Plan, best_under, format_table, mark_pareto, plan
+    from .plan import Plan, format_table, mark_pareto, plan
 
     common = dict(threads=1, calib_images=sum(len(b) for b in calib), work_dir=work_dir, clock="cpu",
                   progress=progress)
@@ -153,11 +172,8 @@ def choose_student(teacher, calib, min_speedup: float, work_dir: Path, progress:
         say(f"    the rows within {min_speedup:g}x (less a {100 * (1 - TIMING_MARGIN):.0f}% timing margin), "
             f"after {PLAN_TRANSFER_STEPS} transfer steps:\n"
             + format_table(Plan(model=timed.model, depth=timed.depth, rows=rows, original=timed.original)))
-    pick = best_under(rows, min_speedup=min_speedup)
-    if pick is not None:
-        why = (f"the most faithful after {PLAN_TRANSFER_STEPS} transfer steps of the rows at least "
-               f"{min_speedup:g}x as fast as the teacher")
-    else:
+    pick, why = pick_within_budget(rows, min_speedup)
+    if pick is None:
         pick = min(timed.rows, key=lambda r: (-r.speedup, -r.agreement))
         why = (f"no (kind, k) of {','.join(PLAN_KINDS)} x k in {','.join(map(str, PLAN_KEEP))} is "
                f"{min_speedup:g}x as fast as the teacher on this machine: the fastest one instead")

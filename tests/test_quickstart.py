@@ -127,6 +127,25 @@ def test_quickstart_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     assert main(argv[:-4] + ["--attn", "relu"]) == 2
 
 
+def test_the_pick_clears_the_budget_by_the_timing_margin():
+    """The quick start's miss: relu k=4 planned at 1.23x timed 1.199x against 1.2x. A row that clears the
+    budget by the margin wins over a more faithful one just over it; without such a row, the budget alone."""
+    import mixa.quickstart as qs
+    from mixa.plan import PlanRow
+
+    def row(keep, speedup, agreement, kl):
+        return PlanRow(kind="relu", keep=keep, kept=list(range(keep)), agreement=agreement, kl=kl, params=1,
+                       macs=1, latency_ms=10 / speedup, speedup=speedup)
+
+    edge, clear = row(4, 1.23, 100.0, 0.01), row(2, 1.28, 100.0, 0.02)
+    assert 1.2 <= edge.speedup < 1.2 / qs.TIMING_MARGIN <= clear.speedup
+    pick, why = qs.pick_within_budget([edge, clear], 1.2)
+    assert pick is clear and "timing margin" in why
+    pick, why = qs.pick_within_budget([edge], 1.2)
+    assert pick is edge and "none clears" in why
+    assert qs.pick_within_budget([edge], 1.3) == (None, None)
+
+
 def test_summary_says_plainly_when_the_student_is_slower():
     from mixa.quickstart import speed_line
 

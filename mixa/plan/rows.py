@@ -64,16 +64,12 @@ def mark_pareto(rows: Sequence[PlanRow]) -> List[PlanRow]:
 
 def best_under(rows: Sequence[PlanRow], max_latency_ms: Optional[float] = None,
                min_agreement: Optional[float] = None, min_speedup: Optional[float] = None) -> Optional[PlanRow]:
-    """The best row under one budget: the most faithful one no slower than ``max_latency_ms`` or at least
-    ``min_speedup`` times as fast as the original, or the fastest one at least ``min_agreement`` percent in
-    agreement. None when no row meets the budget.
-
-    Rows of equal agreement go to the faster one, then the lower KL: the pick stays on the Pareto front
-    (latency vs agreement), and on a small calibration set where several rows agree on every image the
-    budget buys speed rather than a KL difference the agreement cannot see."""
+    """The best row under one budget: the most faithful one (agreement, then KL) no slower than
+    ``max_latency_ms`` or at least ``min_speedup`` times as fast as the original, or the fastest one at
+    least ``min_agreement`` percent in agreement. None when no row meets the budget."""
     if sum(b is not None for b in (max_latency_ms, min_agreement, min_speedup)) != 1:
         raise ValueError("give exactly one budget: max_latency_ms, min_speedup or min_agreement")
-    faithful = lambda r: (-r.agreement, r.latency_ms, r.kl)
+    faithful = lambda r: (-r.agreement, r.kl, r.latency_ms)
     if max_latency_ms is not None:
         fits, key = [r for r in rows if r.latency_ms <= max_latency_ms], faithful
     elif min_speedup is not None:
