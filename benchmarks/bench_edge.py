@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -91,6 +92,24 @@ class PteRunner:
         self.method.execute(self.x)
 
 
+def static_int8_before_issue20(fp32, out, calib):
+    """Static INT8 as ``quantize_onnx`` made it before issue 20 item 6: the same cores excluded and layers
+    quantised, but constants shared between nodes (a quantised bias became a DequantizeLinear output for
+    every reader) and the layers' outputs quantised too."""
+    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quant_pre_process,
+                                          quantize_static)
+
+    from mixa.export.quantize import LAYER_OPS, _feeds, attention_scopes, core_nodes
+
+    with tempfile.TemporaryDirectory() as work:
+        prepared = Path(work) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared))
+        quantize_static(str(prepared), str(out), _feeds(prepared, calib), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=LAYER_OPS,
+                        nodes_to_exclude=core_nodes(prepared, attention_scopes(fp32)))
+
+
 def op_breakdown(path, threads, res, runs=10):
     """{op type: share of node time} from ONNX Runtime's profiler over ``runs`` calls, and the node time
     per call in ms."""
@@ -121,7 +140,8 @@ def main() -> int:
                    help="cpu: the thread's CPU time (robust to load from other jobs; 1 thread only)")
     p.add_argument("--previous-export", action="store_true",
                    help="also time every variant as mixa exported it before issue 20 (timm's fused SDPA in "
-                        "softmax layers, no delegation rewrites: rows 'VARIANT (previous export)'), and the "
+                        "softmax layers, no delegation rewrites, ONNX Runtime static INT8 as quantised before "
+                        "issue 20: rows 'VARIANT (previous export)'), and the "
                         "original in the other softmax form in ONNX Runtime (row 'original (fused)' / "
                         "'original (plain)')")
     p.add_argument("--output", required=True, metavar="DIR",
@@ -174,11 +194,14 @@ def main() -> int:
                             ("fused" if best_softmax_form("onnx") == "plain" else "plain")
                         export_onnx(sized, fp32, (3, res, res), softmax=form)
                         files.append(("ort", "fp32", fp32))
-                    if use_ort and res in int8_at and not args.no_int8 and not previous:
+                    if use_ort and res in int8_at and not args.no_int8:
                         calib = [rng.standard_normal((1, 3, res, res), dtype=np.float32) for _ in range(4)]
-                        for mode in ("dynamic", "static"):
+                        for mode in ("static",) if previous else ("dynamic", "static"):
                             q = Path(work) / f"{vi}_{res}.{mode}.onnx"
-                            quantize_onnx(fp32, q, mode=mode, calib_batches=calib)
+                            if previous:
+                                static_int8_before_issue20(fp32, q, calib)
+                            else:
+                                quantize_onnx(fp32, q, mode=mode, calib_batches=calib)
                             files.append(("ort", f"int8-{mode}", q))
                     if res in int8_at and use_et:
                         from mixa.export.executorch import export_pte
@@ -198,14 +221,17 @@ def main() -> int:
                         rows.append({"model": label, "res": res, "variant": vlabel, "runtime": runtime,
                                      "precision": precision, "macs": macs})
                     print(f"  exported {label} @{res} {vlabel} ({len(files)} files)", file=sys.stderr, flush=True)
-                start = time.time()
+                start, load_before = time.time(), os.getloadavg()[0]
                 times = round_robin(runners, warmup=2, rounds=args.rounds, budget=args.budget, clock=args.clock)
-                print(f"\n{label} @{res}: {len(times[0])} rounds in {time.time() - start:.0f} s", flush=True)
+                load = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # 1-minute load average around it
+                print(f"\n{label} @{res}: {len(times[0])} rounds in {time.time() - start:.0f} s, load average "
+                      f"{load[0]} -> {load[1]}", flush=True)
                 base = {}
                 for row, t in zip(rows, times):
                     row["median_ms"] = statistics.median(t) * 1e3
                     row["min_ms"] = min(t) * 1e3  # the least disturbed call: robust to load from other jobs
                     row["rounds"] = len(t)
+                    row["load_average"] = load
                     key = (row["runtime"], row["precision"])
                     if row["variant"] == "original":
                         base[key] = row
@@ -257,7 +283,10 @@ def markdown(results: dict) -> str:
     for row in results["rows"]:
         groups.setdefault((row["model"], row["res"]), []).append(row)
     for (model, res), rows in groups.items():
-        lines += [f"## {model} @ {res} px ({rows[0]['rounds']} rounds)", "",
+        load = rows[0].get("load_average")
+        lines += [f"## {model} @ {res} px ({rows[0]['rounds']} rounds"
+                  + (f"; 1-minute load average {load[0]} -> {load[1]} on {env['cpu_count']} CPUs" if load else "")
+                  + ")", "",
                   "| runtime | precision | variant | GMACs | median ms | MAC ratio | speed-up | speed-up of min | vs fp32 original | >= MAC |",
                   "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
         for r in rows:
