@@ -16,7 +16,7 @@ from _export_helpers import tiny_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECORD_FIELDS = {"target", "runtime", "device", "threads", "batch", "resolution", "params", "macs", "latency_ms",
-                 "images_per_s", "environment"}
+                 "images_per_s", "environment", "round_robin", "round_ms"}
 
 # Installed as sitecustomize: any import of torch (or the torch-based libraries) is recorded and refused.
 BLOCKER = '''
@@ -227,3 +227,27 @@ def test_cpu_clock_needs_one_thread(capsys, tiny_onnx):
     assert "--clock cpu" in err and len(err.strip().splitlines()) == 1
     assert main(["profile", str(tiny_onnx), str(tiny_onnx), "--clock", "cpu", "--repeat", "2"]) == 0
     assert "timed round-robin in one process (2 rounds, cpu clock" in capsys.readouterr().out
+
+
+def test_speedup_pairs_the_rounds_of_one_round_robin():
+    """Issue 20: targets timed in one round-robin are compared round by round (the median of per-round
+    latency ratios), so load that slows one round slows both of its calls; records timed apart fall back
+    to the ratio of medians. Worked by hand: base 10, 10, 30 ms and other 5, 20, 15 ms give per-round
+    ratios 2, 0.5, 2 -> 2.0, while the medians give 10 / 15."""
+    from mixa.profile.records import format_table, make_record, speedups
+
+    meta = dict(runtime="ort", device="cpu", threads=1, batch=1, resolution=8, params=None, macs=None, env={})
+    base = make_record(target="a", seconds=[0.010, 0.010, 0.030], round_robin="7.0", **meta)
+    other = make_record(target="b", seconds=[0.005, 0.020, 0.015], round_robin="7.0", **meta)
+    apart = make_record(target="c", seconds=[0.005, 0.020, 0.015], round_robin="7.1", **meta)
+    assert other["round_ms"] == pytest.approx([5.0, 20.0, 15.0])
+    assert speedups([base, other, apart]) == pytest.approx([1.0, 2.0, 10 / 15])
+    assert "2.00x" in format_table([base, other]) and "0.67x" in format_table([base, apart])
+    # measure() names one round-robin per thread count
+    from mixa.profile.compare import Runner, measure
+
+    def runner(name, threads):
+        return Runner(dict(meta, target=name, threads=threads), lambda: (lambda: None))
+
+    records = measure([runner("x", 1), runner("y", 1), runner("z", 2)], warmup=0, repeat=2)
+    assert records[0]["round_robin"] == records[1]["round_robin"] != records[2]["round_robin"]

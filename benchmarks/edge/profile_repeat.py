@@ -1,9 +1,9 @@
 """Is `mixa profile`'s speed-up column repeatable? (issue 20 target: five repeated runs within 3%.)
 
 Runs the same command -- ``mixa profile ORIGINAL.onnx STUDENT.onnx --clock cpu --threads 1`` -- five times in
-a row, each in its own process as a user would, reads the two medians from each run's ``--json`` records and
-prints the five speed-ups (median of the first target / median of the second, the table's column) and their
-spread (largest / smallest - 1). Exits 1 when the spread is over ``--tolerance`` (3%), so it can fail.
+a row, each in its own process as a user would, reads each run's ``--json`` records and prints the five
+speed-ups of the second target over the first (the table's column, ``mixa.profile.records.speedups``) and
+their spread (largest / smallest - 1). Exits 1 when the spread is over ``--tolerance`` (3%), so it can fail.
 
     python benchmarks/edge/profile_repeat.py                        # DeiT-T/14 224 px: original vs keep-6 relu
     python benchmarks/edge/profile_repeat.py A.onnx B.onnx --runs 5 --output /tmp/repeat.json
@@ -47,9 +47,11 @@ def one_run(targets, out: Path, extra) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode != 0:
         raise SystemExit(f"mixa profile failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    from mixa.profile.records import speedups
+
     records = json.loads(out.read_text())
     medians = [r["latency_ms"]["median"] for r in records]
-    return {"speedup": medians[0] / medians[1], "median_ms": medians, "load_before": load_before,
+    return {"speedup": speedups(records)[1], "median_ms": medians, "load_before": load_before,
             "load_after": os.getloadavg()[0], "cpu": records[0]["environment"]["cpu"],
             "command": " ".join(shown)}
 

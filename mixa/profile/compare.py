@@ -1,6 +1,7 @@
 """Timing several targets side by side: every target of one command is timed round-robin in one process
 (one call of each per round, ``mixa.profile.timing.round_robin``), so that load from other processes hits
-them alike and the speed-up column compares calls made at the same moments. Pure Python + numpy (records).
+them alike and the speed-up column compares calls made at the same moments (round by round:
+``mixa.profile.records.speedups``). Pure Python + numpy (records).
 
 A target is a ``Runner``: what to record about it, and ``start`` -- called when its round-robin begins, after
 the thread count has been set -- which loads it (an ONNX Runtime session, an ExecuTorch program, a model) and
@@ -8,12 +9,17 @@ returns the zero-argument call to time. Targets with different thread counts are
 round-robins (one per count): ExecuTorch's and torch's thread pools are process-wide."""
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import UsageError
 from .records import make_record
 from .timing import CLOCKS, round_robin
+
+
+_ROUND_ROBINS = itertools.count()  # names each round-robin of this process (records pair their rounds by it)
 
 
 @dataclass
@@ -42,6 +48,7 @@ def measure(runners: List[Runner], *, warmup: int = 5, repeat: int = 20, clock: 
             for _ in range(runners[i].warmup):
                 call()
         times = round_robin(calls, warmup=warmup, rounds=repeat, progress=progress, clock=clock)
+        name = f"{os.getpid()}.{next(_ROUND_ROBINS)}"
         for i, seconds in zip(group, times):
-            records[i] = make_record(**runners[i].record, seconds=seconds)
+            records[i] = make_record(**runners[i].record, seconds=seconds, round_robin=name)
     return records
