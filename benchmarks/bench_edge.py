@@ -39,7 +39,7 @@ from mixa.macs import count_macs  # noqa: E402
 from mixa.models import create_model  # noqa: E402
 from mixa.profile.ort import input_for, operator_times, session  # noqa: E402
 from mixa.profile.records import environment  # noqa: E402
-from mixa.profile.timing import round_robin  # noqa: E402
+from mixa.profile.timing import paired_speedup, round_robin  # noqa: E402
 
 # (label, timm name, timm kwargs, resolutions, full variant set at these resolutions, INT8/ExecuTorch there)
 SUITES = {
@@ -242,8 +242,7 @@ def main() -> int:
                     row["speedup"] = ref["median_ms"] / row["median_ms"]
                     row["speedup_min"] = ref["min_ms"] / row["min_ms"]
                     # round by round: both calls of a round met the same load (as mixa profile's column)
-                    row["speedup_by_round"] = statistics.median(
-                        a / b for a, b in zip(ref["round_ms"], row["round_ms"]))
+                    row["speedup_by_round"] = paired_speedup(ref["round_ms"], row["round_ms"])
                     fp32_ref = base[(row["runtime"], "fp32")]
                     row["speedup_vs_fp32_original"] = fp32_ref["median_ms"] / row["median_ms"]
                     row["meets_mac_ratio"] = row["speedup"] >= row["mac_ratio"]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import mixa.models  # noqa: E402,F401  (registers ravlt_* with timm)
 import timm  # noqa: E402
-from mixa.profile.timing import round_robin  # noqa: E402
+from mixa.profile.timing import paired_speedup, round_robin  # noqa: E402
 from tests.reference.ravlt_nchw import PlainRAVLT  # noqa: E402
 
 PAPER = {"ravlt_t": (14.9, 2.4), "ravlt_s": (25.6, 4.6), "ravlt_b": (48.2, 9.9), "ravlt_l": (95.2, 16.0)}
@@ -61,7 +61,7 @@ def cpu_latency(models: dict, iters: int, warmup: int, size: int, batch: int = 1
     base = next(n for n in models if n.endswith("(plain NCHW)"))
     single = torch.get_num_threads() == 1
     return {name: {"median": statistics.median(t), "best": min(t),
-                   "paired_speedup": statistics.median(b / x for b, x in zip(wall[base], t)),
+                   "paired_speedup": paired_speedup(wall[base], t),
                    "cpu_median": statistics.median(cpu[name]) if single else None}
             for name, t in wall.items()}
 

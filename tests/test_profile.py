@@ -243,6 +243,12 @@ def test_speedup_pairs_the_rounds_of_one_round_robin():
     assert other["round_ms"] == pytest.approx([5.0, 20.0, 15.0])
     assert speedups([base, other, apart]) == pytest.approx([1.0, 2.0, 10 / 15])
     assert "2.00x" in format_table([base, other]) and "0.67x" in format_table([base, apart])
+    # the one helper behind it (also mixa plan's and the benchmarks' paired speed-up)
+    from mixa.profile.timing import paired_speedup
+
+    assert paired_speedup([10.0, 10.0, 30.0], [5.0, 20.0, 15.0]) == pytest.approx(2.0)
+    with pytest.raises(ValueError):
+        paired_speedup([1.0], [1.0, 2.0])
     # measure() names one round-robin per thread count
     from mixa.profile.compare import Runner, measure
 

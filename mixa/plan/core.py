@@ -41,7 +41,7 @@ from ..macs import count_macs, count_params
 from ..metrics import agreement
 from ..profile.ort import input_for, session
 from ..profile.records import environment
-from ..profile.timing import CLOCKS, round_robin
+from ..profile.timing import CLOCKS, paired_speedup, round_robin
 from ..profile.torch_runtime import cpu_threads
 from ..saved import load_target
 from .rows import Plan, PlanRow, mark_pareto
@@ -116,7 +116,7 @@ def time_against(reference_path: os.PathLike | str, path: os.PathLike | str, *, 
         calls.append(lambda sess=sess, feed=feed: sess.run(None, feed))
     ref, own = round_robin(calls, warmup=warmup, rounds=rounds * repeat, clock=clock)
     return {"reference_ms": median(ref) * 1e3, "measured_ms": median(own) * 1e3,
-            "speedup": median(a / b for a, b in zip(ref, own))}
+            "speedup": paired_speedup(ref, own)}
 
 
 def _label(model: Union[str, nn.Module]) -> str:

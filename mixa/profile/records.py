@@ -15,6 +15,7 @@ from ..errors import MixaError
 from ..io import atomic_path, save_figure
 from ..io import write_json as write_json_file
 from ..report import table
+from .timing import paired_speedup
 
 LIBRARIES = ("mixa", "numpy", "onnxruntime", "onnx", "torch", "timm")
 
@@ -75,8 +76,8 @@ def make_record(*, target: str, runtime: str, device: str, threads: Optional[int
 
 def speedups(records: List[Dict[str, Any]]) -> List[float]:
     """Each record's speed-up over the first record with the same runtime/device/threads/batch/resolution
-    (the first target given, or the original under --compare). Two records of one round-robin: the median
-    over rounds of their per-round latency ratio -- both calls of a round met the same load from other
+    (the first target given, or the original under --compare). Two records of one round-robin:
+    ``mixa.profile.timing.paired_speedup``, the median over rounds of their per-round latency ratio -- both calls of a round met the same load from other
     processes, so a slow stretch cancels instead of moving one median (measured on DeiT-T/14 at load average
     3 on 2 CPUs: over blocks of 20 rounds the spread of this estimate was 0.7x that of the ratio
     of medians, over 60 rounds 0.3x). Otherwise (separate measurements): the ratio of their medians."""
@@ -85,9 +86,9 @@ def speedups(records: List[Dict[str, Any]]) -> List[float]:
     for r in records:
         base = first.setdefault((r["runtime"], r["device"], r["threads"], r["batch"], r["resolution"]), r)
         paired = r.get("round_robin") is not None and base.get("round_robin") == r["round_robin"] \
-            and len(base.get("round_ms") or []) == len(r.get("round_ms") or [])
+            and len(base.get("round_ms") or []) == len(r.get("round_ms") or []) > 0
         if paired:
-            out.append(float(np.median(np.asarray(base["round_ms"]) / np.asarray(r["round_ms"]))))
+            out.append(paired_speedup(base["round_ms"], r["round_ms"]))
         else:
             out.append(base["latency_ms"]["median"] / r["latency_ms"]["median"])
     return out

@@ -8,6 +8,7 @@ runs on the caller's thread (ONNX Runtime with 1 intra-op thread, ExecuTorch wit
 more threads it misses the workers' time, so it is for 1-thread comparisons only."""
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Callable, List, Optional, Sequence
 
@@ -42,3 +43,12 @@ def round_robin(calls: Sequence[Callable[[], object]], *, warmup: int = 1, round
 def time_call(call: Callable[[], object], *, warmup: int = 5, repeat: int = 20, progress=None) -> List[float]:
     """Seconds per call of ``call`` (``repeat`` timed calls after ``warmup`` untimed ones)."""
     return round_robin([call], warmup=warmup, rounds=repeat, progress=progress)[0]
+
+
+def paired_speedup(reference: Sequence[float], measured: Sequence[float]) -> float:
+    """How many times faster ``measured`` is than ``reference``, two timings of one round-robin: the median
+    over rounds of the per-round ratio reference / measured. Both calls of a round met the same load from
+    other processes, so a slow stretch cancels instead of moving one of two medians."""
+    if len(reference) != len(measured) or not reference:
+        raise ValueError(f"paired timings need equal, non-zero round counts ({len(reference)}, {len(measured)})")
+    return statistics.median(r / m for r, m in zip(reference, measured))
