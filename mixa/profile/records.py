@@ -77,10 +77,10 @@ def make_record(*, target: str, runtime: str, device: str, threads: Optional[int
 def speedups(records: List[Dict[str, Any]]) -> List[float]:
     """Each record's speed-up over the first record with the same runtime/device/threads/batch/resolution
     (the first target given, or the original under --compare). Two records of one round-robin:
-    ``mixa.profile.timing.paired_speedup``, the median over rounds of their per-round latency ratio -- both calls of a round met the same load from other
-    processes, so a slow stretch cancels instead of moving one median (measured on DeiT-T/14 at load average
-    3 on 2 CPUs: over blocks of 20 rounds the spread of this estimate was 0.7x that of the ratio
-    of medians, over 60 rounds 0.3x). Otherwise (separate measurements): the ratio of their medians."""
+    ``mixa.profile.timing.paired_speedup``, the median over rounds of their per-round latency ratio (measured
+    on DeiT-T/14 at load average 3 on 2 CPUs: over blocks of 20 rounds the spread of this estimate was 0.7x
+    that of the ratio of medians, over 60 rounds 0.3x). Otherwise (separate measurements): the ratio of
+    their medians."""
     first: Dict[tuple, Dict[str, Any]] = {}
     out = []
     for r in records:
