@@ -81,6 +81,7 @@ def resolve_lr_scale(student, teacher, data_dir, s: Dict[str, Any], dist: Dist) 
     """after_transfer_lr_scale "auto" as a number (recipes.AFTER_TRANSFER_AUTO), from the transferred
     student's top-1 agreement with the teacher on the first training images, without augmentation."""
     images = AFTER_TRANSFER_AUTO["images"]
+    student.to(dist.device)  # (loaded on the CPU; the teacher and the batches are on the run's device)
     loader = D.val_loader(data_dir, student, batch_size=min(64, images), workers=s["workers"], split="train",
                           max_images=images, rank=dist.rank, world=dist.world)
     measured = evaluate_loader(student, loader, teacher, dist.device, dist=dist)
