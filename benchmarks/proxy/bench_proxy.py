@@ -59,6 +59,22 @@ def teacher_task(directory: Path) -> str:
     return json.loads((Path(directory) / "training.json").read_text())["task"]
 
 
+def sensitivity_scores(path: Path, teacher, kind: str, calib) -> list:
+    """``kind``'s per-layer sensitivity scores (mixa.convert's, on the ``calib`` batches), computed once and
+    kept in results.json at ``path``. Sensitivity keeps the k layers with the largest scores, and the scores
+    do not depend on k: every k of a kind reuses them (the same kept layers)."""
+    import mixa
+
+    made = update_results(path, lambda r: None).get("sensitivity_scores", {})
+    if kind not in made:
+        model = mixa.convert(teacher, keep=1, attn=kind, select="sensitivity", calib=calib, calib_images=None,
+                             progress=False)
+        score = model.mixa_config["selection"]["scores"]
+        made = update_results(path, lambda r: r.setdefault("sensitivity_scores", {})
+                              .setdefault(kind, score)).get("sensitivity_scores", {})
+    return made[kind]
+
+
 def update_results(path: Path, change) -> dict:
     """Read-modify-write of results.json under an exclusive lock, so that several benchmark processes
     (``--only`` shards) can add their rows to one file; returns the file's new contents."""
@@ -185,18 +201,9 @@ def main(argv=None):
             model = load_teacher(teacher_dir)
             kept = list(range(12))
         else:
-            scores = results.get("sensitivity_scores", {})
-            if select == "sensitivity" and kind not in scores:
-                # Sensitivity = the k layers with the largest scores; the scores do not depend on k, so
-                # they are computed once per kind and the other k reuse them (the same kept layers).
-                model = mixa.convert(teacher, keep=keep, attn=kind, select="sensitivity", calib=calib,
-                                     calib_images=None, progress=False)
-                score = model.mixa_config["selection"]["scores"]
-                results = update_results(results_path, lambda r: r.setdefault("sensitivity_scores", {})
-                                         .setdefault(kind, score))
-            elif select == "sensitivity":
-                model = mixa.convert(teacher, keep=keep, attn=kind, select=top_k(scores[kind], keep),
-                                     progress=False)
+            if select == "sensitivity":
+                scores = sensitivity_scores(results_path, teacher, kind, calib)
+                model = mixa.convert(teacher, keep=keep, attn=kind, select=top_k(scores, keep), progress=False)
             else:
                 model = mixa.convert(teacher, keep=keep, attn=kind, select=select, progress=False)
             kept = model.mixa_config["selection"]["kept"]

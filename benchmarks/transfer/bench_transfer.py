@@ -139,22 +139,14 @@ class Bench:
 
     def kind_scores(self, kind: str):
         """The proxy benchmark's sensitivity scores of ``kind``; for a kind it has none of (hedgehog), scores
-        computed the same way (mixa.convert's sensitivity on 128 calibration scenes of the seed) and kept in
-        results.json."""
+        computed the same way (bench_proxy.sensitivity_scores on 128 calibration scenes of the seed) and kept
+        in this benchmark's results.json."""
         if kind in self.scores:
             return self.scores[kind]
-        made = proxy.update_results(self.path, lambda r: None).get("sensitivity_scores", {})
-        if kind not in made:
-            import mixa
-            from mixa.data import synthetic
+        from mixa.data import synthetic
 
-            calib_x, _ = synthetic.SyntheticShapes("calib", 128, seed=self.args.seed, task=self.settings["task"]).tensors()
-            model = mixa.convert(self.teacher, keep=1, attn=kind, select="sensitivity", calib=list(calib_x.split(64)),
-                                 calib_images=None, progress=False)
-            score = model.mixa_config["selection"]["scores"]
-            made = proxy.update_results(self.path, lambda r: r.setdefault("sensitivity_scores", {})
-                                        .setdefault(kind, score)).get("sensitivity_scores", {})
-        return made[kind]
+        calib_x, _ = synthetic.SyntheticShapes("calib", 128, seed=self.args.seed, task=self.settings["task"]).tensors()
+        return proxy.sensitivity_scores(self.path, self.teacher, kind, list(calib_x.split(64)))
 
     # ---------------------------------------------------------------------------------------- pieces
     def student(self, kind: str, keep: int) -> Path:
