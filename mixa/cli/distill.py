@@ -29,7 +29,12 @@ def _positive(text: str) -> float:
 
 
 def _auto_or_positive(text: str):
-    return "auto" if text == "auto" else _positive(text)
+    if text == "auto":
+        return text
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number > 0, got {text!r}") from None
 
 
 def add_arguments(p) -> None:
