@@ -56,7 +56,7 @@ PLAN_KINDS = ("relu", "stella")
 PLAN_KEEP = (0, 2, 4)
 PLAN_TRANSFER_STEPS = 20
 PLAN_TRANSFER_BATCH = 32
-PLAN_CALIB_IMAGES = 64
+PLAN_CALIB_IMAGES = 128
 # Timings of one row differ by a few percent from run to run: rows down to TIMING_MARGIN x MIN_SPEEDUP are
 # worth transferring, and the pick is a row that clears MIN_SPEEDUP / TIMING_MARGIN when one does (a row at
 # 1.23x in the plan timed 1.199x in the summary against a 1.2x budget).

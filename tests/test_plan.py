@@ -298,6 +298,43 @@ def test_transfer_rows_are_cached_and_reused(original, images, tmp_path, monkeyp
     assert len(converts.results) == 2 and len(runs.results) == 6  # other steps: another row
 
 
+def test_transfer_rows_are_scored_on_images_the_probe_never_trained_on(original, images, monkeypatch):
+    """The probe trains on the first half of the calibration images; the row's agreement and KL are those of
+    the transferred student on the other half (recomputed here from a copy of that student), while the
+    converted figures stay those of every calibration image (the plan without the probe)."""
+    import copy
+
+    import mixa.plan.transfer
+    from mixa.conversion import calibration_batches
+    from mixa.conversion.select import model_logits
+    from mixa.metrics import agreement
+    from mixa.plan.transfer import held_out_split
+
+    seen = []
+    run = mixa.plan.transfer.Probe.run
+
+    def recording(self, student, settings, seed):
+        result = run(self, student, settings, seed)
+        seen.append((self.images.clone(), copy.deepcopy(student)))
+        return result
+
+    monkeypatch.setattr(mixa.plan.transfer.Probe, "run", recording)
+    kwargs = dict(attn=("relu",), keep=(0,), calib_images=12, rounds=1, repeat=2, warmup=0, progress=False)
+    row = plan(original, images, transfer_steps=6, **kwargs).rows[0]
+    calib = torch.cat(calibration_batches(images, original.eval(), images=12))
+    trained_on, student = seen[0]
+    assert torch.equal(trained_on, calib[:6])
+    held_out = calib[6:]
+    expected = agreement(model_logits(original, [held_out]), model_logits(student, [held_out]))
+    assert row.agreement == pytest.approx(expected["top1_agreement"]) and row.kl == pytest.approx(expected["mean_kl"])
+    today = plan(original, images, transfer_steps=0, **kwargs).rows[0]
+    assert row.agreement_before == today.agreement and row.kl_before == pytest.approx(today.kl)
+    train, scored = held_out_split([calib[:5], calib[5:]])
+    assert torch.equal(torch.cat(train + scored), calib) and len(torch.cat(scored)) == 6
+    with pytest.raises(mixa.errors.UsageError, match="at least 2 calibration images"):
+        held_out_split([calib[:1]])
+
+
 @pytest.fixture(scope="module")
 def split_data(tmp_path_factory):
     """train/ and val/ (3 classes x 4 images each) and a saved original."""

@@ -6,10 +6,11 @@ them. Each configuration is then measured against the original: top-1 agreement 
 calibration images, params, MACs, and ONNX Runtime latency at batch 1 (exported to a temporary file and
 verified by ``mixa.export``, timed round-robin against the original's file in this process).
 
-With ``transfer_steps`` N > 0 each row is also measured after N steps of layer-wise attention transfer on the
-calibration images (mixa.plan.transfer: what ``mixa distill``'s first stage recovers): ``agreement`` and
-``kl`` are then the post-transfer figures (the Pareto front and the budgets use them) and
-``agreement_before`` / ``kl_before`` the converted model's as it is.
+With ``transfer_steps`` N > 0 each row is also measured after N steps of layer-wise attention transfer on half
+of the calibration images (mixa.plan.transfer: what ``mixa distill``'s first stage recovers): ``agreement``
+and ``kl`` are then the post-transfer figures on the other, held-out half (the Pareto front and the budgets
+use them) and ``agreement_before`` / ``kl_before`` the converted model's as it is, on every calibration
+image (as with N = 0).
 
 With ``work_dir`` every finished row (and every kind's scores) is kept in a JSON file in a directory named
 after a hash of the model's weights, the calibration images, the selection strategy, the resolution and the
@@ -46,7 +47,7 @@ from ..profile.torch_runtime import cpu_threads
 from ..saved import load_target
 from .rows import Plan, PlanRow, mark_pareto
 from .settings import DEFAULT_KEEP, DEFAULT_KINDS, DEFAULT_TRANSFER_STEPS, SELECTIONS
-from .transfer import Probe, probe_settings, settings_key
+from .transfer import Probe, held_out_split, probe_settings, settings_key
 
 
 
@@ -182,6 +183,7 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
         original_onnx: List[Path] = []  # exported when the first row needs timing
 
         def measure(converted: nn.Module) -> Dict[str, Any]:
+            """The converted model as it is, on every calibration image, and its latency."""
             logits = model_logits(converted, batches)
             if not original_onnx:
                 original_onnx.append(export_onnx(original, Path(tmp) / "original.onnx", size).path)
@@ -192,7 +194,10 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
             return {"agreement": faithful["top1_agreement"], "kl": faithful["mean_kl"],
                     "params": count_params(converted), "macs": count_macs(converted, size), **timing}
 
-        probe = Probe(original, batches) if transfer_steps else None
+        probe = None
+        if transfer_steps:
+            probe_images, held_out = held_out_split(batches)
+            probe, held_out_reference = Probe(original, probe_images), model_logits(original, held_out)
         transfer_config = {kind: probe_settings(transfer_steps, kind=kind, **transfer)
                            for kind in kinds} if transfer_steps else {}
 
@@ -214,8 +219,9 @@ def plan(model: Union[str, nn.Module], calib, *, attn: Union[str, Sequence[str]]
                 entry.update(agreement_before=entry["agreement"], kl_before=entry["kl"], transfer_steps=transfer_steps)
                 if k < depth:
                     entry["transfer"] = probe.run(converted, config, seed=int(config["seed"]))
-                    faithful = agreement(reference, model_logits(converted, batches))
-                    entry.update(agreement=faithful["top1_agreement"], kl=faithful["mean_kl"])
+                faithful = agreement(held_out_reference, model_logits(converted, held_out))  # k = depth too
+                entry.update(agreement=faithful["top1_agreement"], kl=faithful["mean_kl"],
+                             held_out_images=sum(len(b) for b in held_out))
             return {**entry, "kept": converted.mixa_config["selection"]["kept"]}
 
         measured: Dict[tuple, Dict[str, Any]] = {}  # k = depth is the original for every kind: timed once
