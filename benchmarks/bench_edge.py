@@ -162,7 +162,7 @@ def main() -> int:
     results = {"command": " ".join(sys.argv), "environment": env, "threads": args.threads, "keep": args.keep,
                "default_gate": default_gate, "suite": args.suite, "tag": args.tag, "clock": args.clock, "runtimes": [r for r in runtimes if r != "executorch" or use_et],
                "rows": [], "op_breakdown": []}
-    print(f"CPU: {env['cpu']}; ONNX Runtime {env['versions']['onnxruntime']}, {args.threads} thread(s), batch 1",
+    print(f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ONNX Runtime {env['versions']['onnxruntime']}, {args.threads} thread(s), batch 1",
           flush=True)
     if use_et:  # before any program is loaded: the XNNPACK delegate takes the pool when it is initialised
         from mixa.export.executorch import set_threads
@@ -277,7 +277,8 @@ def markdown(results: dict) -> str:
     env = results["environment"]
     lines = [f"# Edge latency: keep-{results['keep']} vs original", "",
              f"Command: `{results['command']}`", "",
-             f"CPU: **{env['cpu']}** ({env['cpu_count']} logical CPUs, shared with other jobs), "
+             f"CPU: **{env['cpu']}** ({env['cpu_count']} logical CPUs, shared with other jobs; SIMD: "
+             f"{', '.join(env.get('cpu_simd') or ['not recorded'])}), "
              f"{results['threads']} thread(s), batch 1, random-init weights; "
              + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v) + ".", "",
              f"Clock: {results.get('clock', 'wall')} time per call. Speed-up = median latency of the original in the same runtime and precision / the variant's, "

@@ -257,3 +257,18 @@ def test_speedup_pairs_the_rounds_of_one_round_robin():
 
     records = measure([runner("x", 1), runner("y", 1), runner("z", 2)], warmup=0, repeat=2)
     assert records[0]["round_robin"] == records[1]["round_robin"] != records[2]["round_robin"]
+
+
+def test_records_name_the_simd_extensions_the_cpu_reports(tmp_path):
+    """The environment names the instruction-set extensions that decide the INT8 kernels (an AVX2-only EPYC
+    runs ONNX Runtime's and XNNPACK's INT8 without VNNI); read from x86 'flags' and ARM 'Features'."""
+    from mixa.profile.records import cpu_simd, environment
+
+    x86 = tmp_path / "x86"
+    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 fma avx2 sha_ni vaes\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp i8mm\nCPU part\t: 0xd0c\n")
+    assert cpu_simd(str(x86)) == ["avx2", "fma"]
+    assert cpu_simd(str(arm)) == ["asimd", "asimddp", "i8mm"]
+    assert cpu_simd(str(tmp_path / "absent")) is None
+    assert "cpu_simd" in environment()

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +44,7 @@ def one_run(targets, out: Path, extra) -> dict:
     """One `mixa profile` process; its speed-up, medians and the load average around it."""
     shown = ["mixa", "profile", *map(str, targets), "--clock", "cpu", "--threads", "1", *extra]
     command = [sys.executable, "-m", *shown, "--json", str(out)]
-    load_before = os.getloadavg()[0]
+    load_before, start = os.getloadavg()[0], time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode != 0:
         raise SystemExit(f"mixa profile failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
@@ -52,7 +53,7 @@ def one_run(targets, out: Path, extra) -> dict:
     records = json.loads(out.read_text())
     medians = [r["latency_ms"]["median"] for r in records]
     return {"speedup": speedups(records)[1], "median_ms": medians, "load_before": load_before,
-            "load_after": os.getloadavg()[0], "cpu": records[0]["environment"]["cpu"],
+            "load_after": os.getloadavg()[0], "seconds": time.perf_counter() - start, "cpu": records[0]["environment"]["cpu"],
             "command": " ".join(shown)}
 
 
@@ -82,7 +83,8 @@ def main() -> int:
             runs.append(one_run(targets, work / f"run{i}.json", args.profile_args.split()))
             r = runs[-1]
             print(f"run {i + 1}: speed-up {r['speedup']:.3f}x  (medians {r['median_ms'][0]:.2f} / "
-                  f"{r['median_ms'][1]:.2f} ms, load average {r['load_before']:.2f} -> {r['load_after']:.2f})",
+                  f"{r['median_ms'][1]:.2f} ms, {r['seconds']:.1f} s, load average {r['load_before']:.2f} -> "
+                  f"{r['load_after']:.2f})",
                   flush=True)
     speedups = [r["speedup"] for r in runs]
     spread = max(speedups) / min(speedups) - 1

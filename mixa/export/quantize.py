@@ -56,6 +56,7 @@ import numpy as np
 
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
+from ..profile.records import cpu_flags
 
 QUANT_MODES = ("dynamic", "static")
 WEIGHT_TYPES = ("auto", "u8", "s8")
@@ -79,15 +80,8 @@ class QuantizeResult:
 
 def cpu_has_vnni() -> Optional[bool]:
     """True / False from /proc/cpuinfo's flags on x86 Linux; None where it cannot tell."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_vnni", "avx_vnni"})
-    except OSError:
-        pass
-    return None
+    flags = cpu_flags()
+    return None if flags is None else bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
 def int8_weights_for_this_cpu() -> str:

@@ -47,6 +47,32 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction-set extensions that decide which INT8 / fp32 kernels ONNX Runtime and XNNPACK can pick:
+# x86 AVX2 / AVX-512 / the int8 dot products (VNNI) / AMX, ARM's int8 dot product and matrix multiply.
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm", "sve")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[set]:
+    """The CPU's feature flags from /proc/cpuinfo (x86 'flags', ARM 'Features'); None where it cannot tell
+    (not Linux, or a VM that hides them)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip().lower() in ("flags", "features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return None
+
+
+def cpu_simd(cpuinfo: str = "/proc/cpuinfo") -> Optional[List[str]]:
+    """Which of ``SIMD_FLAGS`` the CPU reports (what the runtimes' kernels can use), None if unknown. A VM
+    reports what it passes through: this is what the timed code could use, whatever the host has."""
+    flags = cpu_flags(cpuinfo)
+    return None if flags is None else [f for f in SIMD_FLAGS if f in flags]
+
+
 def environment() -> Dict[str, Any]:
     """CPU, OS and library versions (read from package metadata: nothing is imported)."""
     versions = {}
@@ -57,7 +83,7 @@ def environment() -> Dict[str, Any]:
             versions[name] = None
     if versions["mixa"] is None:  # run from a source tree, not installed
         versions["mixa"] = __version__
-    return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+    return {"cpu": cpu_model(), "cpu_simd": cpu_simd(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "os": platform.platform(), "python": platform.python_version(), "versions": versions}
 
 
