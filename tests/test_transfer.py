@@ -322,8 +322,39 @@ def test_transfer_lowers_every_kinds_held_out_error_and_hedgehog_imitates_softma
     assert distances["hedgehog"] < min(distances[kind] for kind in fixed), distances
 
 
+def test_block_target_matches_each_blocks_update_and_trains_its_mlp(world, tmp_path):
+    """target block: the unit is the block holding a replaced layer, its error the relative error of the
+    block's update (output - input) against the original block's, written out here from the captured
+    activations; its held-out error falls, its MLP learns, and every other block stays bit-identical."""
+    from mixa.transfer.layerwise import transfer_units, unit_error
+
+    student, reference = mixa.load(world / "student"), create_model(BASE, checkpoint=str(world / "original.safetensors"), **TINY)
+    units = transfer_units(student, _replaced(student), "block")
+    assert list(units) == ["blocks.0", "blocks.2"] and units["blocks.0"] is student.blocks[0]
+    x = torch.randn(4, 3, 32, 32)
+    act = capture(reference, ["blocks.2"], x)["blocks.2"]
+    (h,), _, out = act
+    with torch.no_grad():
+        mine = student.blocks[2](h)
+        expected = ((mine - h) - (out - h)).pow(2).sum() / (out - h).pow(2).sum()
+        assert unit_error(student.blocks[2], act, residual=True).item() == pytest.approx(expected.item(), rel=1e-5)
+        assert unit_error(student.blocks[2], act, residual=False).item() == pytest.approx(
+            ((mine - out).pow(2).sum() / out.pow(2).sum()).item(), rel=1e-5)
+
+    run = tmp_path / "run"
+    result = transfer(world / "student", world / "data", run, steps=25, save_every_steps=0, lr=5e-4,
+                      target="block", **FAST)
+    assert result["layers"] == ["blocks.0", "blocks.2"]
+    for path in result["layers"]:
+        assert result[f"holdout_error/{path}"] < 0.7 * result["first"][f"holdout_error/{path}"], path
+    fresh, trained = mixa.load(world / "student").state_dict(), mixa.load(run).state_dict()
+    changed = {k for k in fresh if not torch.equal(fresh[k], trained[k])}
+    assert any(k.startswith("blocks.0.mlp.") for k in changed) and any(k.startswith("blocks.2.attn.") for k in changed)
+    assert not any(k.startswith("blocks.1.") for k in changed) and all(k.startswith("blocks.") for k in changed)
+
+
 @pytest.mark.parametrize("argv,flag", [(["--inputs", "own"], "--inputs"), (["--train", "qkv,wings"], "--train"),
-                                       (["--train", ","], "--train")])
+                                       (["--train", ","], "--train"), (["--target", "blocks"], "--target")])
 def test_new_flags_reject_bad_values_with_a_usage_error(argv, flag, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["transfer", "-m", "student", "--data-dir", "data", "--output", "run", *argv])

@@ -86,21 +86,36 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-TRANSFER_LR = "transfer-lr"  # a transfer-only curve at another lr: transfer-lr4e-3
+def transfer_variant(mode: str):
+    """A transfer-only mode's settings over mixa.transfer's defaults, or None when ``mode`` is not one:
+    ``transfer``, or ``transfer-`` and ``+``-joined parts, each ``lrX`` (X a number > 0) or ``block`` (the
+    block target): transfer-lr6e-3, transfer-block, transfer-block+lr6e-3."""
+    if mode == "transfer":
+        return {}
+    if not mode.startswith("transfer-"):
+        return None
+    settings = {}
+    for part in mode[len("transfer-"):].split("+"):
+        if part == "block":
+            settings["target"] = "block"
+            continue
+        try:
+            lr = float(part[2:]) if part.startswith("lr") else 0.0
+        except ValueError:
+            return None
+        if lr <= 0:
+            return None
+        settings["lr"] = lr
+    return settings
 
 
 def known_row(name: str, seed: int) -> bool:
-    """A grid row, or a transfer-only row at a given lr (KIND_kK_transfer-lrX_sSEED, X a number > 0)."""
+    """A grid row, or a transfer-only variant (KIND_kK_transfer-..._sSEED, see transfer_variant)."""
     if name in row_names(seed):
         return True
     parts = name.split("_")
-    if len(parts) != 4 or not parts[2].startswith(TRANSFER_LR):
-        return False
-    try:
-        lr = float(parts[2][len(TRANSFER_LR):])
-    except ValueError:
-        return False
-    return lr > 0 and f"{parts[0]}_{parts[1]}_transfer_{parts[3]}" in row_names(seed)
+    return (len(parts) == 4 and transfer_variant(parts[2]) is not None
+            and f"{parts[0]}_{parts[1]}_transfer_{parts[3]}" in row_names(seed))
 
 
 def row_names(seed: int):
@@ -184,9 +199,9 @@ class Bench:
                      progress=False)
         return {"top1": m["top1"], "agreement": m["agreement_top1"]}
 
-    def transfer(self, student: Path, run: Path, steps: int, every=None, point=None, lr=None) -> None:
-        """``steps`` of mixa.transfer's defaults (``lr``: its lr instead of the default) into ``run`` (resumed
-        if killed), in chunks of ``every`` steps with ``point(step)`` after each."""
+    def transfer(self, student: Path, run: Path, steps: int, every=None, point=None, **settings) -> None:
+        """``steps`` of mixa.transfer's defaults (``settings`` over them) into ``run`` (resumed if killed), in
+        chunks of ``every`` steps with ``point(step)`` after each."""
         from mixa.saved import is_model_dir
         from mixa.transfer import transfer
 
@@ -194,7 +209,7 @@ class Bench:
         while not is_model_dir(run):
             transfer(student, self.data, run, teacher=self.teacher, resume=(run / "last").is_dir(), device="cpu",
                      progress=False, steps=steps, stop_after=every, batch_size=a.transfer_batch, seed=a.seed,
-                     workers=0, amp="none", eval_images=0, save_every_steps=0, lr=lr)
+                     workers=0, amp="none", eval_images=0, save_every_steps=0, **settings)
             if point is not None:
                 point(json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"])
 
@@ -244,8 +259,7 @@ class Bench:
         if mode == "kd":
             kd_curve(student, self.work / "runs" / name, a.images // a.train_images, 0, {})
             record = {"transfer_steps": 0}
-        elif mode == "transfer" or mode.startswith(TRANSFER_LR):
-            lr = float(mode[len(TRANSFER_LR):]) if mode != "transfer" else None
+        elif transfer_variant(mode) is not None:
             steps = math.ceil(a.images / a.transfer_batch)
             run = self.work / "runs" / name
 
@@ -255,7 +269,7 @@ class Bench:
 
             if (run / "last").is_dir():  # resumed: the point of the last checkpoint, if it was not taken
                 point(json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"])
-            self.transfer(student, run, steps, a.transfer_every, point, lr=lr)
+            self.transfer(student, run, steps, a.transfer_every, point, **transfer_variant(mode))
             record = {"transfer_steps": steps, "transfer_settings": json.loads((run / "run.json").read_text())["settings"]}
         elif mode == "tkd-default":
             # mixa distill as a user runs it: its own transfer stage (RUN/transfer, transfer_steps "auto"),
@@ -439,7 +453,7 @@ def main(argv=None):
         unknown = [n for n in asked if not known_row(n, args.seed)]
         if unknown:
             sys.exit(f"unknown row(s): {', '.join(unknown)} (known: KIND_kK_MODE with KIND in {KINDS}, K in {KEEPS}, "
-                     f"MODE in kd, transfer, transfer-lrX, {', '.join('tkd-' + v for v in STAGES)})")
+                     f"MODE in kd, transfer, transfer-lrX / -block / -block+lrX, {', '.join('tkd-' + v for v in STAGES)})")
         wanted = asked
     bench.run(wanted)
 

@@ -5,12 +5,12 @@ from mixa.cli._common import add_data_loading_arguments, add_model_source_argume
 HELP = "train the replaced attention layers to reproduce the original's softmax layers (before distill)"
 
 OVERRIDES = ("steps", "batch_size", "workers", "lr", "weight_decay", "clip_grad", "seed", "amp",
-             "save_every_steps", "eval_images", "inputs", "train")
+             "save_every_steps", "eval_images", "inputs", "train", "target")
 
 
 def add_arguments(p) -> None:
     from mixa.distill.recipes import AMP_MODES
-    from mixa.transfer.settings import DEFAULTS, INPUTS, TRAIN_PARTS
+    from mixa.transfer.settings import DEFAULTS, INPUTS, TARGETS, TRAIN_PARTS
 
     p.add_argument("-m", "--model", required=True, metavar="NAME|DIR",
                    help="the student: a saved mixa model with replaced attention layers (from mixa convert)")
@@ -38,6 +38,10 @@ def add_arguments(p) -> None:
                         "alone) or the student's own, as the layers before it make it (student)")
     g.add_argument("--train", metavar="all|PART,...", type=_train_parts,
                    help=f"which parts of a replaced layer learn: all, or a comma list of {', '.join(TRAIN_PARTS)}")
+    g.add_argument("--target", choices=TARGETS,
+                   help=f"what learns and is matched: each replaced attention layer (attention), or the block "
+                        f"holding it, its MLP included, matched on the block's update (block; default "
+                        f"{DEFAULTS['target']})")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--clip-grad", type=float, help="max gradient norm (0: off)")
     g.add_argument("--seed", type=int)

@@ -10,6 +10,10 @@ layers and models (``--select transfer`` ranks layers by it) and reads as "fract
 reproduced". Each layer's parameters receive gradients from its own term only, and AdamW's per-parameter
 normalisation makes the optimisation insensitive to that per-layer scale; the normalisation is what makes
 the numbers meaningful.
+
+With the ``block`` target (mixa.transfer.settings.TARGETS) the unit that learns is the whole block holding a
+replaced layer, and what it matches is the original block's residual update, output - input: the input is
+common to both and would dominate a relative error of the outputs themselves.
 """
 from __future__ import annotations
 
@@ -62,6 +66,22 @@ def capture(reference: nn.Module, paths: List[str], images: Tensor) -> Dict[str,
     return captured
 
 
+def parent_path(path: str) -> str:
+    """The module holding ``path`` (blocks.3.attn -> blocks.3; layers.0.blocks.1.attn -> layers.0.blocks.1)."""
+    return path.rsplit(".", 1)[0] if "." in path else ""
+
+
+def transfer_units(model: nn.Module, layers: Dict[str, nn.Module], target: str = "attention") -> Dict[str, nn.Module]:
+    """What learns and is matched for ``target``: the replaced ``layers`` themselves, or the blocks of
+    ``model`` that hold them (each once, in order)."""
+    if target == "attention":
+        return dict(layers)
+    paths = dict.fromkeys(parent_path(path) for path in layers)
+    if "" in paths:
+        raise MixaError("target block needs attention layers inside blocks; this model has one at its top level")
+    return {path: model.get_submodule(path) for path in paths}
+
+
 def set_trainable(layers: Dict[str, nn.Module], train="all") -> None:
     """Only the named parts (mixa.transfer.settings.TRAIN_PARTS) of every layer learn; the rest is frozen.
     A part a layer does not have (rala's LePE in a relu layer) is skipped; ``all`` trains every parameter
@@ -87,20 +107,29 @@ def check_reference(reference: nn.Module, paths: List[str]) -> None:
                             f"student (pass the right --teacher)") from None
 
 
+def unit_error(unit: nn.Module, activation: Activation, residual: bool) -> Tensor:
+    """The relative error of ``unit`` on one captured (args, kwargs, target); ``residual``: of its update
+    (output - first input) against the target's."""
+    args, kwargs, target = activation
+    output = unit(*args, **kwargs)
+    if residual:
+        output, target = output - args[0], target - args[0]
+    return relative_error(output, target)
+
+
 class LayerSet(nn.Module):
-    """The replaced layers of a student (the same module objects: training them trains the student).
-    ``forward(captured)`` returns each layer's relative error, in the order of ``paths``."""
-    def __init__(self, layers: Dict[str, nn.Module]):
+    """The units that learn: a student's replaced layers, or the blocks holding them (the same module objects:
+    training them trains the student). ``forward(captured)`` returns each unit's relative error (of its
+    residual update with ``residual``), in the order of ``paths``."""
+    def __init__(self, layers: Dict[str, nn.Module], residual: bool = False):
         super().__init__()
         self.paths = list(layers)
         self.layers = nn.ModuleList(layers.values())
+        self.residual = residual
 
     def forward(self, captured: Dict[str, Activation]) -> Tensor:
-        errors = []
-        for path, layer in zip(self.paths, self.layers):
-            args, kwargs, target = captured[path]
-            errors.append(relative_error(layer(*args, **kwargs), target))
-        return torch.stack(errors)
+        return torch.stack([unit_error(layer, captured[path], self.residual)
+                            for path, layer in zip(self.paths, self.layers)])
 
 
 @torch.no_grad()
@@ -131,7 +160,7 @@ class TransferStep:
             raise ValueError("inputs='student' needs the student model")
         self.student = student
         set_trainable(layers, settings.get("train", "all"))
-        self.layer_set = LayerSet(layers)
+        self.layer_set = LayerSet(layers, residual=settings.get("target", "attention") == "block")
         self.net = self.layer_set
         if ddp:
 
@@ -187,10 +216,10 @@ class TransferStep:
 @torch.no_grad()
 def layer_errors(reference: nn.Module, layers: Dict[str, nn.Module], batches,
                  to_reference: Optional[Callable[[Tensor], Tensor]] = None, device=None,
-                 dtype: Optional[torch.dtype] = None, dist=None) -> Dict[str, float]:
+                 dtype: Optional[torch.dtype] = None, dist=None, residual: bool = False) -> Dict[str, float]:
     """Each layer's relative error over all ``batches`` (tensors or (images, ...) tuples): the sums of
     squared errors and of squared targets over every image (and every process, with ``dist``), then
-    their ratio."""
+    their ratio. ``residual``: of each unit's update, output - input (the block target)."""
     device = device or torch.device("cpu")
     paths = list(layers)
     err = torch.zeros(len(paths), dtype=torch.float64)
@@ -209,6 +238,8 @@ def layer_errors(reference: nn.Module, layers: Dict[str, nn.Module], batches,
                 for i, path in enumerate(paths):
                     args, kwargs, target = captured[path]
                     out, target = layers[path](*args, **kwargs).float(), target.float()
+                    if residual:
+                        out, target = out - args[0].float(), target - args[0].float()
                     err[i] += (out - target).pow(2).sum().item()
                     ref[i] += target.pow(2).sum().item()
     finally:

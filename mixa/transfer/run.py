@@ -29,7 +29,7 @@ from ..errors import MixaError, UsageError
 from ..io import write_json
 from ..models.attention_layers import attention_layers, layer_kind
 from ..saved import save
-from .layerwise import TransferStep, check_reference, layer_errors
+from .layerwise import TransferStep, check_reference, layer_errors, transfer_units
 from .settings import transfer_settings
 
 
@@ -94,8 +94,9 @@ def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoin
     # Everything that can fail on user input is checked before anything is written.
     random_seed(int(transfer_settings(**given)["seed"]), dist.rank)  # (the seed is not a kind's setting)
     student = load_model(student_source, **source)
-    layers = replaced_layers(student)
-    s = settings = transfer_settings(student_kind(layers), **given)
+    replaced = replaced_layers(student)
+    s = settings = transfer_settings(student_kind(replaced), **given)
+    layers = transfer_units(student, replaced, s["target"])  # what learns and is matched
     if s["batch_size"] % dist.world:
         raise UsageError(f"batch_size {s['batch_size']} is not divisible by the {dist.world} processes")
     per_process = s["batch_size"] // dist.world
@@ -132,7 +133,8 @@ def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoin
     def held_out() -> Dict[str, float]:
         if holdout is None:
             return {}
-        return layer_errors(reference, layers, holdout, stepper.to_reference, dist.device, stepper.dtype, dist)
+        return layer_errors(reference, layers, holdout, stepper.to_reference, dist.device, stepper.dtype, dist,
+                            residual=s["target"] == "block")
 
     def metrics_row(train_error: Optional[float]) -> Dict[str, Any]:
         errors = held_out()

@@ -28,9 +28,14 @@ DEFAULTS: Dict[str, Any] = {
     "eval_images": 256,       # held-out images (DIR/val) for the per-layer error; 0: none
     "inputs": "teacher",      # each layer's input: the reference's activation (teacher) or the student's own
     "train": "all",           # which parameters of a replaced layer learn: all, or a comma list of TRAIN_PARTS
+    "target": "attention",    # what learns and is matched: each replaced attention layer, or the block holding it
 }
 
 INPUTS = ("teacher", "student")
+# attention: each replaced layer reproduces its softmax layer's output. block: the whole block holding it
+# (attention, MLP, norms) reproduces the original block's residual update, output - input, so the MLP can
+# make up for what the kernel cannot represent (ViT-AdaLA's block-wise alignment, arXiv 2603.16063).
+TARGETS = ("attention", "block")
 # the parts of a replaced layer (mixa.attention.MixAttention's submodules) that --train can name
 TRAIN_PARTS = ("qkv", "proj", "gate", "lepe", "feature_map")
 
@@ -71,6 +76,10 @@ def transfer_settings(kind: Optional[str] = None, **overrides) -> Dict[str, Any]
     if s["inputs"] not in INPUTS:
         raise UsageError(f"inputs must be one of {', '.join(INPUTS)}, got {s['inputs']!r}")
     train_parts(s["train"])
+    if s["target"] not in TARGETS:
+        raise UsageError(f"target must be one of {', '.join(TARGETS)}, got {s['target']!r}")
+    if s["target"] == "block" and s["train"] != "all":
+        raise UsageError(f"target block trains whole blocks: train must be 'all', got {s['train']!r}")
     if s["workers"] != "auto" and (isinstance(s["workers"], bool) or not isinstance(s["workers"], int)
                                    or s["workers"] < 0):
         raise UsageError(f"workers must be 'auto' or an integer >= 0, got {s['workers']!r}")
