@@ -272,3 +272,24 @@ def test_records_name_the_simd_extensions_the_cpu_reports(tmp_path):
     assert cpu_simd(str(arm)) == ["asimd", "asimddp", "i8mm"]
     assert cpu_simd(str(tmp_path / "absent")) is None
     assert "cpu_simd" in environment()
+
+
+def test_default_rounds_stop_early_only_when_the_budget_is_spent(monkeypatch):
+    """Without --repeat: DEFAULT_ROUNDS rounds when they fit in the budget; a slow round-robin stops after
+    DEFAULT_MIN_ROUNDS (20, the earlier default) once the budget is spent, so a big model costs no more than
+    before; an explicit repeat is exact."""
+    import time
+
+    from mixa.profile import compare
+    from mixa.profile.compare import Runner, measure
+
+    def runner(work):
+        return Runner(dict(target="x", runtime="ort", device="cpu", threads=1, batch=1, resolution=8, params=None,
+                           macs=None), lambda: (lambda: time.sleep(work)))
+
+    assert (compare.DEFAULT_ROUNDS, compare.DEFAULT_MIN_ROUNDS) == (60, 20)
+    assert len(measure([runner(0.0), runner(0.0)], warmup=0, repeat=None)[0]["round_ms"]) == 60
+    monkeypatch.setattr(compare, "DEFAULT_BUDGET_S", 0.05)  # spent after a few 10 ms rounds
+    slow = measure([runner(0.005), runner(0.005)], warmup=0, repeat=None)
+    assert [len(r["round_ms"]) for r in slow] == [20, 20]
+    assert len(measure([runner(0.005)], warmup=0, repeat=25)[0]["round_ms"]) == 25

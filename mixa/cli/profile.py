@@ -31,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int_list, default=None, metavar="PX[,PX...]",
                    help="input resolutions, e.g. 224,384,512,1024 (default: the trained size / the file's)")
     p.add_argument("--warmup", type=int, default=5, help="untimed calls before timing (default 5)")
-    p.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (default 20)")
+    p.add_argument("--repeat", type=int, default=None,
+                   help="timed calls (round-robin rounds) per measurement (default: 60, or fewer -- at least "
+                        "20 -- when 60 rounds would take over 10 s)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall time per call (default), or cpu: the calling thread's CPU time -- robust to other "
                         "jobs on a shared machine, for --threads 1 on CPU only. Either way every target is timed "
@@ -118,7 +120,7 @@ def run(args) -> int:
     if args.device == "cuda" and args.runtime == "ort":
         raise UsageError("--device cuda needs --runtime torch or torch-compile (ONNX Runtime is profiled on CPU)")
     batch = args.batch_size if args.batch_size is not None else (256 if args.device == "cuda" else 1)
-    if batch < 1 or args.repeat < 1 or args.warmup < 0 or 0 in args.threads:
+    if batch < 1 or (args.repeat is not None and args.repeat < 1) or args.warmup < 0 or 0 in args.threads:
         raise UsageError("--batch-size, --repeat and --threads must be >= 1, --warmup >= 0")
     if args.attn is not None and args.keep_sweep is None:
         args.keep_sweep = [6]
@@ -137,7 +139,7 @@ def run(args) -> int:
         raise UsageError("--clock cpu measures the calling thread's CPU time: use it with --threads 1 on CPU")
     import tempfile
 
-    from mixa.profile.compare import measure
+    from mixa.profile.compare import DEFAULT_MIN_ROUNDS, DEFAULT_ROUNDS, measure
 
     # the original first, then the targets in the order given; only model targets import torch. Every
     # target is loaded (models exported) first, then all are timed round-robin in this process.
@@ -152,7 +154,7 @@ def run(args) -> int:
                 runners += _file_runners(args, target, threads, batch)
             else:
                 runners += _model_runners(args, [target], threads, batch, work)
-        progress = _progress(len(runners) * args.repeat)
+        progress = _progress(len(runners) * (args.repeat or DEFAULT_ROUNDS))
         records = measure(runners, warmup=args.warmup, repeat=args.repeat, clock=args.clock, progress=progress)
         if progress is not None:
             progress.close()
@@ -164,9 +166,10 @@ def run(args) -> int:
         print(f"\n{env['cpu']} ({env['cpu_count']} logical CPUs), {env['os']}; {versions}")
     if args.ops:
         for path in ([args.compare] if compare_file else []) + files:
-            _print_operator_times(path, args.threads[0], args.repeat)
+            _print_operator_times(path, args.threads[0], args.repeat or DEFAULT_MIN_ROUNDS)
     if len(records) > 1:
-        print(f"timed round-robin in one process ({args.repeat} rounds, {args.clock} clock"
+        rounds = "/".join(str(n) for n in sorted({len(r["round_ms"]) for r in records}))
+        print(f"timed round-robin in one process ({rounds} rounds, {args.clock} clock"
               f"{': thread CPU time' if args.clock == 'cpu' else ''})")
     for flag, write, what in ((args.json, write_json, "records (JSON)"), (args.csv, write_csv, "records (CSV)"),
                               (args.plot, plot, "latency plot")):

@@ -19,6 +19,14 @@ from .records import make_record
 from .timing import CLOCKS, round_robin
 
 
+# The default number of rounds: 60, unless they would take over DEFAULT_BUDGET_S seconds, then fewer but at
+# least DEFAULT_MIN_ROUNDS (the earlier default). Measured (benchmarks/edge/profile_repeat.py, DeiT-T/14
+# original vs keep-6 relu, five `mixa profile` runs per batch, load ~3.3 on 2 CPUs): the speed-up spread
+# was 1.6-3.7% with 20 rounds (one batch of five over 3%) and 0.8-2.3% with 60, for 3.5 s -> 8 s a command.
+DEFAULT_ROUNDS = 60
+DEFAULT_MIN_ROUNDS = 20
+DEFAULT_BUDGET_S = 10.0
+
 _ROUND_ROBINS = itertools.count()  # names each round-robin of this process (records pair their rounds by it)
 
 
@@ -29,10 +37,11 @@ class Runner:
     warmup: int = 0                             # extra untimed calls (torch.compile compiles in them)
 
 
-def measure(runners: List[Runner], *, warmup: int = 5, repeat: int = 20, clock: str = "wall",
+def measure(runners: List[Runner], *, warmup: int = 5, repeat: Optional[int] = 20, clock: str = "wall",
             progress=None) -> List[Dict[str, Any]]:
     """One record per runner, in the order given: ``warmup`` untimed calls each, then ``repeat`` rounds
-    of one timed call of each runner (per thread count). ``clock='cpu'`` times the calling thread's CPU
+    of one timed call of each runner (per thread count); ``repeat=None``: DEFAULT_ROUNDS rounds, stopping
+    after DEFAULT_MIN_ROUNDS once a round-robin has run DEFAULT_BUDGET_S seconds. ``clock='cpu'`` times the calling thread's CPU
     time: right for 1-thread runtimes on a shared machine, refused with more threads (it would miss the
     workers' time)."""
     if clock not in CLOCKS:
@@ -47,7 +56,11 @@ def measure(runners: List[Runner], *, warmup: int = 5, repeat: int = 20, clock: 
         for i, call in zip(group, calls):
             for _ in range(runners[i].warmup):
                 call()
-        times = round_robin(calls, warmup=warmup, rounds=repeat, progress=progress, clock=clock)
+        if repeat is None:
+            times = round_robin(calls, warmup=warmup, rounds=DEFAULT_ROUNDS, budget=DEFAULT_BUDGET_S,
+                                min_rounds=DEFAULT_MIN_ROUNDS, progress=progress, clock=clock)
+        else:
+            times = round_robin(calls, warmup=warmup, rounds=repeat, progress=progress, clock=clock)
         name = f"{os.getpid()}.{next(_ROUND_ROBINS)}"
         for i, seconds in zip(group, times):
             records[i] = make_record(**runners[i].record, seconds=seconds, round_robin=name)
