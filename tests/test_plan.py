@@ -264,6 +264,35 @@ def test_transfer_probe_lowers_every_layer_error_and_replays_exactly(original):
     assert all(torch.equal(one[k], v) for k, v in untouched.items())  # only the replaced layers learn
 
 
+def test_transfer_probe_with_the_block_target_trains_blocks_and_replays_exactly(original):
+    """With target block the probe trains the blocks holding the replaced layers on the blocks' updates
+    (mixa.transfer's block objective): their held-out error drops, and the cached replay equals recomputing."""
+    from mixa.plan.transfer import Probe, probe_settings
+    from mixa.transfer import layer_errors, replaced_layers
+    from mixa.transfer.layerwise import transfer_units
+
+    import copy
+
+    gen = torch.Generator().manual_seed(1)
+    batches = [torch.randn(6, 3, 32, 32, generator=gen) for _ in range(2)]
+    original = copy.deepcopy(original).eval()
+    with torch.no_grad():  # peaked attention, as trained ViTs have: what a linear kind gets wrong dominates
+        for block in original.blocks:  # the block's update (at random init the MLP's part does)
+            block.attn.qkv.weight[:64].mul_(10.0)
+    settings = probe_settings(20, batch_size=6, target="block", lr=5e-4)
+    students = [mixa.convert(original, attn="rala", select=[0], progress=False) for _ in range(2)]
+    blocks = lambda m: transfer_units(m, replaced_layers(m), "block")
+    before = layer_errors(original, blocks(students[0]), batches, residual=True)
+    Probe(original, batches).run(students[0], settings, seed=0)
+    Probe(original, batches, activation_budget_bytes=0).run(students[1], settings, seed=0)
+    after = layer_errors(original, blocks(students[0]), batches, residual=True)
+    assert list(after) == ["blocks.1", "blocks.2", "blocks.3"]
+    assert all(after[p] < before[p] for p in before), (before, after)
+    one, two = students[0].state_dict(), students[1].state_dict()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert not torch.equal(one["blocks.1.mlp.fc1.weight"], original.state_dict()["blocks.1.mlp.fc1.weight"])
+
+
 def test_transfer_rows_are_cached_and_reused(original, images, tmp_path, monkeypatch):
     import mixa.plan.transfer
 

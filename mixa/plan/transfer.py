@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from ..models.attention_layers import attention_layers
-from ..transfer.layerwise import TransferStep, capture
+from ..transfer.layerwise import TransferStep, capture, parent_path, transfer_units
 from ..transfer.run import replaced_layers
 from ..transfer.settings import transfer_settings
 
@@ -84,15 +84,20 @@ class Probe:
         size = min(size, len(self.images))
         return list(self.images[: len(self.images) // size * size].split(size))
 
-    def _activations(self, size: int, index: int, paths: List[str]) -> Dict[str, Any]:
-        if (size, index) in self.cache:
-            return {p: self.cache[(size, index)][p] for p in paths}
+    def _activations(self, size: int, index: int, paths: List[str], target: str) -> Dict[str, Any]:
+        """The original's inputs and outputs at every attention layer (or, for the block target, every block
+        holding one) on calibration batch ``index``, of which ``paths``."""
+        key = (size, index, target)
+        if key in self.cache:
+            return {p: self.cache[key][p] for p in paths}
+        every = [p for p, _ in attention_layers(self.original)]
+        if target == "block":
+            every = list(dict.fromkeys(parent_path(p) for p in every))
         with torch.no_grad():
-            captured = capture(self.original, [p for p, _ in attention_layers(self.original)],
-                               self.batches(size)[index])
+            captured = capture(self.original, every, self.batches(size)[index])
         nbytes = _nbytes(captured)
         if self.cached_bytes + nbytes <= self.budget:
-            self.cache[(size, index)] = captured
+            self.cache[key] = captured
             self.cached_bytes += nbytes
         return {p: captured[p] for p in paths}
 
@@ -101,7 +106,7 @@ class Probe:
         is drawn from ``seed``. Returns the mean relative error of the layers over the last pass through the
         images."""
         s = settings
-        layers = replaced_layers(student)
+        layers = transfer_units(student, replaced_layers(student), s["target"])
         step = TransferStep(self.original, layers, s, torch.device("cpu"), lr=float(s["lr"]), total_steps=s["steps"],
                             warmup_steps=int(round(s["warmup_fraction"] * s["steps"])), student=student)
         size = int(s["batch_size"])
@@ -110,7 +115,7 @@ class Probe:
         if teacher_forced:
             # forward_backward(batch) asks step.targets(batch) for the teacher-forced inputs and targets: here
             # the batch is an index into the calibration batches and the answer comes from the cache
-            step.targets = lambda index: self._activations(size, index, list(layers))
+            step.targets = lambda index: self._activations(size, index, list(layers), s["target"])
         order = torch.Generator().manual_seed(seed)
         recent: List[float] = []
         with torch.enable_grad():
