@@ -101,10 +101,17 @@ def test_the_original_lowers_without_sdpa_decomposition_and_fused_form_would_not
 @pytest.mark.slow  # ~1 min per lowering on a shared 2-core CPU
 @pytest.mark.parametrize("kind", ["softmax", "relu", "stella"])
 def test_every_kind_lowers_to_xnnpack(kind, tmp_path):
+    """Issue 20: and a replaced relu or stella layer adds no call site outside XNNPACK (relu's normaliser
+    was a token sum, which XNNPACK does not take: one call outside the delegate per layer), counted on the
+    serialised program."""
     from mixa.export.executorch import export_pte
 
     result = export_pte(tiny_model("vit", kind), tmp_path / "m.pte", (3, 32, 32))
     assert result.max_abs_diff <= result.tolerance
+    program = pte_instructions(result.path)
+    program.pop("delegate")
+    assert dict(program) == {"native_layer_norm": 5}  # the model's LayerNorms only (executorch 1.5)
+    assert result.delegation.in_modules(["blocks.1.attn"]) == {}
 
 
 @pytest.mark.slow  # 1-3 min per lowering on a shared 2-core CPU

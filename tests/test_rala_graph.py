@@ -86,3 +86,41 @@ def test_head_split_equals_timm_layout():
     timm_q, timm_k, timm_v = layer.qkv(x).reshape(b, n, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
     for ours, theirs in zip(layer._heads(x), (timm_q, timm_k, timm_v)):
         assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_relu_ones_column_form_equals_the_relu_core(masked):
+    """The form exported to ExecuTorch (normaliser as a ones column of v) against the written-out formula
+    O_i = ReLU(q_i) sum_j ReLU(k_j)^T v_j / (ReLU(q_i) . sum_j ReLU(k_j) + eps), over member keys."""
+    q, k, v = qkv(3)
+    key_mask = (torch.arange(17) % 4 != 1) if masked else None
+    member = torch.ones(17, dtype=torch.bool) if key_mask is None else key_mask
+    qd, kd, vd = F.relu(q.double()), F.relu(k.double())[..., member, :], v.double()[..., member, :]
+    want = (qd @ (kd.transpose(-2, -1) @ vd)) / (qd @ kd.sum(-2).unsqueeze(-1) + AF.RELU_EPS)
+    got = AF.relu_linear_attention_ones_column(q, k, v, key_mask=key_mask)
+    assert close_in_fp32(got, want)
+    assert close_in_fp32(AF.relu_linear_attention(q, k, v, key_mask=key_mask), want)
+
+
+def test_linear_core_forms_swap_relu_cores_for_executorch_and_restore_them():
+    """mixa.export.lowering: relu layers are exported to ExecuTorch in the ones-column form (same outputs),
+    to ONNX in the default form; the model is restored afterwards."""
+    import mixa
+    from mixa.export.lowering import linear_core_forms
+    from mixa.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("deit_tiny_patch16_224", pretrained=False, depth=2, embed_dim=64, num_heads=2,
+                         img_size=32, patch_size=8)
+    model = mixa.convert(model, keep=0, attn="relu", progress=False).eval()
+    cores = lambda: [m._linear_core for m in model.modules() if isinstance(m, MixAttention)]  # noqa: E731
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        before = model(x)
+        with linear_core_forms(model, "executorch"):
+            assert cores() == [AF.relu_linear_attention_ones_column] * 2
+            during = model(x)
+        with linear_core_forms(model, "onnx"):
+            assert cores() == [AF.relu_linear_attention] * 2
+    assert cores() == [AF.relu_linear_attention] * 2
+    torch.testing.assert_close(during, before, rtol=1e-5, atol=1e-6)

@@ -31,6 +31,7 @@ __all__ = [
     "softmax_attention",
     "relu_quadratic_attention",
     "relu_linear_attention",
+    "relu_linear_attention_ones_column",
     "stella_attention",
     "rala_attention",
     "hedgehog_features",
@@ -145,6 +146,19 @@ def relu_linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = RELU_EPS
     k_sum = k.sum(dim=-2, keepdim=True).transpose(-2, -1)   # (B, H, d, 1)
     out = _mm(q, kv) / (_mm(q, k_sum) + eps)
     return _saturating_cast(out, dtype)
+
+
+def relu_linear_attention_ones_column(q: Tensor, k: Tensor, v: Tensor, eps: float = RELU_EPS,
+                                      key_mask: Optional[Tensor] = None) -> Tensor:
+    """``relu_linear_attention`` with the normaliser riding on the products (timm LiteMLA's form): v gets a
+    column of ones, whose column of k^T [v 1] is sum_j ReLU(k_j). The form mixa exports to ExecuTorch: XNNPACK
+    does not take the token sum (one call outside the delegate per layer), while ONNX Runtime runs the sum
+    form about 1% faster at DeiT-T/14 (benchmarks/edge/README.md, session 3)."""
+    dtype = v.dtype
+    q, k, v, w = _relu_features(q, k, v, key_mask)
+    dv = v.shape[-1]
+    out = _mm(q, _mm(k.transpose(-2, -1), F.pad(v, [0, 1], value=1.0)))   # (B, H, N, dv + 1)
+    return _saturating_cast(out[..., :dv] / (out[..., dv:] + eps), dtype)
 
 
 def stella_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None) -> Tensor:

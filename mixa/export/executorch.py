@@ -14,6 +14,7 @@ makes by name (``mixa.export.quantize``).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
-from .lowering import best_softmax_form, softmax_form
+from .lowering import best_softmax_form, linear_core_forms, softmax_form
 from .delegation import DelegationReport, delegation_report, keep_views_delegable
 
 EDGE_EXTRA_HINT = "pip install 'mixa[edge]'"
@@ -82,10 +83,11 @@ def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 2
     approximation: it must run and give finite outputs of the right shape; its difference is reported and
     its accuracy is measured as top-1 agreement with fp32 on images (``agreement_pte``). Softmax layers are
     exported in ``softmax`` form ('plain' / 'fused'; default the one XNNPACK runs best, see
-    ``mixa.export.lowering``); ``keep_views=False`` skips ``mixa.export.delegation``'s rewrites (the
-    lowering before issue 20, for comparison)."""
+    ``mixa.export.lowering``) and linear cores in the form XNNPACK takes whole; ``keep_views=False`` skips
+    that and ``mixa.export.delegation``'s rewrites (the lowering before issue 20, for comparison)."""
     require_executorch()
-    with softmax_form(model, softmax or best_softmax_form("executorch")):
+    cores = linear_core_forms(model, "executorch") if keep_views else contextlib.nullcontext()
+    with softmax_form(model, softmax or best_softmax_form("executorch")), cores:
         return _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views)
 
 

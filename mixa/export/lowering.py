@@ -14,10 +14,16 @@ timm's attention layers (ViT ``Attention``, Swin ``WindowAttention``, and every 
 
 The original and the kept softmax layers of every student get the same treatment, so a student is always
 compared with an original lowered as well as it can be.
+
+Linear cores likewise (``linear_core_forms``): where a runtime runs another form of a core's maths better,
+the replaced layers are exported with it -- relu's normaliser as a column of ones in v for ExecuTorch
+(XNNPACK does not take the token sum: one call outside the delegate per layer), the token sum for ONNX
+Runtime (about 1% faster there; benchmarks/edge/README.md, session 3).
 """
 from __future__ import annotations
 
 import contextlib
+import importlib
 from typing import Any, Iterator
 
 from ..errors import UsageError
@@ -52,3 +58,25 @@ def softmax_form(model: Any, form: str) -> Iterator[Any]:
 def best_softmax_form(runtime: str) -> str:
     """The measured best form for 'executorch' or 'onnx'."""
     return BEST_SOFTMAX_FORM[runtime]
+
+
+# Per runtime: core (by name, in its own module, mixa.attention.functional) -> the form exported instead.
+LINEAR_CORE_FORMS = {"executorch": {"relu_linear_attention": "relu_linear_attention_ones_column"}, "onnx": {}}
+
+
+@contextlib.contextmanager
+def linear_core_forms(model: Any, runtime: str) -> Iterator[Any]:
+    """``model`` with every replaced layer's core in the form ``runtime`` runs best (``LINEAR_CORE_FORMS``:
+    the same maths) for the duration of the block (restored afterwards)."""
+    forms = LINEAR_CORE_FORMS[runtime]
+    swapped = []
+    for m in model.modules():
+        core = getattr(m, "_linear_core", None)
+        if getattr(core, "__name__", None) in forms:
+            swapped.append((m, core))
+            m._linear_core = getattr(importlib.import_module(core.__module__), forms[core.__name__])
+    try:
+        yield model
+    finally:
+        for m, core in swapped:
+            m._linear_core = core
