@@ -28,6 +28,9 @@ from ..transfer.settings import transfer_settings
 
 STRATEGIES = ("first", "last", "uniform", "sensitivity", "transfer")
 TRANSFER_SELECT_STEPS = 200  # optimiser steps of the short transfer behind --select transfer
+# ... at the lr its ranking was measured with (benchmarks/transfer, 16-token task). mixa.transfer's default (6e-3)
+# was chosen for 100-step runs on training images and is not measured for this ranking
+TRANSFER_SELECT_LR = 2.0e-3
 Select = Union[str, Sequence[int], None]
 
 
@@ -107,7 +110,7 @@ def transfer_scores(model: nn.Module, layers: List[Tuple[str, nn.Module]], batch
     trained = {id(original): make_replacement(original) for _, original in layers}
     held = max(1, len(batches) // 4) if len(batches) > 1 else 0
     train, held_out = batches[:len(batches) - held], batches[len(batches) - held:] or batches
-    settings = transfer_settings(steps=steps, amp="none", workers=0)
+    settings = transfer_settings(steps=steps, lr=TRANSFER_SELECT_LR, amp="none", workers=0)
     stepper = TransferStep(model.eval(), {path: trained[id(m)] for path, m in layers}, settings, device,
                            settings["lr"], steps, int(round(settings["warmup_fraction"] * steps)))
     for step in tqdm(range(steps), desc="transfer scores", disable=not progress, leave=False):
