@@ -124,3 +124,31 @@ def test_linear_core_forms_swap_relu_cores_for_executorch_and_restore_them():
             assert cores() == [AF.relu_linear_attention] * 2
     assert cores() == [AF.relu_linear_attention] * 2
     torch.testing.assert_close(during, before, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_rala_token_axis_mean_form_equals_the_reference(masked):
+    """The form exported to ONNX (the global query as a mean over the token axis) against the paper's formula."""
+    q, k, v = qkv(4)
+    key_mask = (torch.arange(17) % 3 != 2) if masked else None
+    got = AF.rala_attention_token_axis_mean(q, k, v, key_mask=key_mask)
+    want = reference_rala(q, k, v, key_mask=key_mask)
+    rows = key_mask.bool() if masked else slice(None)
+    assert close_in_fp32(got[..., rows, :], want[..., rows, :])
+
+
+def test_linear_core_forms_export_rala_with_the_token_axis_mean_to_onnx():
+    import mixa
+    from mixa.export.lowering import linear_core_forms
+    from mixa.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("deit_tiny_patch16_224", pretrained=False, depth=2, embed_dim=64, num_heads=2,
+                         img_size=32, patch_size=8)
+    model = mixa.convert(model, keep=1, attn="rala", progress=False).eval()
+    rala = [m for m in model.modules() if isinstance(m, MixAttention) and m.kind == "rala"]
+    with linear_core_forms(model, "onnx"):
+        assert [m._linear_core for m in rala] == [AF.rala_attention_token_axis_mean]
+    with linear_core_forms(model, "executorch"):
+        assert [m._linear_core for m in rala] == [AF.rala_attention]
+    assert [m._linear_core for m in rala] == [AF.rala_attention]

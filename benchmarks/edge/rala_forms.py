@@ -9,13 +9,18 @@ time, 1 thread, batch 1; the speed-up column is the median of per-round ratios a
     python benchmarks/edge/rala_forms.py --runtime ort --forms base,base,mean,once,oncetok,lepenhwc
     python benchmarks/edge/rala_forms.py --runtime executorch --precisions fp32,int8 --forms base,once
 
-Forms (names can be joined with '+'):
-- ``mean``: the token mean as one ReduceMean over the token axis (mixa's form is a mean over the two inner
-  axes of a transposed view, which XNNPACK delegates as a global average pool).
-- ``once``: ELU + 1 applied once to the (B, 2 heads, N, d) q/k part of the head-split qkv, split after.
+``base`` is the layer as mixa exports it to the runtime (``mixa.export.lowering.linear_core_forms``: since
+session 3 rala's token mean is ``mean`` in ONNX and ``pooled`` in ExecuTorch). Forms (joined with '+'):
+- ``mean``: the token mean as one ReduceMean over the token axis (``rala_attention_token_axis_mean``).
+- ``pooled``: the token mean over the two inner axes of a transposed view, which XNNPACK delegates as a
+  global average pool (``rala_attention``).
+- ``once``: ELU + 1 applied once to the (B, 2 heads, N, d) q/k part of the head-split qkv, split after
+  (with the pooled token mean, as ``oncetok``).
 - ``oncetok``: ELU + 1 once on the token-major (B, N, 2C) q/k part of the qkv output, before the head split.
 - ``lepenhwc``: LePE's depth-wise Conv reads v token-major straight from the qkv output (an NHWC view
   permuted to NCHW, which ONNX Runtime folds into its NCHWc reorder) and is added after the output transpose.
+- ``onescolumn`` (with ``--kind relu``): relu's normaliser as a column of ones in v, the form mixa exports
+  to ExecuTorch (``mixa.export.lowering.linear_core_forms``); ``base`` is then the token-sum form.
 """
 from __future__ import annotations
 
@@ -49,20 +54,25 @@ def _core_on_features(q, k, v, rope=None, eps=None, key_mask=None):
     return AF._saturating_cast(out, dtype)
 
 
-def _mean(layer):
-    import torch
-
+def _pinned(core):
+    """``core`` under another name, so that mixa's export keeps it (``linear_core_forms`` swaps by name)."""
     from mixa.attention import functional as AF
 
-    def core(q, k, v, rope=None, eps=AF.RALA_EPS, key_mask=None):
-        dtype, n, d = v.dtype, k.shape[-2], q.shape[-1]
-        q, k, v = AF.elu_plus_one(AF._wide(q)), AF.elu_plus_one(AF._wide(k)), AF._wide(v)
-        p = torch.softmax(AF._mm(q.mean(dim=-2, keepdim=True), k.transpose(-2, -1)) * d ** -0.5, dim=-1)
-        den = AF._mm(q, AF._mm(p, k).transpose(-2, -1))
-        out = AF._mm(q, AF._mm((k * p.reshape(p.shape[0], p.shape[1], n, 1)).transpose(-2, -1), v)) / (den + eps)
-        return AF._saturating_cast(out, dtype)
+    def pinned(q, k, v, rope=None, eps=AF.RALA_EPS, key_mask=None):
+        return core(q, k, v, rope, eps, key_mask)
+    return pinned
 
-    layer._linear_core = core
+
+def _mean(layer):
+    from mixa.attention import functional as AF
+
+    layer._linear_core = _pinned(AF.rala_attention_token_axis_mean)
+
+
+def _pooled(layer):
+    from mixa.attention import functional as AF
+
+    layer._linear_core = _pinned(AF.rala_attention)
 
 
 def _once(layer):
@@ -116,7 +126,14 @@ def _lepenhwc(layer):
     layer.forward = types.MethodType(forward, layer)
 
 
-FORMS = {"mean": _mean, "once": _once, "oncetok": _oncetok, "lepenhwc": _lepenhwc}
+def _onescolumn(layer):
+    from mixa.attention import functional as AF
+
+    layer._linear_core = AF.relu_linear_attention_ones_column
+
+
+FORMS = {"mean": _mean, "pooled": _pooled, "once": _once, "oncetok": _oncetok, "lepenhwc": _lepenhwc, "onescolumn": _onescolumn}
+RELU_FORMS = ("onescolumn",)
 
 
 def with_form(model, form: str):
@@ -127,7 +144,7 @@ def with_form(model, form: str):
     for part in form.split("+"):
         if part != "base":
             for m in model.modules():
-                if isinstance(m, MixAttention) and m.kind == "rala":
+                if isinstance(m, MixAttention) and m.kind == ("relu" if part in RELU_FORMS else "rala"):
                     FORMS[part](m)
     return model
 
@@ -139,6 +156,8 @@ def main() -> int:
     p.add_argument("--precisions", default="fp32", help="fp32, int8 (ORT: static INT8; ExecuTorch: PT2E)")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--gate", default="identity")
+    p.add_argument("--kind", choices=("rala", "relu"), default="rala",
+                   help="the student's kind (relu: for the 'onescolumn' form, mixa's .pte form of relu)")
     args = p.parse_args()
     for form in args.forms.split(","):
         if any(part != "base" and part not in FORMS for part in form.split("+")):
@@ -155,8 +174,8 @@ def main() -> int:
 
     torch.manual_seed(0)
     original = create_model("deit_tiny_patch16_224", pretrained=False, patch_size=14).eval()
-    rala = mixa.convert(original, keep=6, attn="rala", select="uniform", progress=False,
-                        attn_options={"gate": args.gate})
+    rala = mixa.convert(original, keep=6, attn=args.kind, select="uniform", progress=False,
+                        attn_options={"gate": args.gate} if args.kind == "rala" else None)
     with torch.no_grad():  # LePE and gate away from their neutral start, so that the check below sees them
         for m in rala.modules():
             if isinstance(m, MixAttention):

@@ -18,7 +18,9 @@ compared with an original lowered as well as it can be.
 Linear cores likewise (``linear_core_forms``): where a runtime runs another form of a core's maths better,
 the replaced layers are exported with it -- relu's normaliser as a column of ones in v for ExecuTorch
 (XNNPACK does not take the token sum: one call outside the delegate per layer), the token sum for ONNX
-Runtime (about 1% faster there; benchmarks/edge/README.md, session 3).
+Runtime (about 1% faster there); rala's global query as a mean over the token axis for ONNX Runtime (about
+0.5% faster), over a pooled view for XNNPACK (which takes no other mean). Measured in
+benchmarks/edge/rala_forms_s3.md.
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def best_softmax_form(runtime: str) -> str:
 
 
 # Per runtime: core (by name, in its own module, mixa.attention.functional) -> the form exported instead.
-LINEAR_CORE_FORMS = {"executorch": {"relu_linear_attention": "relu_linear_attention_ones_column"}, "onnx": {}}
+LINEAR_CORE_FORMS = {"executorch": {"relu_linear_attention": "relu_linear_attention_ones_column"},
+                     "onnx": {"rala_attention": "rala_attention_token_axis_mean"}}
 
 
 @contextlib.contextmanager

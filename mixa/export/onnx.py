@@ -28,7 +28,7 @@ from torch import nn
 from ..attention import MixAttention
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
-from .lowering import best_softmax_form, softmax_form
+from .lowering import best_softmax_form, linear_core_forms, softmax_form
 from ..macs import count_macs, count_params
 from ..models.attention_layers import attention_layers, layer_kind
 
@@ -198,9 +198,9 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     """Write ``model`` (fp32, CPU, eval) to ``path`` as ONNX with input ``input`` (B, C, H, W) and output
     ``logits``; verify it (see ``verify_onnx``) before it replaces ``path``: a failed export leaves no file.
     Softmax layers are exported in ``softmax`` form ('plain' / 'fused'; default the one ONNX Runtime runs
-    best, see ``mixa.export.lowering``).
+    best, see ``mixa.export.lowering``), linear cores in the form ONNX Runtime runs best (same maths).
     """
-    with softmax_form(model, softmax or best_softmax_form("onnx")):
+    with softmax_form(model, softmax or best_softmax_form("onnx")), linear_core_forms(model, "onnx"):
         return _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, metadata)
 
 
