@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import UsageError
 from ..models.attention_layers import attention_layers
-from ..transfer.layerwise import TransferStep, capture, parent_path, transfer_units
+from ..transfer.layerwise import TransferStep, capture, parent_path
 from ..transfer.run import replaced_layers
 from ..transfer.settings import transfer_settings
 
@@ -106,16 +106,16 @@ class Probe:
         is drawn from ``seed``. Returns the mean relative error of the layers over the last pass through the
         images."""
         s = settings
-        layers = transfer_units(student, replaced_layers(student), s["target"])
-        step = TransferStep(self.original, layers, s, torch.device("cpu"), lr=float(s["lr"]), total_steps=s["steps"],
-                            warmup_steps=int(round(s["warmup_fraction"] * s["steps"])), student=student)
+        step = TransferStep(self.original, replaced_layers(student), s, torch.device("cpu"), lr=float(s["lr"]),
+                            total_steps=s["steps"], warmup_steps=int(round(s["warmup_fraction"] * s["steps"])),
+                            student=student)
         size = int(s["batch_size"])
         batches = self.batches(size)
         teacher_forced = s.get("inputs", "teacher") == "teacher"
         if teacher_forced:
             # forward_backward(batch) asks step.targets(batch) for the teacher-forced inputs and targets: here
             # the batch is an index into the calibration batches and the answer comes from the cache
-            step.targets = lambda index: self._activations(size, index, list(layers), s["target"])
+            step.targets = lambda index: self._activations(size, index, list(step.units), s["target"])
         order = torch.Generator().manual_seed(seed)
         recent: List[float] = []
         with torch.enable_grad():

@@ -149,18 +149,22 @@ class TransferStep:
     ``settings["inputs"]``: ``teacher`` -- one forward of the reference gives every layer's input and target
     (teacher-forced); ``student`` -- one forward of ``student`` (no gradient) gives every layer's own input
     as the layers before it (already being trained) make it, and the target is the reference layer on that
-    input. ``settings["train"]``: which parts of each layer learn (mixa.transfer.settings.TRAIN_PARTS)."""
+    input. ``settings["train"]``: which parts of each layer learn (mixa.transfer.settings.TRAIN_PARTS).
+    ``settings["target"]``: ``block`` trains and matches the blocks of ``student`` that hold ``layers``
+    instead (``units``: what learns, path -> module)."""
     def __init__(self, reference: nn.Module, layers: Dict[str, nn.Module], settings: Dict[str, Any],
                  device: torch.device, lr: float, total_steps: int, warmup_steps: int, ddp: bool = False,
                  to_reference: Optional[Callable[[Tensor], Tensor]] = None, student: Optional[nn.Module] = None):
         self.reference, self.settings, self.device = reference, settings, device
         self.to_reference = to_reference
         self.inputs = settings.get("inputs", "teacher")
-        if self.inputs == "student" and student is None:
-            raise ValueError("inputs='student' needs the student model")
+        target = settings.get("target", "attention")
+        if (self.inputs == "student" or target == "block") and student is None:
+            raise ValueError("inputs='student' and target='block' need the student model")
         self.student = student
-        set_trainable(layers, settings.get("train", "all"))
-        self.layer_set = LayerSet(layers, residual=settings.get("target", "attention") == "block")
+        self.units = transfer_units(student, layers, target) if target == "block" else dict(layers)
+        set_trainable(self.units, settings.get("train", "all"))
+        self.layer_set = LayerSet(self.units, residual=target == "block")
         self.net = self.layer_set
         if ddp:
 

@@ -96,7 +96,7 @@ def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoin
     student = load_model(student_source, **source)
     replaced = replaced_layers(student)
     s = settings = transfer_settings(student_kind(replaced), **given)
-    layers = transfer_units(student, replaced, s["target"])  # what learns and is matched
+    layers = transfer_units(student, replaced, s["target"])  # what learns and is matched (as TransferStep finds)
     if s["batch_size"] % dist.world:
         raise UsageError(f"batch_size {s['batch_size']} is not divisible by the {dist.world} processes")
     per_process = s["batch_size"] // dist.world
@@ -111,7 +111,7 @@ def _run(student_source, source, data_dir, run: Path, teacher, teacher_checkpoin
     student.to(dist.device).eval()
     reference.to(dist.device)
     warmup = int(round(s["warmup_fraction"] * s["steps"]))
-    stepper = TransferStep(reference, layers, s, dist.device, s["lr"], s["steps"], warmup, ddp=dist.enabled,
+    stepper = TransferStep(reference, replaced, s, dist.device, s["lr"], s["steps"], warmup, ddp=dist.enabled,
                            to_reference=renormalizer(student, reference), student=student)
 
     history = []
