@@ -19,8 +19,8 @@ session 3 rala's token mean is ``mean`` in ONNX and ``pooled`` in ExecuTorch). F
 - ``oncetok``: ELU + 1 once on the token-major (B, N, 2C) q/k part of the qkv output, before the head split.
 - ``lepenhwc``: LePE's depth-wise Conv reads v token-major straight from the qkv output (an NHWC view
   permuted to NCHW, which ONNX Runtime folds into its NCHWc reorder) and is added after the output transpose.
-- ``onescolumn`` (with ``--kind relu``): relu's normaliser as a column of ones in v, the form mixa exports
-  to ExecuTorch (``mixa.export.lowering.linear_core_forms``); ``base`` is then the token-sum form.
+- ``onescolumn`` / ``sum`` (with ``--kind relu``): relu's normaliser as a column of ones in v (the form
+  mixa exports to ExecuTorch) / as a token sum (the form mixa exports to ONNX).
 """
 from __future__ import annotations
 
@@ -132,8 +132,16 @@ def _onescolumn(layer):
     layer._linear_core = AF.relu_linear_attention_ones_column
 
 
-FORMS = {"mean": _mean, "pooled": _pooled, "once": _once, "oncetok": _oncetok, "lepenhwc": _lepenhwc, "onescolumn": _onescolumn}
-RELU_FORMS = ("onescolumn",)
+def _sum(layer):
+    from mixa.attention import functional as AF
+
+    def pinned(q, k, v, eps=AF.RELU_EPS, key_mask=None):  # another name: linear_core_forms keeps it
+        return AF.relu_linear_attention(q, k, v, eps, key_mask)
+    layer._linear_core = pinned
+
+
+FORMS = {"mean": _mean, "pooled": _pooled, "once": _once, "oncetok": _oncetok, "lepenhwc": _lepenhwc, "onescolumn": _onescolumn, "sum": _sum}
+RELU_FORMS = ("onescolumn", "sum")
 
 
 def with_form(model, form: str):
