@@ -52,10 +52,11 @@ def test_elu_plus_one_gradient_matches_elu():
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_rala_core_equals_reference(masked):
+@pytest.mark.parametrize("core", [AF.rala_attention, AF.rala_attention_token_axis_mean])  # .pte / .onnx form
+def test_rala_core_equals_reference(masked, core):
     q, k, v = qkv()
     key_mask = (torch.arange(17) % 3 != 0) if masked else None
-    got = AF.rala_attention(q, k, v, key_mask=key_mask)
+    got = core(q, k, v, key_mask=key_mask)
     want = reference_rala(q, k, v, key_mask=key_mask)
     rows = key_mask.bool() if masked else slice(None)
     assert close_in_fp32(got[..., rows, :], want[..., rows, :])
@@ -124,17 +125,6 @@ def test_linear_core_forms_swap_relu_cores_for_executorch_and_restore_them():
             assert cores() == [AF.relu_linear_attention] * 2
     assert cores() == [AF.relu_linear_attention] * 2
     torch.testing.assert_close(during, before, rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("masked", [False, True])
-def test_rala_token_axis_mean_form_equals_the_reference(masked):
-    """The form exported to ONNX (the global query as a mean over the token axis) against the paper's formula."""
-    q, k, v = qkv(4)
-    key_mask = (torch.arange(17) % 3 != 2) if masked else None
-    got = AF.rala_attention_token_axis_mean(q, k, v, key_mask=key_mask)
-    want = reference_rala(q, k, v, key_mask=key_mask)
-    rows = key_mask.bool() if masked else slice(None)
-    assert close_in_fp32(got[..., rows, :], want[..., rows, :])
 
 
 def test_linear_core_forms_export_rala_with_the_token_axis_mean_to_onnx():
