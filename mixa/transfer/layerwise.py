@@ -107,14 +107,19 @@ def check_reference(reference: nn.Module, paths: List[str]) -> None:
                             f"student (pass the right --teacher)") from None
 
 
-def unit_error(unit: nn.Module, activation: Activation, residual: bool) -> Tensor:
-    """The relative error of ``unit`` on one captured (args, kwargs, target); ``residual``: of its update
-    (output - first input) against the target's."""
+def unit_pair(unit: nn.Module, activation: Activation, residual: bool) -> Tuple[Tensor, Tensor]:
+    """``unit``'s output on one captured (args, kwargs, target) and that target, in fp32; ``residual``: both
+    as updates (minus the first input), what the block target compares."""
     args, kwargs, target = activation
-    output = unit(*args, **kwargs)
+    output, target = unit(*args, **kwargs).float(), target.float()
     if residual:
-        output, target = output - args[0], target - args[0]
-    return relative_error(output, target)
+        output, target = output - args[0].float(), target - args[0].float()
+    return output, target
+
+
+def unit_error(unit: nn.Module, activation: Activation, residual: bool) -> Tensor:
+    """The relative error of ``unit`` on one captured (args, kwargs, target) (``unit_pair``)."""
+    return relative_error(*unit_pair(unit, activation, residual))
 
 
 class LayerSet(nn.Module):
@@ -162,7 +167,7 @@ class TransferStep:
         if (self.inputs == "student" or target == "block") and student is None:
             raise ValueError("inputs='student' and target='block' need the student model")
         self.student = student
-        self.units = transfer_units(student, layers, target) if target == "block" else dict(layers)
+        self.units = transfer_units(student, layers, target)
         set_trainable(self.units, settings.get("train", "all"))
         self.layer_set = LayerSet(self.units, residual=target == "block")
         self.net = self.layer_set
@@ -240,10 +245,7 @@ def layer_errors(reference: nn.Module, layers: Dict[str, nn.Module], batches,
             with autocast(device, dtype):
                 captured = capture(reference, paths, to_reference(images) if to_reference else images)
                 for i, path in enumerate(paths):
-                    args, kwargs, target = captured[path]
-                    out, target = layers[path](*args, **kwargs).float(), target.float()
-                    if residual:
-                        out, target = out - args[0].float(), target - args[0].float()
+                    out, target = unit_pair(layers[path], captured[path], residual)
                     err[i] += (out - target).pow(2).sum().item()
                     ref[i] += target.pow(2).sum().item()
     finally:
