@@ -60,6 +60,14 @@ STAGES = {
     "tenth": {"lr": 5.0e-5},
     "hidden": {"lr": 1.0e-4, "hidden_weight": 1.0},
     "hidden-hi": {"hidden_weight": 1.0},
+    # session 4: does the first-epoch dip come from a fresh AdamW at full step size (no warm-up in the proxy's
+    # recipe) or from the hard-label half of the loss? "-warm": linear warm-up over the first epoch (a third
+    # of a 3-epoch run); "-kd": the teacher's soft targets only (kd_weight 1).
+    "low-warm": {"lr": 1.0e-4, "warmup_epochs": 1, "warmup_max_fraction": 0.34, "warmup_lr": 1.0e-6},
+    "low-kd": {"lr": 1.0e-4, "kd_weight": 1.0},
+    "low-warm-kd": {"lr": 1.0e-4, "kd_weight": 1.0, "warmup_epochs": 1, "warmup_max_fraction": 0.34,
+                    "warmup_lr": 1.0e-6},
+    "recipe-warm": {"warmup_epochs": 1, "warmup_max_fraction": 0.34, "warmup_lr": 1.0e-6},
     "default": None,
 }
 
