@@ -17,6 +17,7 @@ accuracy -- accuracy is benchmarks/bench_edge_int8.py's), and ExecuTorch PT2E (X
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -144,6 +145,9 @@ def main() -> int:
                         "issue 20: rows 'VARIANT (previous export)'), and the "
                         "original in the other softmax form in ONNX Runtime (row 'original (fused)' / "
                         "'original (plain)')")
+    p.add_argument("--files", default=None, metavar="DIR",
+                   help="keep the exported programs in DIR and reuse those already there (repeat a timing "
+                        "without lowering again; empty DIR after changing mixa's export)")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="writes <runtimes>.json and <runtimes>.md there (e.g. ort.json, ort.md)")
     args = p.parse_args()
@@ -169,36 +173,43 @@ def main() -> int:
 
         set_threads(args.threads)
     rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as work:
+    with contextlib.ExitStack() as stack:
+        work = Path(args.files) if args.files else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        work.mkdir(parents=True, exist_ok=True)
         for label, name, kwargs, resolutions, full_at, int8_at in SUITES[args.suite]:
             original = create_model(name, pretrained=False, **kwargs).eval()
             for res in resolutions:
                 if (not use_ort and res not in int8_at) or (args.res and str(res) not in args.res.split(",")):
                     continue
                 full = res in full_at and use_ort
-                runners, rows = [], []
+                runners, rows, onnx_files = [], [], {}
                 chosen = variants(original, args.keep, full, default_gate)
                 if args.previous_export:
                     chosen += [(f"{vl} (previous export)", m) for vl, m in chosen]
-                for vi, (vlabel, model) in enumerate(chosen):
+                for vlabel, model in chosen:
                     previous = vlabel.endswith(" (previous export)")
                     if args.only and vlabel.replace(" (previous export)", "") not in args.only.split(","):
                         continue
                     sized = at_resolution(model, res)
                     macs = count_macs(sized, (3, res, res))
-                    fp32 = Path(work) / f"{vi}_{res}.onnx"
+                    stem = f"{label}_{vlabel}_{res}".replace("/", "-").replace(" ", "_")
+                    fp32 = work / f"{stem}.onnx"
                     files = []
                     if use_ort:
                         # the "previous export" of the original in ORT: the other softmax form
                         form = None if not previous else \
                             ("fused" if best_softmax_form("onnx") == "plain" else "plain")
-                        export_onnx(sized, fp32, (3, res, res), softmax=form)
+                        if not fp32.is_file():
+                            export_onnx(sized, fp32, (3, res, res), softmax=form)
                         files.append(("ort", "fp32", fp32))
+                        onnx_files[vlabel] = fp32
                     if use_ort and res in int8_at and not args.no_int8:
                         calib = [rng.standard_normal((1, 3, res, res), dtype=np.float32) for _ in range(4)]
                         for mode in ("static",) if previous else ("dynamic", "static"):
-                            q = Path(work) / f"{vi}_{res}.{mode}.onnx"
-                            if previous:
+                            q = work / f"{stem}.{mode}.onnx"
+                            if q.is_file():
+                                pass
+                            elif previous:
                                 static_int8_before_issue20(fp32, q, calib)
                             else:
                                 quantize_onnx(fp32, q, mode=mode, calib_batches=calib)
@@ -206,14 +217,16 @@ def main() -> int:
                     if res in int8_at and use_et:
                         from mixa.export.executorch import export_pte
 
-                        pte = Path(work) / f"{vi}_{res}.pte"
-                        export_pte(sized, pte, (3, res, res), softmax="fused" if previous else None,
-                                   keep_views=not previous)
+                        pte = work / f"{stem}.pte"
+                        if not pte.is_file():
+                            export_pte(sized, pte, (3, res, res), softmax="fused" if previous else None,
+                                       keep_views=not previous)
                         files.append(("executorch", "fp32", pte))
                         if not args.no_int8 and not previous:
-                            qpte = Path(work) / f"{vi}_{res}.int8.pte"
+                            qpte = work / f"{stem}.int8.pte"
                             calib = [rng.standard_normal((4, 3, res, res), dtype=np.float32)]
-                            export_pte(sized, qpte, (3, res, res), int8=True, calib_batches=calib)
+                            if not qpte.is_file():
+                                export_pte(sized, qpte, (3, res, res), int8=True, calib_batches=calib)
                             files.append(("executorch", "int8", qpte))
                     for runtime, precision, path in files:
                         runners.append(OrtRunner(path, args.threads, res) if runtime == "ort"
@@ -254,10 +267,11 @@ def main() -> int:
                 results["rows"].extend(rows)
                 write(out_dir, results)
                 if args.op_breakdown and res == 224 and use_ort:
-                    for vi in (0, 1):  # the original and keep-k relu: where the time goes
-                        shares, ms = op_breakdown(Path(work) / f"{vi}_{res}.onnx", args.threads, res)
-                        results["op_breakdown"].append({"model": label, "res": res,
-                                                        "variant": ["original", f"keep{args.keep} relu"][vi],
+                    for variant in ("original", f"keep{args.keep} relu"):  # where the time goes
+                        if variant not in onnx_files:
+                            continue
+                        shares, ms = op_breakdown(onnx_files[variant], args.threads, res)
+                        results["op_breakdown"].append({"model": label, "res": res, "variant": variant,
                                                         "node_ms": ms, "shares": shares})
                     write(out_dir, results)
     write(out_dir, results)
