@@ -170,6 +170,30 @@ def test_auto_lr_scale_is_measured_on_the_transferred_student(world, tmp_path, m
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_transferred_student_stays_best_until_a_kd_epoch_beats_it(world, tmp_path):  # noqa: F811
+    """RUN/best starts as the transferred student, scored on val (checked against mixa.distill.evaluate);
+    a KD epoch replaces it only with a higher val top-1. With a vanishing KD lr nothing beats it: RUN/best
+    is the transferred model bit for bit while RUN/last has moved."""
+    for name, scale in (("kd", 1.0), ("still", 1e-9)):
+        run = tmp_path / name
+        result = distill(world / "student", world / "data", run, transfer_steps=3, after_transfer_lr_scale=scale,
+                         **STAGE)
+        after = json.loads((run / "run.json").read_text())["after_transfer"]
+        measured = mixa.distill.evaluate(run / "transfer", world / "data" / "val", teacher="auto", workers=0,
+                                         progress=False)
+        assert after["top1"] == pytest.approx(measured["top1"]) and after["agreement_top1"] == pytest.approx(
+            measured["agreement_top1"])
+        epoch = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"]
+        assert result["best_top1"] == max(after["top1"], epoch)
+        source = "last" if epoch > after["top1"] else "transfer"
+        assert result["best_epoch"] == (1 if source == "last" else 0)
+        best, expected = _weights(run / "best"), _weights(run / source)
+        assert all(torch.equal(best[k], expected[k]) for k in best)
+    assert source == "transfer"  # the vanishing lr's run
+    moved = _weights(run / "last")
+    assert not all(torch.equal(moved[k], best[k]) for k in best)
+
+
 def test_the_stage_after_transfer_resumes_exactly(world, tmp_path):  # noqa: F811
     straight = tmp_path / "straight"
     stage = {**STAGE, "epochs": 2, "after_transfer_hidden_weight": 1.0}

@@ -79,6 +79,9 @@ def parse_args(argv=None):
     p.add_argument("--work", default="transfer-work", help="data, students, runs (kept: resumable)")
     p.add_argument("--train-images", type=int, default=800)
     p.add_argument("--val-images", type=int, default=1000)
+    p.add_argument("--test-images", type=int, default=0,
+                   help="tkd-default rows also score RUN/transfer, RUN/best and RUN/last on this many test scenes "
+                        "of the seed (the val scenes choose RUN/best, so its val top-1 is biased upwards)")
     p.add_argument("--images", type=int, default=9600, help="images processed at the end of every curve")
     p.add_argument("--transfer-batch", type=int, default=64)
     p.add_argument("--transfer-every", type=int, default=25, help="transfer-only: steps between points")
@@ -150,6 +153,8 @@ class Bench:
                          "train_images": args.train_images, "val_images": args.val_images, "images": args.images,
                          "transfer_batch": args.transfer_batch, "stage_transfer_steps": args.stage_transfer_steps,
                          "kd_recipe": {k: v for k, v in RECIPE.items()}}
+        if args.test_images:
+            self.settings["test_images"] = args.test_images
 
     def claim(self, results):
         made = results.get("settings")
@@ -171,7 +176,8 @@ class Bench:
 
         a = self.args
         self.data = self.work / "data"
-        synthetic.write_image_folder(self.data, seed=a.seed, sizes={"train": a.train_images, "val": a.val_images},
+        sizes = {"train": a.train_images, "val": a.val_images, **({"test": a.test_images} if a.test_images else {})}
+        synthetic.write_image_folder(self.data, seed=a.seed, sizes=sizes,
                                      task=self.settings["task"], progress=False)
         self.teacher = proxy.load_teacher(Path(a.teacher)).eval()
         scores = json.loads((REPO / "benchmarks" / "proxy" / "extremes" / "results.json").read_text())
@@ -200,10 +206,10 @@ class Bench:
             save(mixa.convert(self.teacher, keep=keep, attn=kind, select=select, progress=False), path)
         return path
 
-    def evaluate(self, model) -> dict:
+    def evaluate(self, model, split: str = "val") -> dict:
         from mixa.distill import evaluate
 
-        m = evaluate(model, self.data, teacher=self.teacher, batch_size=250, workers=0, device="cpu",
+        m = evaluate(model, self.data / split, teacher=self.teacher, batch_size=250, workers=0, device="cpu",
                      progress=False)
         return {"top1": m["top1"], "agreement": m["agreement_top1"]}
 
@@ -294,7 +300,10 @@ class Bench:
                 add(steps * a.transfer_batch, load(run / "transfer"), {"stage": "transfer"})
             kd_curve(student, run, epochs, steps * a.transfer_batch, {"transfer_steps": steps})
             record = {"transfer_steps": steps, "stage": "mixa distill defaults",
-                      "settings": json.loads((run / "run.json").read_text())["settings"]}
+                      "settings": json.loads((run / "run.json").read_text())["settings"],
+                      "best_epoch": torch_load(run / "last" / "train_state.pt").get("best_epoch")}
+            if a.test_images:
+                record["test"] = {which: self.evaluate(load(run / which), "test") for which in ("transfer", "best", "last")}
         else:
             variant = mode.split("-", 1)[1]
             steps = a.stage_transfer_steps
@@ -324,6 +333,12 @@ class Bench:
             t0 = time.perf_counter()
             self.run_row(name)
             print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+
+
+def torch_load(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # -------------------------------------------------------------------------------------------- report
@@ -396,6 +411,19 @@ def write_report(out: Path, results) -> None:
         end = r["curve"][-1]["cpu_s"] if r["curve"] else 0
         lines.append(f"| {r['kind']} | {r['keep']} | {r['mode']} | {','.join(map(str, r['seeds']))} | "
                      + " | ".join(cells) + f" | {reach} | {end:.0f} |")
+    tested = [r for r in results["records"] if r.get("test")]
+    if tested:
+        lines += ["", f"`mixa distill`'s RUN/best is the transferred student unless a KD epoch beats it on the val "
+                  f"scenes. Scored on {s['test_images']} other scenes of the seed (test), which chose nothing "
+                  f"(`best from`: 0 = the transfer stage):", "",
+                  "| kind | k | seed | transfer (val) | last (val) | best from | transfer (test) | best (test) | "
+                  "last (test) | best - transfer (test) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(tested, key=lambda r: (r["keep"], r["kind"], r["seed"])):
+            val = {p.get("stage"): p["top1"] for p in r["curve"]}
+            t = r["test"]
+            lines.append(f"| {r['kind']} | {r['keep']} | {r['seed']} | {val['transfer']:.2f} | {r['curve'][-1]['top1']:.2f} | "
+                         f"{r.get('best_epoch')} | {t['transfer']['top1']:.2f} | {t['best']['top1']:.2f} | "
+                         f"{t['last']['top1']:.2f} | {t['best']['top1'] - t['transfer']['top1']:+.2f} |")
     lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in s["commands"]), ""]
     analysis = out / "ANALYSIS.md"
     if analysis.is_file():

@@ -113,7 +113,10 @@ def run(args) -> int:
         rows = [("epochs done", result["epochs_done"]), ("train loss", result.get("train_loss")),
                 ("val top-1 (%)", result.get("val_top1")), ("val top-5 (%)", result.get("val_top5")),
                 ("agreement top-1 (%)", result.get("agreement_top1")), ("mean KL", result.get("mean_kl")),
-                ("best top-1 (%)", result["best_top1"]), ("images/s", result.get("images_per_s"))]
+                ("best top-1 (%)", result["best_top1"]),
+                ("best from", None if result.get("best_epoch") is None else
+                 "the transfer stage" if result["best_epoch"] == 0 else f"epoch {result['best_epoch']}"),
+                ("images/s", result.get("images_per_s"))]
         print(f"run: {result['run']}")
         print(table([(name, f"{value:.4f}" if isinstance(value, float) else value)
                      for name, value in rows if value is not None], ["metric", "value"]))

@@ -47,6 +47,25 @@ def _transfer_stage(student, student_source, source, data_dir, run: Path, teache
     load_last_weights(student, stage, f"the student {student_source}")
 
 
+def _score_transferred(student, val_dl, t_model, run: Path, s: Dict[str, Any], dist: Dist,
+                       progress: bool) -> Dict[str, Any]:
+    """The transferred student on val, recorded in RUN/run.json (``after_transfer``) and saved as RUN/best,
+    the checkpoint each KD epoch has to beat to replace it."""
+    student.to(dist.device)
+    val = evaluate_loader(student, val_dl, t_model, dist.device, autocast_dtype(s["amp"], dist.device), dist,
+                          progress=progress and dist.main, desc="val after transfer")
+    scores = {key: val.get(key) for key in ("top1", "top5", "loss", "agreement_top1", "mean_kl")}
+    if dist.main:
+        save_checkpoint(run, "best", student, None)
+        info = json.loads((run / "run.json").read_text())
+        write_json(run / "run.json", {**info, "after_transfer": scores})
+        tqdm.write(f"mixa distill: after transfer: val top-1 {val['top1']:.2f}"
+                   + (f"  agree {val['agreement_top1']:.2f}" if val.get("agreement_top1") is not None else "")
+                   + " (RUN/best until a KD epoch beats it)")
+    dist.barrier()
+    return scores
+
+
 def resolve_transfer_steps(s: Dict[str, Any], student, train_images: int) -> int:
     """transfer_steps as a number: "auto" is TRANSFER_AUTO's rule for a student with replaced attention
     layers and 0 for one without (nothing to transfer)."""
@@ -147,7 +166,8 @@ def distill(student: ModelSource, data_dir, output, teacher=None, recipe=None, *
     continues ``output`` exactly (settings from the run; overrides such as a larger ``epochs`` apply).
     ``stop_after`` ends this call after that many epochs (the schedule still plans ``epochs``).
     Launched under torchrun, trains with DistributedDataParallel; only rank 0 writes.
-    Returns the last epoch's metrics plus ``best_top1``, ``epochs_done`` and ``run``.
+    Returns the last epoch's metrics plus ``best_top1``, ``best_epoch`` (the epoch of RUN/best; 0: the
+    transferred student, no KD epoch beat it), ``epochs_done`` and ``run``.
     """
     if teacher == "none":
         teacher, overrides = None, {**overrides, "kd": "none"}
@@ -231,6 +251,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
                            f"{s['after_transfer_lr_scale']:g} = {lr:.3g} (after_transfer_lr_scale auto)")
                 info = json.loads((run / "run.json").read_text())
                 write_json(run / "run.json", {**info, "settings": s, "lr_scaled": lr, "after_transfer_lr_scale_auto": auto})
+        after_transfer = _score_transferred(student, val_dl, t_model, run, s, dist, progress)
     # Training draws the same random numbers however its models were built (a teacher's random init, a
     # transfer stage): a run after a transfer stage is the run started from the transferred model.
     random_seed(int(s["seed"]), dist.rank)
@@ -241,11 +262,14 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
     stepper = DistillStep(student, t_model, stage_settings(s), dist.device, lr, total, warmup, ddp=dist.enabled)
 
     history: List[Dict[str, Any]] = []
-    start_epoch, best = 0, -1.0
+    # The transferred student competes for RUN/best: KD that does not beat it on val leaves it there.
+    start_epoch, best = 0, after_transfer["top1"] if state is None and s["transfer_steps"] else -1.0
+    best_epoch = 0 if best >= 0 else None  # 0: the transferred student
     resume_batch, resume_sums = 0, None
     if state is not None:
         stepper.load_state_dict(state)
         start_epoch, best, history = int(state["epoch"]), float(state["best_top1"]), list(state["metrics"])
+        best_epoch = state.get("best_epoch")
         resume_batch = int(state.get("batch", 0))  # > 0: the checkpoint was written inside an epoch
         partials = state.get("partial_sums") or []
         resume_sums = TrainSums.from_dict(partials[dist.rank]) if len(partials) == world else None
@@ -262,7 +286,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
     every = int(s.get("save_every_steps") or 0)
 
     def train_state(**position) -> Dict[str, Any]:
-        return {**position, "best_top1": best, "metrics": history, "settings": s, **stepper.state_dict()}
+        return {**position, "best_top1": best, "best_epoch": best_epoch, "metrics": history, "settings": s, **stepper.state_dict()}
 
     for epoch in range(start_epoch, end_epoch):
         first = resume_batch if epoch == start_epoch else 0
@@ -311,6 +335,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         history.append(row)
         is_best = row["val_top1"] > best
         best = max(best, row["val_top1"])
+        best_epoch = epoch + 1 if is_best else best_epoch
         rngs = dist.gather(rng_state())
         if dist.main:
             ckpt = train_state(epoch=epoch + 1, rng=rngs)
@@ -330,4 +355,4 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
                            f"image(s) replaced by readable ones, {row['skipped_val_images']} unreadable val "
                            f"image(s) left out")
         dist.barrier()
-    return {**row, "best_top1": best, "epochs_done": end_epoch, "run": str(run)}
+    return {**row, "best_top1": best, "best_epoch": best_epoch, "epochs_done": end_epoch, "run": str(run)}
