@@ -296,7 +296,7 @@ def quickstart(output="mixa-quickstart", attn: str = "auto", keep: Optional[int]
                           device="cpu", progress=progress)
         used = json.loads((run_dir / "run.json").read_text())["settings"]
         return {"run": str(run_dir), "settings": settings, "transfer_steps": used.get("transfer_steps", 0),
-                **{k: metrics.get(k) for k in ("best_top1", "epochs_done", "val_top1", "agreement_top1")}}
+                **{k: metrics.get(k) for k in ("best_top1", "best_epoch", "epochs_done", "val_top1", "agreement_top1")}}
 
     def stage_eval():
         student_dir = run_dir / "best"
@@ -362,7 +362,8 @@ def _stage_line(name: str, r: Dict[str, Any]) -> str:
                 f"agreement {r['agreement_before_kd']:.2f}%")
     if name == "distill":
         first = f"{r['transfer_steps']} transfer steps, then " if r.get("transfer_steps") else ""
-        return f"    {first}{r['epochs_done']} KD epochs, best val top-1 {r['best_top1']:.2f}%"
+        source = " (the transferred student: no KD epoch beat it)" if r.get("best_epoch") == 0 else ""
+        return f"    {first}{r['epochs_done']} KD epochs, best val top-1 {r['best_top1']:.2f}%{source}"
     if name == "eval":
         return f"    student top-1 {r['top1']:.2f}%, agreement with teacher {r['agreement_top1']:.2f}%"
     if name == "export":

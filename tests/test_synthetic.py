@@ -23,6 +23,8 @@ def test_deterministic_and_order_independent():
     other_split = S.SyntheticShapes("train", 20, seed=3)
     assert not np.array_equal(a.images, other_seed.images)
     assert not np.array_equal(a.images, other_split.images)
+    for split in ("calib", "test"):  # every split its own scenes
+        assert not np.array_equal(a.images, S.SyntheticShapes(split, 20, seed=3).images)
 
 
 def test_labels_follow_the_rule_from_pixels():

@@ -64,7 +64,8 @@ NUM_DISTRACTORS = 2
 # Normalisation the packaged teacher was trained with (also recorded in its timm pretrained_cfg).
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
-SPLITS = {"train": 0, "val": 1, "calib": 2}
+# test: scenes that choose nothing (no checkpoint, no setting), where a benchmark scores what val picked
+SPLITS = {"train": 0, "val": 1, "calib": 2, "test": 3}
 
 CLASSES = tuple(
     f"{h}_{v}_{colour}"
