@@ -111,6 +111,12 @@ def static_int8_before_issue20(fp32, out, calib):
                         nodes_to_exclude=core_nodes(prepared, attention_scopes(fp32)))
 
 
+def kept(path: Path, export) -> None:
+    """``export(path)`` unless ``path`` is there already (a program kept by ``--files``)."""
+    if not path.is_file():
+        export(path)
+
+
 def op_breakdown(path, threads, res, runs=10):
     """{op type: share of node time} from ONNX Runtime's profiler over ``runs`` calls, and the node time
     per call in ms."""
@@ -199,34 +205,28 @@ def main() -> int:
                         # the "previous export" of the original in ORT: the other softmax form
                         form = None if not previous else \
                             ("fused" if best_softmax_form("onnx") == "plain" else "plain")
-                        if not fp32.is_file():
-                            export_onnx(sized, fp32, (3, res, res), softmax=form)
+                        kept(fp32, lambda path: export_onnx(sized, path, (3, res, res), softmax=form))
                         files.append(("ort", "fp32", fp32))
                         onnx_files[vlabel] = fp32
                     if use_ort and res in int8_at and not args.no_int8:
                         calib = [rng.standard_normal((1, 3, res, res), dtype=np.float32) for _ in range(4)]
                         for mode in ("static",) if previous else ("dynamic", "static"):
                             q = work / f"{stem}.{mode}.onnx"
-                            if q.is_file():
-                                pass
-                            elif previous:
-                                static_int8_before_issue20(fp32, q, calib)
-                            else:
-                                quantize_onnx(fp32, q, mode=mode, calib_batches=calib)
+                            kept(q, lambda path: static_int8_before_issue20(fp32, path, calib) if previous
+                                 else quantize_onnx(fp32, path, mode=mode, calib_batches=calib))
                             files.append(("ort", f"int8-{mode}", q))
                     if res in int8_at and use_et:
                         from mixa.export.executorch import export_pte
 
                         pte = work / f"{stem}.pte"
-                        if not pte.is_file():
-                            export_pte(sized, pte, (3, res, res), softmax="fused" if previous else None,
-                                       keep_views=not previous)
+                        kept(pte, lambda path: export_pte(sized, path, (3, res, res), softmax="fused" if previous
+                                                          else None, keep_views=not previous))
                         files.append(("executorch", "fp32", pte))
                         if not args.no_int8 and not previous:
                             qpte = work / f"{stem}.int8.pte"
                             calib = [rng.standard_normal((4, 3, res, res), dtype=np.float32)]
-                            if not qpte.is_file():
-                                export_pte(sized, qpte, (3, res, res), int8=True, calib_batches=calib)
+                            kept(qpte, lambda path: export_pte(sized, path, (3, res, res), int8=True,
+                                                               calib_batches=calib))
                             files.append(("executorch", "int8", qpte))
                     for runtime, precision, path in files:
                         runners.append(OrtRunner(path, args.threads, res) if runtime == "ort"

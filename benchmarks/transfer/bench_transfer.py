@@ -230,6 +230,7 @@ class Bench:
     # ---------------------------------------------------------------------------------------- a row
     def run_row(self, name: str) -> None:
         from mixa.distill import distill
+        from mixa.distill.checkpoint import load_train_state
         from mixa.saved import load
 
         a = self.args
@@ -301,7 +302,7 @@ class Bench:
             kd_curve(student, run, epochs, steps * a.transfer_batch, {"transfer_steps": steps})
             record = {"transfer_steps": steps, "stage": "mixa distill defaults",
                       "settings": json.loads((run / "run.json").read_text())["settings"],
-                      "best_epoch": torch_load(run / "last" / "train_state.pt").get("best_epoch")}
+                      "best_epoch": load_train_state(run / "last").get("best_epoch")}
             if a.test_images:
                 record["test"] = {which: self.evaluate(load(run / which), "test") for which in ("transfer", "best", "last")}
         else:
@@ -333,12 +334,6 @@ class Bench:
             t0 = time.perf_counter()
             self.run_row(name)
             print(f"{name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-
-
-def torch_load(path: Path) -> dict:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # -------------------------------------------------------------------------------------------- report

@@ -238,6 +238,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             "student": str(student_source), "data": str(data_dir), "teacher": None if teacher is None else str(teacher),
             "teacher_checkpoint": teacher_checkpoint, "settings": s, "processes": world,
             "per_process_batch": per_process, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch})
+    best, best_epoch = -1.0, None  # best_epoch 0: the transferred student
     if state is None and s["transfer_steps"]:
         _transfer_stage(student, student_source, source, data_dir, run, t_model if t_model is not None else teacher,
                         teacher_checkpoint, s, dist, progress)
@@ -251,7 +252,8 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
                            f"{s['after_transfer_lr_scale']:g} = {lr:.3g} (after_transfer_lr_scale auto)")
                 info = json.loads((run / "run.json").read_text())
                 write_json(run / "run.json", {**info, "settings": s, "lr_scaled": lr, "after_transfer_lr_scale_auto": auto})
-        after_transfer = _score_transferred(student, val_dl, t_model, run, s, dist, progress)
+        # The transferred student competes for RUN/best: KD that does not beat it on val leaves it there.
+        best, best_epoch = _score_transferred(student, val_dl, t_model, run, s, dist, progress)["top1"], 0
     # Training draws the same random numbers however its models were built (a teacher's random init, a
     # transfer stage): a run after a transfer stage is the run started from the transferred model.
     random_seed(int(s["seed"]), dist.rank)
@@ -262,9 +264,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
     stepper = DistillStep(student, t_model, stage_settings(s), dist.device, lr, total, warmup, ddp=dist.enabled)
 
     history: List[Dict[str, Any]] = []
-    # The transferred student competes for RUN/best: KD that does not beat it on val leaves it there.
-    start_epoch, best = 0, after_transfer["top1"] if state is None and s["transfer_steps"] else -1.0
-    best_epoch = 0 if best >= 0 else None  # 0: the transferred student
+    start_epoch = 0
     resume_batch, resume_sums = 0, None
     if state is not None:
         stepper.load_state_dict(state)
