@@ -80,12 +80,11 @@ def test_quickstart_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     from mixa.cli import main
 
     for name, value in (("PLAN_KINDS", ("stella",)), ("PLAN_KEEP", (0, 2)), ("PLAN_TRANSFER_STEPS", 2),
-                        ("PLAN_TRANSFER_BATCH", 16), ("PLAN_CALIB_IMAGES", 32)):
+                        ("PLAN_TRANSFER_BATCH", 16), ("PLAN_CALIB_IMAGES", 32), ("TRANSFER_STEPS", 2)):
         monkeypatch.setattr(qs, name, value)
     out = tmp_path / "qs"
     argv = ["quickstart", "--output", str(out), "--train-images", "128", "--val-images", "200", "--epochs", "1",
-            "--threads", "1", "--no-progress", "--calib-images", "32", "--min-speedup", "0.01",
-            "--transfer-steps", "2"]
+            "--threads", "1", "--no-progress", "--calib-images", "32", "--min-speedup", "0.01"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     plan = json.loads((out / "stages" / "plan.json").read_text())
@@ -123,8 +122,12 @@ def test_quickstart_end_to_end_tiny(tmp_path, monkeypatch, capsys):
     assert rerun["student_top1"] == summary["student_top1"] and rerun["total_seconds"] == summary["total_seconds"]
     assert rerun["stages_reused"] == list(qs.STAGES)
     assert "every stage was done by an earlier call" in capsys.readouterr().out
-    # ... but not a run with other settings: its stages would be stale.
-    assert main(argv[:-4] + ["--attn", "relu"]) == 2
+    # ... but not a run with other settings: its stages would be stale (--transfer-steps reaches the settings).
+    capsys.readouterr()
+    assert main(argv + ["--attn", "relu"]) == 2
+    assert "other settings (attn, keep, plan)" in capsys.readouterr().err
+    assert main(argv + ["--transfer-steps", "3"]) == 2
+    assert "other settings (recipe)" in capsys.readouterr().err
 
 
 def test_the_pick_clears_the_budget_by_the_timing_margin():

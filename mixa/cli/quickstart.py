@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mixa.cli.plan import positive_float
-from mixa.quickstart import DEFAULT_SIZES, MIN_SPEEDUP, RECIPE, TASK  # light: no torch at import
+from mixa.quickstart import DEFAULT_SIZES, MIN_SPEEDUP, RECIPE, TASK, TRANSFER_STEPS  # light: no torch at import
 
 HELP = "watch mixa do its whole job offline in minutes: the embedded ViT teacher on synthetic data"
 
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "calibration images)")
     p.add_argument("--epochs", type=int, help=f"distillation epochs (default {RECIPE['epochs']})")
     p.add_argument("--transfer-steps", type=int, metavar="N",
-                   help="layer-wise transfer steps before KD (default: mixa distill's); 0: KD only")
+                   help=f"layer-wise transfer steps before KD (default {TRANSFER_STEPS}); 0: KD only")
     p.add_argument("--train-images", type=int, default=DEFAULT_SIZES["train"], metavar="N",
                    help=f"synthetic training images of the {TASK!r} task (default {DEFAULT_SIZES['train']})")
     p.add_argument("--val-images", type=int, default=DEFAULT_SIZES["val"], metavar="N",
