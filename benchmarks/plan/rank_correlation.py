@@ -13,7 +13,8 @@ with the benchmark's final top-1 of the same (kind, k), and reports:
 Final top-1: a proxy benchmark's ``top1_after`` (KD only; benchmarks/proxy/*/results.json), or, for a
 transfer benchmark (benchmarks/transfer/results.json: records with ``mode`` and ``curve``), the last point of
 the --mode curve (default tkd-default: what ``mixa distill`` does by default, transfer then its stage),
-averaged over the seeds present.
+averaged over the seeds present (or --seeds). ``--final best-test`` takes instead what ``mixa distill`` hands
+over, RUN/best, scored on test scenes that chose nothing (records made with bench_transfer --test-images).
 
 Targets (the benchmark fails when one is not met): without transfer, Spearman rho >= 0.5 with permutation
 p < 0.05; with --transfer-steps N > 0 (issue 18), rho >= 0.8 over >= 12 (kind, k) rows and the plan's pick
@@ -21,6 +22,8 @@ under every row's latency within 0.5 points of the best row under that latency.
 
     PYTHONPATH=. python benchmarks/plan/rank_correlation.py --results benchmarks/transfer/results.json \
         --transfer-steps 100 --output benchmarks/plan/proxy_extremes_transfer   # plan after transfer
+    PYTHONPATH=. python benchmarks/plan/rank_correlation.py --results benchmarks/transfer/stage_best/results.json \
+        --transfer-steps 100 --final best-test --seeds 1 --output benchmarks/plan/proxy_extremes_best
 
     PYTHONPATH=. python benchmarks/plan/rank_correlation.py                       # the offline benchmark
     PYTHONPATH=. python benchmarks/plan/rank_correlation.py --results benchmarks/proxy/relations/results.json \
@@ -47,23 +50,37 @@ TARGET_RHO, TARGET_P = 0.5, 0.05
 TRANSFER_TARGET_RHO, TRANSFER_TARGET_ROWS, TRANSFER_TARGET_REGRET = 0.8, 12, 0.5
 
 
-def final_records(bench: Dict, mode: str) -> List[Dict]:
+FINALS = ("last", "best-test")
+
+
+def final_top1(record: Dict, final: str) -> float:
+    """A transfer benchmark record's final top-1: ``last``, the last point of its curve (val scenes);
+    ``best-test``, what ``mixa distill`` hands over (RUN/best: the transferred student unless a KD epoch beat it
+    on val) scored on test scenes that chose nothing (bench_transfer --test-images)."""
+    if final == "last":
+        return record["curve"][-1]["top1"]
+    if "test" not in record:
+        raise SystemExit(f"{record['name']}: no test scores (run bench_transfer with --test-images) for --final best-test")
+    return record["test"]["best"]["top1"]
+
+
+def final_records(bench: Dict, mode: str, final: str = "last", seeds=None) -> List[Dict]:
     """(kind, k) records with ``top1_after``: a proxy benchmark's sensitivity rows as they are, or a transfer
-    benchmark's --mode rows with the last point of their curves averaged over seeds."""
+    benchmark's --mode rows with their final top-1 (``final_top1``) averaged over seeds (all, or ``seeds``)."""
     records = bench["records"]
     if not any("curve" in r and "mode" in r for r in records):
         return [r for r in records if r.get("select", "sensitivity") == "sensitivity"
                 and r["kind"] != "softmax" and not r.get("same_as")]
     groups: Dict[tuple, List[Dict]] = {}
     for r in records:
-        if r.get("mode") == mode and r.get("curve"):
+        if r.get("mode") == mode and r.get("curve") and (not seeds or r["seed"] in seeds):
             groups.setdefault((r["kind"], r["keep"]), []).append(r)
     out = []
     for (kind, keep), recs in groups.items():
-        finals = [r["curve"][-1] for r in recs]
+        finals = [final_top1(r, final) for r in recs]
         out.append({"kind": kind, "keep": keep, "kept": recs[0]["kept"], "seeds": sorted(r["seed"] for r in recs),
-                    "images": [f["images"] for f in finals],
-                    "top1_after": sum(f["top1"] for f in finals) / len(finals),
+                    "images": [r["curve"][-1]["images"] for r in recs],
+                    "top1_after": sum(finals) / len(finals),
                     "agreement_before": recs[0]["curve"][0].get("agreement")})
     return out
 
@@ -115,6 +132,20 @@ def permutation_p(x: Sequence[float], y: Sequence[float], trials: int = 20000, s
     return (hits + 1) / (trials + 1)
 
 
+def rho_noise_band(scores: Sequence[float], after: Sequence[float], images: int, draws: int = 2000,
+                   seed: int = 0) -> List[float]:
+    """The 5th and 95th percentiles of Spearman rho(scores, final top-1) when every final top-1 is measured
+    again on another ``images`` images (drawn as binomial counts around the observed rate): how far the
+    sampling error of the final column alone moves rho. Rows within noise of each other near the ceiling
+    swap ranks from draw to draw."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rates = np.clip(np.asarray(after, dtype=float) / 100.0, 0.0, 1.0)
+    rhos = sorted(spearman(scores, list(rng.binomial(images, rates) / images)) for _ in range(draws))
+    return [rhos[int(0.05 * (draws - 1))], rhos[int(0.95 * (draws - 1))]]
+
+
 def budget_study(rows: List[Dict]) -> Dict:
     """Every row's plan latency as a budget: the plan's pick vs the post-KD best within it."""
     from mixa.plan import PlanRow, best_under
@@ -151,10 +182,17 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="the plan's latency clock (cpu: the timing thread's CPU time, for a shared machine)")
     p.add_argument("--work-dir", default="/tmp/mixa-plan-benchmark")
     p.add_argument("--transfer-steps", type=int, default=0,
                    help="score plan rows after N transfer steps (mixa plan --transfer-steps; default 0)")
     p.add_argument("--mode", default="tkd-default", help="a transfer benchmark's curve taken as the final top-1")
+    p.add_argument("--final", choices=FINALS, default="last",
+                   help="a transfer benchmark's final top-1: the last point of the curve on val (last), or RUN/best "
+                        "on the test scenes (best-test: needs records made with bench_transfer --test-images)")
+    p.add_argument("--seeds", default=None, metavar="S,S",
+                   help="a transfer benchmark's seeds to average (default: every seed present)")
     p.add_argument("--plan-only", action="store_true",
                    help="compute (and cache) the plan rows only: the kinds of --attn x the ks of --keep")
     p.add_argument("--attn", default="relu,stella,rala", help="with --plan-only")
@@ -168,7 +206,8 @@ def main(argv=None) -> int:
 
     bench = json.loads(Path(args.results).read_text())
     # the (kind, k) rows: sensitivity selection, linear kinds (no control / teacher rows), each once
-    records = final_records(bench, args.mode)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
+    records = final_records(bench, args.mode, args.final, seeds)
     bench_settings = bench.get("settings", {})
     seed, task = bench_settings.get("seed", 1), bench_settings.get("task", "extremes" if "curve" in str(
         bench["records"][:1]) else None)
@@ -186,7 +225,8 @@ def main(argv=None) -> int:
     if args.plan_only:
         result = plan(args.model, calib, attn=args.attn.split(","), keep=[int(k) for k in args.keep.split(",")],
                       threads=args.threads, calib_images=args.calib_images, work_dir=args.work_dir,
-                      rounds=args.rounds, repeat=args.repeat, transfer_steps=args.transfer_steps)
+                      rounds=args.rounds, repeat=args.repeat, transfer_steps=args.transfer_steps,
+                      clock=args.clock)
         print(format_table(result))
         return 0
     if len(records) < 2:
@@ -195,7 +235,8 @@ def main(argv=None) -> int:
     kinds = sorted({r["kind"] for r in records})
     ks = sorted({r["keep"] for r in records})
     result = plan(args.model, calib, attn=kinds, keep=ks, threads=args.threads, calib_images=args.calib_images,
-                  work_dir=args.work_dir, rounds=args.rounds, repeat=args.repeat, transfer_steps=args.transfer_steps)
+                  work_dir=args.work_dir, rounds=args.rounds, repeat=args.repeat, transfer_steps=args.transfer_steps,
+                  clock=args.clock)
     print(format_table(result))
 
     plan_by_key = {(r.kind, r.keep): r for r in result.rows}
@@ -222,10 +263,11 @@ def main(argv=None) -> int:
     if all(r["agreement_before_benchmark"] is not None for r in rows):
         metrics["spearman_benchmark_agreement_before_vs_top1_after"] = spearman(
             [r["agreement_before_benchmark"] for r in rows], after)
-    val = bench.get("settings", {}).get("val_images")
+    val = bench.get("settings", {}).get("test_images" if args.final == "best-test" else "val_images")
     if val:
         mean = sum(after) / len(after) / 100
         metrics["top1_after_standard_error_points"] = 100 * math.sqrt(mean * (1 - mean) / val)
+        metrics["spearman_agreement_noise_band_90"] = rho_noise_band(agreement, after, val)
     study = budget_study(rows)
     if args.transfer_steps:
         metrics["target"] = (f"rho >= {TRANSFER_TARGET_RHO} over >= {TRANSFER_TARGET_ROWS} rows; the pick under every "
@@ -256,7 +298,8 @@ def main(argv=None) -> int:
 def write_report(out: Path, args, calib_text: str, command: str, result, rows, metrics, study) -> None:
     m, s = metrics, study
     n = args.transfer_steps
-    final = f"top-1 after the pipeline ({args.mode})" if n else "post-KD top-1"
+    final = (f"top-1 after the pipeline ({args.mode}{', RUN/best on test scenes' if args.final == 'best-test' else ''})"
+             if n else "post-KD top-1")
     agree = f"plan agreement after {n} transfer steps" if n else "pre-KD agreement"
     lines = [
         f"# mixa plan: does its {agree} rank configurations as the {final} does?", "",
@@ -283,8 +326,14 @@ def write_report(out: Path, args, calib_text: str, command: str, result, rows, m
                      f"{m['spearman_benchmark_agreement_before_vs_top1_after']:.3f}.")
     lines += [
         f"- {final[0].upper() + final[1:]} spans {m['top1_after_range'][0]:.1f}-{m['top1_after_range'][1]:.1f}%"
-        + (f"; one standard error of a top-1 on the benchmark's val images is "
+        + (f"; one standard error of a top-1 on the benchmark's {'test' if args.final == 'best-test' else 'val'} images is "
            f"{m['top1_after_standard_error_points']:.2f} points." if "top1_after_standard_error_points" in m else "."),
+    ]
+    if "spearman_agreement_noise_band_90" in m:
+        lo, hi = m["spearman_agreement_noise_band_90"]
+        lines.append(f"- Noise: with every final top-1 measured again on as many other images (binomial draws around "
+                     f"the observed rates, 2000 draws), rho's 90% band is {lo:.3f}-{hi:.3f}.")
+    lines += [
         f"- Kept layers that differ between plan and benchmark: {', '.join(m['kept_layers_differ']) or 'none'}.",
         f"- Latency budgets (each row's plan latency): the plan's pick is the best by {final} in {s['hits']} of "
         f"{s['count']} ({100 * s['hit_rate']:.0f}%; a random pick within the budget: "
