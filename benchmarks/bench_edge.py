@@ -40,7 +40,7 @@ from mixa.macs import count_macs  # noqa: E402
 from mixa.models import create_model  # noqa: E402
 from mixa.profile.ort import input_for, operator_times, session  # noqa: E402
 from mixa.profile.records import environment  # noqa: E402
-from mixa.profile.timing import paired_speedup, round_robin  # noqa: E402
+from mixa.profile.timing import CLOCKS, paired_speedup, round_robin  # noqa: E402
 
 # (label, timm name, timm kwargs, resolutions, full variant set at these resolutions, INT8/ExecuTorch there)
 SUITES = {
@@ -143,7 +143,7 @@ def main() -> int:
     p.add_argument("--only", default=None, metavar="LABEL,...",
                    help="time only these variants (labels as printed, e.g. 'original,keep6 relu')")
     p.add_argument("--tag", default=None, help="suffix of the result files")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="cpu: the thread's CPU time (robust to load from other jobs; 1 thread only)")
     p.add_argument("--previous-export", action="store_true",
                    help="also time every variant as mixa exported it before issue 20 (timm's fused SDPA in "

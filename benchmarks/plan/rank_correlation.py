@@ -46,8 +46,11 @@ from typing import Dict, List, Sequence
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from mixa.profile.timing import CLOCKS  # noqa: E402  (light: no torch or runtime at import)
+
 TARGET_RHO, TARGET_P = 0.5, 0.05
 TRANSFER_TARGET_RHO, TRANSFER_TARGET_ROWS, TRANSFER_TARGET_REGRET = 0.8, 12, 0.5
+NOISE_DRAWS = 2000  # re-measurements of the final column behind rho's noise band
 
 
 FINALS = ("last", "best-test")
@@ -132,7 +135,7 @@ def permutation_p(x: Sequence[float], y: Sequence[float], trials: int = 20000, s
     return (hits + 1) / (trials + 1)
 
 
-def rho_noise_band(scores: Sequence[float], after: Sequence[float], images: int, draws: int = 2000,
+def rho_noise_band(scores: Sequence[float], after: Sequence[float], images: int, draws: int = NOISE_DRAWS,
                    seed: int = 0) -> List[float]:
     """The 5th and 95th percentiles of Spearman rho(scores, final top-1) when every final top-1 is measured
     again on another ``images`` images (drawn as binomial counts around the observed rate): how far the
@@ -182,7 +185,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--repeat", type=int, default=50)
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="the plan's latency clock (cpu: the timing thread's CPU time, for a shared machine)")
     p.add_argument("--work-dir", default="/tmp/mixa-plan-benchmark")
     p.add_argument("--transfer-steps", type=int, default=0,
@@ -332,7 +335,7 @@ def write_report(out: Path, args, calib_text: str, command: str, result, rows, m
     if "spearman_agreement_noise_band_90" in m:
         lo, hi = m["spearman_agreement_noise_band_90"]
         lines.append(f"- Noise: with every final top-1 measured again on as many other images (binomial draws around "
-                     f"the observed rates, 2000 draws), rho's 90% band is {lo:.3f}-{hi:.3f}.")
+                     f"the observed rates, {NOISE_DRAWS} draws), rho's 90% band is {lo:.3f}-{hi:.3f}.")
     lines += [
         f"- Kept layers that differ between plan and benchmark: {', '.join(m['kept_layers_differ']) or 'none'}.",
         f"- Latency budgets (each row's plan latency): the plan's pick is the best by {final} in {s['hits']} of "

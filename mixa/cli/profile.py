@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from mixa.cli._common import add_model_source_arguments, int_list, model_source_kwargs
+from mixa.profile.timing import CLOCKS  # light: no torch or runtime at import
 
 HELP = "measure latency (ONNX Runtime / PyTorch, CPU / CUDA) of models or .onnx files, vs keep and resolution"
 RUNTIMES = ("ort", "torch", "torch-compile")
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=None,
                    help="timed calls (round-robin rounds) per measurement (default: 60, or fewer -- at least "
                         "20 -- when 60 rounds would take over 10 s)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+    p.add_argument("--clock", choices=tuple(CLOCKS), default="wall",
                    help="wall time per call (default), or cpu: the calling thread's CPU time -- robust to other "
                         "jobs on a shared machine, for --threads 1 on CPU only. Either way every target is timed "
                         "round-robin in one process")
