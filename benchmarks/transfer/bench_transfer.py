@@ -89,6 +89,10 @@ def parse_args(argv=None):
                    help="transfer steps before the stage in the study variants (tkd-default: distill's auto)")
     p.add_argument("--study-epochs", type=int, default=3, help="KD epochs of the study variants (tkd-*, not default)")
     p.add_argument("--seed", type=int, default=1, help="data and run seed (the teacher was trained on seed 0)")
+    p.add_argument("--kept-from", default=None, metavar="PLAN_JSON",
+                   help="a `mixa plan --json` file (or rank_correlation's results.json): every (kind, k) it has keeps "
+                        "the plan's layers, the student its printed `mixa convert --select` builds, instead of the "
+                        "top-k of the proxy's sensitivity scores")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", default=None, help="comma-separated row names (KIND_kK_MODE, seed added)")
     p.add_argument("--report-only", action="store_true")
@@ -129,6 +133,16 @@ def known_row(name: str, seed: int) -> bool:
             and f"{parts[0]}_{parts[1]}_transfer_{parts[3]}" in row_names(seed))
 
 
+def plan_kept(path: Path) -> dict:
+    """{(kind, k): kept layers} of a `mixa plan --json` file or of rank_correlation's results.json (its plan)."""
+    try:
+        plan = json.loads(path.read_text())
+        rows = (plan.get("plan") or plan)["rows"]
+        return {(r["kind"], int(r["keep"])): [int(i) for i in r["kept"]] for r in rows}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        sys.exit(f"--kept-from {path}: not a plan JSON with rows of kind, keep, kept ({e})")
+
+
 def row_names(seed: int):
     modes = ["kd", "transfer"] + [f"tkd-{v}" for v in STAGES]
     return [f"{kind}_k{keep}_{mode}_s{seed}" for keep in KEEPS for kind in KINDS for mode in modes]
@@ -155,6 +169,10 @@ class Bench:
                          "kd_recipe": {k: v for k, v in RECIPE.items()}}
         if args.test_images:
             self.settings["test_images"] = args.test_images
+        self.plan_kept = {}
+        if args.kept_from:
+            self.plan_kept = plan_kept(Path(args.kept_from))
+            self.settings["kept_from"] = args.kept_from
 
     def claim(self, results):
         made = results.get("settings")
@@ -201,9 +219,16 @@ class Bench:
         from mixa.saved import is_model_dir, save
 
         path = self.work / "students" / f"{kind}_k{keep}"
+        planned = self.plan_kept.get((kind, keep))
         if not is_model_dir(path):
-            select = top_k(self.kind_scores(kind), keep) if keep else "first"
+            select = planned if planned is not None else top_k(self.kind_scores(kind), keep) if keep else "first"
             save(mixa.convert(self.teacher, keep=keep, attn=kind, select=select, progress=False), path)
+        if planned is not None:
+            from mixa.saved import load
+
+            kept = load(path).mixa_config["selection"]["kept"]
+            if sorted(kept) != sorted(planned):
+                sys.exit(f"{path} keeps layers {kept}, the plan {planned}: use another --work for --kept-from")
         return path
 
     def evaluate(self, model, split: str = "val") -> dict:
@@ -393,8 +418,9 @@ def write_report(out: Path, results) -> None:
              f"target level control - 1 = {CONTROL - 1:.1f}. {s['train_images']} training / {s['val_images']} val "
              f"scenes per seed; KD recipe mixa.quickstart.RECIPE; transfer: mixa.transfer's defaults at batch "
              f"{s['transfer_batch']}; transfer + stage: the row's transfer steps (`transfer_steps` in results.json), "
-             f"then the stage. CPU: {s.get('cpu')}, "
-             f"1 thread per run.", "",
+             f"then the stage. Kept layers: "
+             f"{'the plan ' + s['kept_from'] + ' (its printed mixa convert --select)' if s.get('kept_from') else 'the top k of the proxy benchmark sensitivity scores'}. "
+             f"CPU: {s.get('cpu')}, 1 thread per run.", "",
              "Top-1 (%) at images processed (mean over the seeds listed; a point is the model at that moment of "
              "one run planned for the whole curve). `reach`: images to control - 1 (each seed).", "",
              "| kind | k | curve | seeds | 0 | " + " | ".join(str(x) for x in cols) + " | reach | CPU s at end |",
