@@ -238,6 +238,24 @@ class Bench:
                      progress=False)
         return {"top1": m["top1"], "agreement": m["agreement_top1"]}
 
+    def score_checkpoints(self, run: Path, names, split: str) -> dict:
+        """``evaluate`` of each checkpoint RUN/NAME on ``split``; RUN/best is a copy of the transfer or of an
+        epoch, so a checkpoint with the same weights as one already scored takes its scores."""
+        import torch
+        from safetensors.torch import load_file
+
+        from mixa.saved import load
+
+        scored = []  # (weights, scores)
+        out = {}
+        for name in names:
+            weights = load_file(str(run / name / "model.safetensors"))
+            same = next((s for w, s in scored if w.keys() == weights.keys()
+                         and all(torch.equal(w[k], weights[k]) for k in w)), None)
+            out[name] = same if same is not None else self.evaluate(load(run / name), split)
+            scored.append((weights, out[name]))
+        return out
+
     def transfer(self, student: Path, run: Path, steps: int, every=None, point=None, **settings) -> None:
         """``steps`` of mixa.transfer's defaults (``settings`` over them) into ``run`` (resumed if killed), in
         chunks of ``every`` steps with ``point(step)`` after each."""
@@ -329,7 +347,7 @@ class Bench:
                       "settings": json.loads((run / "run.json").read_text())["settings"],
                       "best_epoch": load_train_state(run / "last").get("best_epoch")}
             if a.test_images:
-                record["test"] = {which: self.evaluate(load(run / which), "test") for which in ("transfer", "best", "last")}
+                record["test"] = self.score_checkpoints(run, ("transfer", "best", "last"), "test")
         else:
             variant = mode.split("-", 1)[1]
             steps = a.stage_transfer_steps
