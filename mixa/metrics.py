@@ -5,6 +5,7 @@ eval``, ``mixa plan`` and ``mixa transfer`` all call them, so "agreement" means 
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Sequence
 
 import torch
@@ -45,3 +46,19 @@ def topk_hits(logits: Tensor, target: Tensor, ks: Sequence[int] = (1, 5)) -> Dic
     """Number of samples whose label is among the top-k logits, for each k (timm's accuracy, as counts)."""
     n = target.numel()
     return {k: round(float(acc) * n / 100.0) for k, acc in zip(ks, accuracy(logits, target, topk=tuple(ks)))}
+
+
+def top1_standard_error(top1: float, images: int) -> float:
+    """The binomial standard error (points) of a top-1 (percent) measured on ``images`` images, floored at
+    what one image in ``images`` would give, so a top-1 of 0 or 100% is not taken as exact."""
+    n = max(int(images), 1)
+    p = min(max(top1 / 100.0, 0.0), 1.0)
+    return 100.0 * math.sqrt(max(p * (1.0 - p), 0.25 / n) / n)
+
+
+def clearly_above(top1: float, reference: float, images: int, standard_errors: float = 1.0) -> bool:
+    """Is ``top1`` above ``reference`` (both percent, each measured on the same ``images`` images) by more
+    than ``standard_errors`` standard errors of their difference? (Their errors taken as independent, which
+    overstates the error of two close models scored on the same images: the test is conservative.)"""
+    spread = math.hypot(top1_standard_error(top1, images), top1_standard_error(reference, images))
+    return top1 - reference > standard_errors * spread

@@ -29,7 +29,6 @@ converged teacher by more than noise would be a bug, and the summary says so.
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -397,8 +396,9 @@ def speed_line(speedup: float, min_speedup: Optional[float]) -> str:
 def noise_points(top1: float, images: int) -> float:
     """Two binomial standard errors of a top-1 (percent) measured on ``images`` images: differences
     between two models on the same val set smaller than this are not evidence of anything."""
-    p = min(max(top1 / 100.0, 0.0), 1.0)
-    return 200.0 * math.sqrt(max(p * (1.0 - p), 0.25 / max(images, 1)) / max(images, 1))
+    from .metrics import top1_standard_error
+
+    return 2.0 * top1_standard_error(top1, images)
 
 
 def verdict(gap: float, noise: float) -> str:

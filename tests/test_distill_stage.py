@@ -170,10 +170,29 @@ def test_auto_lr_scale_is_measured_on_the_transferred_student(world, tmp_path, m
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _clearly_above(top1, reference, n):
+    """top1 - reference above one standard error of the difference of two binomial rates on n images."""
+    p, q = top1 / 100, reference / 100
+    floor = 0.25 / n
+    return top1 - reference > 100 * ((max(p * (1 - p), floor) + max(q * (1 - q), floor)) / n) ** 0.5
+
+
+def test_clearly_above_is_one_standard_error_of_the_difference():
+    from mixa.metrics import clearly_above
+
+    # 99.4 vs 99.8 on 1000 images: sqrt(0.994 * 0.006 + 0.998 * 0.002) / sqrt(1000) = 0.282 points
+    assert clearly_above(99.8, 99.4, 1000) and not clearly_above(99.6, 99.4, 1000)
+    assert clearly_above(99.6, 99.4, 1000, standard_errors=0.5)
+    assert not clearly_above(100.0, 100.0, 1000) and not clearly_above(90.0, 91.0, 1000)
+    for top1, ref, n in ((99.2, 98.5, 1000), (97.8, 93.2, 1000), (60.0, 50.0, 64), (100.0, 99.9, 4000)):
+        assert clearly_above(top1, ref, n) == _clearly_above(top1, ref, n)
+
+
 def test_the_transferred_student_stays_best_until_a_kd_epoch_beats_it(world, tmp_path):  # noqa: F811
     """RUN/best starts as the transferred student, scored on val (checked against mixa.distill.evaluate);
-    a KD epoch replaces it only with a higher val top-1. With a vanishing KD lr nothing beats it: RUN/best
-    is the transferred model bit for bit while RUN/last has moved."""
+    a KD epoch replaces it only with a val top-1 higher by more than one standard error of the difference.
+    With a vanishing KD lr nothing beats it: RUN/best is the transferred model bit for bit while RUN/last
+    has moved."""
     for name, scale in (("kd", 1.0), ("still", 1e-9)):
         run = tmp_path / name
         result = distill(world / "student", world / "data", run, transfer_steps=3, after_transfer_lr_scale=scale,
@@ -184,14 +203,28 @@ def test_the_transferred_student_stays_best_until_a_kd_epoch_beats_it(world, tmp
         assert after["top1"] == pytest.approx(measured["top1"]) and after["agreement_top1"] == pytest.approx(
             measured["agreement_top1"])
         epoch = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["val_top1"]
-        assert result["best_top1"] == max(after["top1"], epoch)
-        source = "last" if epoch > after["top1"] else "transfer"
+        replaced = _clearly_above(epoch, after["top1"], measured["images"])
+        assert result["best_top1"] == (epoch if replaced else after["top1"])
+        source = "last" if replaced else "transfer"
         assert result["best_epoch"] == (1 if source == "last" else 0)
         best, expected = _weights(run / "best"), _weights(run / source)
         assert all(torch.equal(best[k], expected[k]) for k in best)
     assert source == "transfer"  # the vanishing lr's run
     moved = _weights(run / "last")
     assert not all(torch.equal(moved[k], best[k]) for k in best)
+
+
+def test_a_kd_epoch_that_clears_the_margin_replaces_the_transferred_student(world, tmp_path, monkeypatch):  # noqa: F811
+    """The replacing branch, forced: with a margin of minus a thousand standard errors every KD epoch clears
+    it, and RUN/best is the KD epoch (bit for bit RUN/last) with best_epoch 1."""
+    import mixa.distill.train as train
+
+    monkeypatch.setattr(train, "KEEP_TRANSFER_STANDARD_ERRORS", -1e3)
+    run = tmp_path / "forced"
+    result = distill(world / "student", world / "data", run, transfer_steps=3, **STAGE)
+    assert result["best_epoch"] == 1
+    best, last = _weights(run / "best"), _weights(run / "last")
+    assert all(torch.equal(best[k], last[k]) for k in best)
 
 
 def test_the_stage_after_transfer_resumes_exactly(world, tmp_path):  # noqa: F811

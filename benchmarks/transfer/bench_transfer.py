@@ -4,7 +4,9 @@ followed by the stage after it, for every linear kind at k in {0, 2, 6}.
 Task, data and recipe are the proxy benchmark's (benchmarks/proxy/bench_proxy.py): the packaged extremes
 teacher, --train-images / --val-images scenes of --seed from mixa.data.synthetic, mixa.quickstart.RECIPE for
 KD. k > 0 students keep the layers the proxy benchmark's sensitivity scores pick (its results.json), so a
-row here and a row there are the same student. One run per curve, evaluated along the way on every val scene:
+row here and a row there are the same student; with ``--kept-from PLAN_JSON`` they keep the layers a `mixa plan`
+picked instead (the students its printed commands build, which benchmarks/plan/rank_correlation.py ranks). One
+run per curve, evaluated along the way on every val scene:
 
 - ``kd``: ``mixa distill`` (no transfer) for --images / --train-images epochs; a point after every epoch.
 - ``transfer``: ``mixa transfer`` planned for --images / batch steps; a point every --transfer-every steps.
@@ -141,6 +143,21 @@ def plan_kept(path: Path) -> dict:
         return {(r["kind"], int(r["keep"])): [int(i) for i in r["kept"]] for r in rows}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         sys.exit(f"--kept-from {path}: not a plan JSON with rows of kind, keep, kept ({e})")
+
+
+def one_se_rule_epoch(record: dict, val_images: int) -> int:
+    """The epoch mixa distill's RUN/best comes from under today's rule, replayed on a tkd-default row's val
+    points: a KD epoch replaces the transferred student (0) only when clearly above it, then the higher wins."""
+    from mixa.distill.train import KEEP_TRANSFER_STANDARD_ERRORS
+    from mixa.metrics import clearly_above
+
+    best = next(p["top1"] for p in record["curve"] if p.get("stage") == "transfer")
+    best_epoch = 0
+    for epoch, point in enumerate((p for p in record["curve"] if p.get("stage") == "kd"), 1):
+        if (clearly_above(point["top1"], best, val_images, KEEP_TRANSFER_STANDARD_ERRORS) if best_epoch == 0
+                else point["top1"] > best):
+            best, best_epoch = point["top1"], epoch
+    return best_epoch
 
 
 def row_names(seed: int):
@@ -452,17 +469,28 @@ def write_report(out: Path, results) -> None:
                      + " | ".join(cells) + f" | {reach} | {end:.0f} |")
     tested = [r for r in results["records"] if r.get("test")]
     if tested:
-        lines += ["", f"`mixa distill`'s RUN/best is the transferred student unless a KD epoch beats it on the val "
-                  f"scenes. Scored on {s['test_images']} other scenes of the seed (test), which chose nothing "
-                  f"(`best from`: 0 = the transfer stage):", "",
+        lines += ["", f"`mixa distill`'s RUN/best: the transferred student, replaced by a KD epoch that beats it on the "
+                  f"val scenes (`best from`: the epoch of the run's RUN/best, 0 = the transfer stage). `one-SE rule`: "
+                  f"the checkpoint mixa distill hands over since the sixth session, where a KD epoch has to beat the "
+                  f"transferred student by more than one standard error of the difference "
+                  f"(mixa.distill.train.KEEP_TRANSFER_STANDARD_ERRORS), replayed on the run's val points (training "
+                  f"does not depend on the choice; `n/s`: that epoch's checkpoint was not saved). Scored on "
+                  f"{s['test_images']} other scenes of the seed (test), which chose nothing:", "",
                   "| kind | k | seed | transfer (val) | last (val) | best from | transfer (test) | best (test) | "
-                  "last (test) | best - transfer (test) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "last (test) | best - transfer (test) | one-SE rule from | one-SE rule (test) | one-SE - transfer (test) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in sorted(tested, key=lambda r: (r["keep"], r["kind"], r["seed"])):
             val = {p.get("stage"): p["top1"] for p in r["curve"]}
             t = r["test"]
+            rule = one_se_rule_epoch(r, s["val_images"])
+            kd_epochs = sum(p.get("stage") == "kd" for p in r["curve"])
+            chosen = {0: t["transfer"], kd_epochs: t["last"], r.get("best_epoch"): t["best"]}.get(rule)
+            rule_cells = (f"{chosen['top1']:.2f} | {chosen['top1'] - t['transfer']['top1']:+.2f}" if chosen
+                          else "n/s | n/s")
             lines.append(f"| {r['kind']} | {r['keep']} | {r['seed']} | {val['transfer']:.2f} | {r['curve'][-1]['top1']:.2f} | "
                          f"{r.get('best_epoch')} | {t['transfer']['top1']:.2f} | {t['best']['top1']:.2f} | "
-                         f"{t['last']['top1']:.2f} | {t['best']['top1'] - t['transfer']['top1']:+.2f} |")
+                         f"{t['last']['top1']:.2f} | {t['best']['top1'] - t['transfer']['top1']:+.2f} | {rule} | "
+                         f"{rule_cells} |")
     lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in s["commands"]), ""]
     analysis = out / "ANALYSIS.md"
     if analysis.is_file():
