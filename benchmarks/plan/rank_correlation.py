@@ -56,15 +56,31 @@ NOISE_DRAWS = 2000  # re-measurements of the final column behind rho's noise ban
 FINALS = ("last", "best-test")
 
 
-def final_top1(record: Dict, final: str) -> float:
+def final_top1(record: Dict, final: str, val_images: int = 1000) -> float:
     """A transfer benchmark record's final top-1: ``last``, the last point of its curve (val scenes);
-    ``best-test``, what ``mixa distill`` hands over (RUN/best: the transferred student unless a KD epoch beat it
-    on val) scored on test scenes that chose nothing (bench_transfer --test-images)."""
+    ``best-test``, what today's ``mixa distill`` hands over (RUN/best: the transferred student unless a KD epoch
+    beat it clearly on the ``val_images`` val scenes, mixa.distill.train.replaces_best replayed on the row's val
+    points) scored on test scenes that chose nothing (bench_transfer --test-images)."""
     if final == "last":
         return record["curve"][-1]["top1"]
     if "test" not in record:
         raise SystemExit(f"{record['name']}: no test scores (run bench_transfer with --test-images) for --final best-test")
-    return record["test"]["best"]["top1"]
+    epoch, scores = bench_transfer().handed_over(record, val_images)
+    if scores is None:
+        raise SystemExit(f"{record['name']}: today's mixa distill hands over epoch {epoch}, whose checkpoint the run did "
+                         f"not keep")
+    return scores["top1"]
+
+
+def bench_transfer():
+    """benchmarks/transfer/bench_transfer.py, the owner of its records' format (and of the replay of mixa
+    distill's RUN/best choice on them)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_transfer", ROOT / "benchmarks" / "transfer" / "bench_transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def final_records(bench: Dict, mode: str, final: str = "last", seeds=None) -> List[Dict]:
@@ -80,7 +96,7 @@ def final_records(bench: Dict, mode: str, final: str = "last", seeds=None) -> Li
             groups.setdefault((r["kind"], r["keep"]), []).append(r)
     out = []
     for (kind, keep), recs in groups.items():
-        finals = [final_top1(r, final) for r in recs]
+        finals = [final_top1(r, final, bench.get("settings", {}).get("val_images", 1000)) for r in recs]
         out.append({"kind": kind, "keep": keep, "kept": recs[0]["kept"], "seeds": sorted(r["seed"] for r in recs),
                     "images": [r["curve"][-1]["images"] for r in recs],
                     "top1_after": sum(finals) / len(finals),

@@ -145,19 +145,22 @@ def plan_kept(path: Path) -> dict:
         sys.exit(f"--kept-from {path}: not a plan JSON with rows of kind, keep, kept ({e})")
 
 
-def one_se_rule_epoch(record: dict, val_images: int) -> int:
-    """The epoch mixa distill's RUN/best comes from under today's rule, replayed on a tkd-default row's val
-    points: a KD epoch replaces the transferred student (0) only when clearly above it, then the higher wins."""
-    from mixa.distill.train import KEEP_TRANSFER_STANDARD_ERRORS
-    from mixa.metrics import clearly_above
+def handed_over(record: dict, val_images: int):
+    """(epoch, test scores) of the checkpoint today's ``mixa distill`` hands over as RUN/best for a tkd-default
+    row, its rule (mixa.distill.train.replaces_best) replayed on the row's val points (training does not depend
+    on the choice); test scores None when that epoch's checkpoint was not kept (RUN/transfer, RUN/last and the
+    run's own RUN/best are)."""
+    from mixa.distill.train import replaces_best
 
     best = next(p["top1"] for p in record["curve"] if p.get("stage") == "transfer")
-    best_epoch = 0
-    for epoch, point in enumerate((p for p in record["curve"] if p.get("stage") == "kd"), 1):
-        if (clearly_above(point["top1"], best, val_images, KEEP_TRANSFER_STANDARD_ERRORS) if best_epoch == 0
-                else point["top1"] > best):
-            best, best_epoch = point["top1"], epoch
-    return best_epoch
+    best_epoch, epochs = 0, 0
+    for point in (p for p in record["curve"] if p.get("stage") == "kd"):
+        epochs += 1
+        if replaces_best(point["top1"], best, best_epoch, val_images):
+            best, best_epoch = point["top1"], epochs
+    t = record.get("test", {})
+    kept = {0: t.get("transfer"), epochs: t.get("last"), record.get("best_epoch"): t.get("best")}
+    return best_epoch, kept.get(best_epoch)
 
 
 def row_names(seed: int):
@@ -473,7 +476,7 @@ def write_report(out: Path, results) -> None:
                   f"val scenes (`best from`: the epoch of the run's RUN/best, 0 = the transfer stage). `one-SE rule`: "
                   f"the checkpoint mixa distill hands over since the sixth session, where a KD epoch has to beat the "
                   f"transferred student by more than one standard error of the difference "
-                  f"(mixa.distill.train.KEEP_TRANSFER_STANDARD_ERRORS), replayed on the run's val points (training "
+                  f"(mixa.distill.train.replaces_best), replayed on the run's val points (training "
                   f"does not depend on the choice; `n/s`: that epoch's checkpoint was not saved). Scored on "
                   f"{s['test_images']} other scenes of the seed (test), which chose nothing:", "",
                   "| kind | k | seed | transfer (val) | last (val) | best from | transfer (test) | best (test) | "
@@ -482,9 +485,7 @@ def write_report(out: Path, results) -> None:
         for r in sorted(tested, key=lambda r: (r["keep"], r["kind"], r["seed"])):
             val = {p.get("stage"): p["top1"] for p in r["curve"]}
             t = r["test"]
-            rule = one_se_rule_epoch(r, s["val_images"])
-            kd_epochs = sum(p.get("stage") == "kd" for p in r["curve"])
-            chosen = {0: t["transfer"], kd_epochs: t["last"], r.get("best_epoch"): t["best"]}.get(rule)
+            rule, chosen = handed_over(r, s["val_images"])
             rule_cells = (f"{chosen['top1']:.2f} | {chosen['top1'] - t['transfer']['top1']:+.2f}" if chosen
                           else "n/s | n/s")
             lines.append(f"| {r['kind']} | {r['keep']} | {r['seed']} | {val['transfer']:.2f} | {r['curve'][-1]['top1']:.2f} | "

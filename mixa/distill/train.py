@@ -72,6 +72,15 @@ def _score_transferred(student, val_dl, t_model, run: Path, s: Dict[str, Any], d
     return scores
 
 
+def replaces_best(top1: float, best: float, best_epoch: Optional[int], val_images: int) -> bool:
+    """Does a KD epoch with val top-1 ``top1`` replace RUN/best (val top-1 ``best``, from epoch ``best_epoch``;
+    0: the transferred student, None: nothing yet)? The transferred student gives way only to an epoch
+    clearly above it (KEEP_TRANSFER_STANDARD_ERRORS); otherwise the higher val top-1 wins."""
+    if best_epoch == 0:
+        return clearly_above(top1, best, val_images, KEEP_TRANSFER_STANDARD_ERRORS)
+    return top1 > best
+
+
 def resolve_transfer_steps(s: Dict[str, Any], student, train_images: int) -> int:
     """transfer_steps as a number: "auto" is TRANSFER_AUTO's rule for a student with replaced attention
     layers and 0 for one without (nothing to transfer)."""
@@ -340,13 +349,10 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             ema_val = evaluate_loader(stepper.ema.module, val_dl, None, dist.device, stepper.dtype, dist)
             row.update({"ema_val_top1": ema_val["top1"], "ema_val_top5": ema_val["top5"]})
         history.append(row)
-        if best_epoch == 0:  # the transferred student holds RUN/best
-            is_best = clearly_above(row["val_top1"], best, val["images"], KEEP_TRANSFER_STANDARD_ERRORS)
-            if not is_best and row["val_top1"] > best and dist.main:
-                tqdm.write(f"mixa distill: epoch {epoch + 1}: val top-1 {row['val_top1']:.2f} is within one standard "
-                           f"error of the transferred student's {best:.2f}: RUN/best stays the transferred student")
-        else:
-            is_best = row["val_top1"] > best
+        is_best = replaces_best(row["val_top1"], best, best_epoch, val["images"])
+        if best_epoch == 0 and not is_best and row["val_top1"] > best and dist.main:
+            tqdm.write(f"mixa distill: epoch {epoch + 1}: val top-1 {row['val_top1']:.2f} is within one standard "
+                       f"error of the transferred student's {best:.2f}: RUN/best stays the transferred student")
         best = row["val_top1"] if is_best else best
         best_epoch = epoch + 1 if is_best else best_epoch
         rngs = dist.gather(rng_state())
