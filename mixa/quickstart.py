@@ -368,7 +368,7 @@ def _stage_line(name: str, r: Dict[str, Any]) -> str:
                 f"agreement {r['agreement_before_kd']:.2f}%")
     if name == "distill":
         first = f"{r['transfer_steps']} transfer steps, then " if r.get("transfer_steps") else ""
-        source = " (the transferred student: no KD epoch beat it)" if r.get("best_epoch") == 0 else ""
+        source = " (the transferred student: no KD epoch beat it clearly)" if r.get("best_epoch") == 0 else ""
         return f"    {first}{r['epochs_done']} KD epochs, best val top-1 {r['best_top1']:.2f}%{source}"
     if name == "eval":
         return f"    student top-1 {r['top1']:.2f}%, agreement with teacher {r['agreement_top1']:.2f}%"

@@ -100,6 +100,8 @@ def final_records(bench: Dict, mode: str, final: str = "last", seeds=None) -> Li
         out.append({"kind": kind, "keep": keep, "kept": recs[0]["kept"], "seeds": sorted(r["seed"] for r in recs),
                     "images": [r["curve"][-1]["images"] for r in recs],
                     "top1_after": sum(finals) / len(finals),
+                    **({"top1_as_run": sum(r["test"]["best"]["top1"] for r in recs) / len(recs)}
+                       if final == "best-test" else {}),
                     "agreement_before": recs[0]["curve"][0].get("agreement")})
     return out
 
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
     from mixa.plan import format_table, plan, plan_to_dict, plot
 
     bench = json.loads(Path(args.results).read_text())
-    # the (kind, k) rows: sensitivity selection, linear kinds (no control / teacher rows), each once
+    # the (kind, k) rows: linear kinds (no control / teacher rows), each once
     seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else None
     records = final_records(bench, args.mode, args.final, seeds)
     bench_settings = bench.get("settings", {})
@@ -277,8 +279,12 @@ def main(argv=None) -> int:
         "spearman_plan_order_vs_top1_after": spearman(plan_order(rows), after),
         "agreement_ties_at_100": sum(r["plan"]["agreement"] >= 100.0 for r in rows),
         "kept_layers_differ": mismatched,
+        "kept_from": bench_settings.get("kept_from"),  # the benchmark's students keep a plan's layers
         "top1_after_range": [min(after), max(after)],
     }
+    if all("top1_as_run" in r for r in records):  # RUN/best as each run chose it, under the rule of its time
+        as_run = {(r["kind"], r["keep"]): r["top1_as_run"] for r in records}
+        metrics["spearman_agreement_vs_top1_as_run"] = spearman(agreement, [as_run[(r["kind"], r["keep"])] for r in rows])
     if all(r["agreement_before_benchmark"] is not None for r in rows):
         metrics["spearman_benchmark_agreement_before_vs_top1_after"] = spearman(
             [r["agreement_before_benchmark"] for r in rows], after)
@@ -322,7 +328,8 @@ def write_report(out: Path, args, calib_text: str, command: str, result, rows, m
     agree = f"plan agreement after {n} transfer steps" if n else "pre-KD agreement"
     lines = [
         f"# mixa plan: does its {agree} rank configurations as the {final} does?", "",
-        f"Benchmark: `{args.results}` ({final} of every (kind, k), sensitivity selection). Plan: "
+        f"Benchmark: `{args.results}` ({final} of every (kind, k); kept layers: "
+        f"{'the plan ' + m['kept_from'] if m.get('kept_from') else 'sensitivity selection'}). Plan: "
         f"`{args.model}`, calibration images {calib_text}, ONNX Runtime, {args.threads} thread(s), "
         f"{result.environment.get('cpu')}.", "",
         f"Command: `{command}`", "",
@@ -340,6 +347,9 @@ def write_report(out: Path, args, calib_text: str, command: str, result, rows, m
         f" (one-sided permutation p = {m['permutation_p']:.3f}); with -KL instead of agreement: "
         f"{m['spearman_minus_kl_vs_top1_after']:.3f}; the plan's own order (agreement, ties by KL; "
         f"{m['agreement_ties_at_100']} rows at 100% agreement): {m['spearman_plan_order_vs_top1_after']:.3f}."]
+    if "spearman_agreement_vs_top1_as_run" in m:
+        lines.append(f"- The same against the RUN/best each run kept (the rule of its time, which a run older than "
+                     f"mixa.distill.train.replaces_best may not share): {m['spearman_agreement_vs_top1_as_run']:.3f}.")
     if "spearman_benchmark_agreement_before_vs_top1_after" in m:
         lines.append(f"- Cross-check, the benchmark's own agreement of the converted models (its val images) vs {final}: "
                      f"{m['spearman_benchmark_agreement_before_vs_top1_after']:.3f}.")
