@@ -290,8 +290,9 @@ def main(argv=None) -> int:
             [r["agreement_before_benchmark"] for r in rows], after)
     val = bench.get("settings", {}).get("test_images" if args.final == "best-test" else "val_images")
     if val:
-        mean = sum(after) / len(after) / 100
-        metrics["top1_after_standard_error_points"] = 100 * math.sqrt(mean * (1 - mean) / val)
+        from mixa.metrics import top1_standard_error
+
+        metrics["top1_after_standard_error_points"] = top1_standard_error(sum(after) / len(after), val)
         metrics["spearman_agreement_noise_band_90"] = rho_noise_band(agreement, after, val)
     study = budget_study(rows)
     if args.transfer_steps:
