@@ -35,6 +35,7 @@ killed run resumes.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -72,9 +73,10 @@ def final_top1(record: Dict, final: str, val_images: int = 1000) -> float:
     return scores["top1"]
 
 
+@functools.lru_cache(maxsize=None)
 def bench_transfer():
     """benchmarks/transfer/bench_transfer.py, the owner of its records' format (and of the replay of mixa
-    distill's RUN/best choice on them)."""
+    distill's RUN/best choice on them); loaded once, not once per record."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("bench_transfer", ROOT / "benchmarks" / "transfer" / "bench_transfer.py")

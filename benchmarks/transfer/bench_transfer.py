@@ -236,7 +236,7 @@ class Bench:
     def student(self, kind: str, keep: int) -> Path:
         import mixa
         from mixa.conversion.select import top_k
-        from mixa.saved import is_model_dir, save
+        from mixa.saved import is_model_dir, load, save
 
         path = self.work / "students" / f"{kind}_k{keep}"
         planned = self.plan_kept.get((kind, keep))
@@ -244,8 +244,6 @@ class Bench:
             select = planned if planned is not None else top_k(self.kind_scores(kind), keep) if keep else "first"
             save(mixa.convert(self.teacher, keep=keep, attn=kind, select=select, progress=False), path)
         if planned is not None:
-            from mixa.saved import load
-
             kept = load(path).mixa_config["selection"]["kept"]
             if sorted(kept) != sorted(planned):
                 sys.exit(f"{path} keeps layers {kept}, the plan {planned}: use another --work for --kept-from")
