@@ -239,3 +239,41 @@ def test_static_int8_of_a_rala_student_agrees_with_fp32(tmp_path):
     quantize_onnx(fp32, int8, mode="static", calib_batches=batches[:2])
     same, total = agreement(fp32, int8, batches)
     assert total == 300 and same / total >= 0.99, same
+
+
+def test_layer_norm_by_averaging_is_layer_norm():
+    """The .pte form of LayerNorm against torch's F.layer_norm, on a residual stream with a large mean (where
+    a one-pass E[x^2] - E[x]^2 would lose the variance), with and without the affine."""
+    from mixa.layers.norm import averaging_row, layer_norm_by_averaging
+
+    g = torch.Generator().manual_seed(0)
+    x = 1000.0 + torch.randn(2, 17, 48, generator=g)
+    weight, bias = torch.randn(48, generator=g), torch.randn(48, generator=g)
+    averaging = averaging_row(48)
+    for w, b in ((weight, bias), (None, None)):
+        expected = torch.nn.functional.layer_norm(x, (48,), w, b, 1e-6)
+        torch.testing.assert_close(layer_norm_by_averaging(x, averaging, w, b, 1e-6), expected,
+                                   atol=5e-4, rtol=0)
+    one_pass = (x * x).mean(-1, keepdim=True) - x.mean(-1, keepdim=True) ** 2  # what the form avoids
+    assert (one_pass - x.var(-1, unbiased=False, keepdim=True)).abs().max() > 0.05
+
+
+def test_layer_norm_forms_switch_last_axis_norms_only_and_restore_them():
+    """ExecuTorch gets every last-axis LayerNorm averaged (outputs unchanged to float rounding); a LayerNorm2d
+    (channels of NCHW) and ONNX are left alone; afterwards no forward override or buffer is left behind."""
+    from timm.layers import LayerNorm2d
+
+    from mixa.export.lowering import layer_norm_forms
+
+    model = torch.nn.Sequential(tiny_model("vit"), torch.nn.Unflatten(1, (1, -1, 1)), LayerNorm2d(1))
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    keys = set(model.state_dict())
+    with torch.no_grad():
+        expected = model(x)
+        with layer_norm_forms(model, "onnx") as switched:
+            assert switched == []
+        with layer_norm_forms(model, "executorch") as switched:
+            assert len(switched) == 5 and not any(isinstance(m, LayerNorm2d) for m in switched)
+            assert set(model.state_dict()) == keys  # the averaging row is not saved
+            torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    assert not any("forward" in vars(m) or hasattr(m, "_mixa_averaging") for m in model.modules())

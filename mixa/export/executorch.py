@@ -3,14 +3,15 @@ and running a .pte with ExecuTorch's Python runtime. Needs the ``edge`` extra (`
 executorch); the runtime half (``load_pte``) needs executorch only, not torch's model code.
 
 Lowering: ``torch.export`` -> ``to_edge_transform_and_lower`` with the ``XnnpackPartitioner`` ->
-``to_executorch``, with ``mixa.export.delegation``'s rewrites that keep view-like ops in the delegate. What
-XNNPACK still cannot run (LayerNorm in executorch 1.5) falls back to ExecuTorch's portable kernels in the
-same program; the result says which ops do (``PteResult.delegation``).
+``to_executorch``, with ``mixa.export.delegation``'s rewrites that keep view-like ops in the delegate and
+LayerNorm in a form XNNPACK runs (``mixa.export.lowering.layer_norm_forms``). Whatever XNNPACK still cannot
+run falls back to ExecuTorch's portable kernels in the same program; the result says which ops do
+(``PteResult.delegation``).
 
 INT8: PT2E quantization with the ``XNNPACKQuantizer`` (symmetric int8, per-channel weights, static
 activation ranges calibrated on images): it quantises the layers (linear, conv) and leaves the attention
 matmuls, softmax and the linear-attention reductions and divisions in fp32 -- the split mixa's ONNX INT8
-makes by name (``mixa.export.quantize``).
+makes by name (``mixa.export.quantize``). LayerNorms stay fp32 (as a native LayerNorm is never annotated).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
-from .lowering import best_softmax_form, linear_core_forms, softmax_form
+from .lowering import best_softmax_form, layer_norm_forms, linear_core_forms, softmax_form
 from .delegation import DelegationReport, delegation_report, keep_views_delegable
 
 EDGE_EXTRA_HINT = "pip install 'mixa[edge]'"
@@ -57,8 +58,9 @@ class PteResult:
     delegation: Optional[DelegationReport] = None  # what runs outside the XNNPACK delegate
 
 
-def _quantized_module(model, example, calib_batches):
-    """PT2E: export for training-free graph capture, annotate for XNNPACK, calibrate, convert."""
+def _quantized_module(model, example, calib_batches, fp32_types=()):
+    """PT2E: export for training-free graph capture, annotate for XNNPACK (modules of ``fp32_types`` left
+    out), calibrate, convert."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
                                                                          get_symmetric_quantization_config)
@@ -66,6 +68,8 @@ def _quantized_module(model, example, calib_batches):
 
     captured = torch.export.export(model, (example,), strict=False).module()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    for module_type in fp32_types:
+        quantizer.set_module_type(module_type, None)
     prepared = prepare_pt2e(captured, quantizer)
     with torch.no_grad():
         for batch in calib_batches:
@@ -83,15 +87,18 @@ def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 2
     approximation: it must run and give finite outputs of the right shape; its difference is reported and
     its accuracy is measured as top-1 agreement with fp32 on images (``agreement_pte``). Softmax layers are
     exported in ``softmax`` form ('plain' / 'fused'; default the one XNNPACK runs best, see
-    ``mixa.export.lowering``) and linear cores in the form XNNPACK takes whole; ``keep_views=False`` skips
-    that and ``mixa.export.delegation``'s rewrites (the lowering before issue 20, for comparison)."""
+    ``mixa.export.lowering``), linear cores and LayerNorms in the forms XNNPACK takes whole;
+    ``keep_views=False`` skips those and ``mixa.export.delegation``'s rewrites (the lowering before issue 20,
+    for comparison)."""
     require_executorch()
     cores = linear_core_forms(model, "executorch") if keep_views else contextlib.nullcontext()
-    with softmax_form(model, softmax or best_softmax_form("executorch")), cores:
-        return _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views)
+    norms = layer_norm_forms(model, "executorch") if keep_views else contextlib.nullcontext([])
+    with softmax_form(model, softmax or best_softmax_form("executorch")), cores, norms as averaged:
+        fp32_types = {type(m) for m in averaged}
+        return _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views, fp32_types)
 
 
-def _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views) -> PteResult:
+def _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views, fp32_types) -> PteResult:
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -106,7 +113,7 @@ def _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                module = _quantized_module(model, example, calib_batches) if int8 else model
+                module = _quantized_module(model, example, calib_batches, fp32_types) if int8 else model
                 program = torch.export.export(module, (example,), strict=False)
                 lowered = to_edge_transform_and_lower(program, transform_passes=[keep_views_delegable] if keep_views else [],
                                                       partitioner=[XnnpackPartitioner()])

@@ -1,5 +1,5 @@
-"""The form in which each runtime runs softmax attention best, applied to a model while it is exported.
-Imports no torch (a model is only walked and switched).
+"""The form in which each runtime runs softmax attention, linear cores and LayerNorm best, applied to a model
+while it is exported. Imports no torch at module level (a model is only walked and switched).
 
 timm's attention layers (ViT ``Attention``, Swin ``WindowAttention``, and every other timm layer with a
 ``fused_attn`` switch) compute softmax attention either with torch's fused
@@ -14,6 +14,13 @@ timm's attention layers (ViT ``Attention``, Swin ``WindowAttention``, and every 
 
 The original and the kept softmax layers of every student get the same treatment, so a student is always
 compared with an original lowered as well as it can be.
+
+LayerNorm (``layer_norm_forms``): executorch 1.5's XNNPACK partitioner takes no LayerNorm (nor a mean over a
+3-D tensor's last axis), so every LayerNorm of a ViT ran in ExecuTorch's portable kernel between two delegate
+calls: 25 calls, 7.4% of DeiT-T/14's time. For .pte, LayerNorms over the last axis are exported as
+``mixa.layers.norm.layer_norm_by_averaging`` (mean and variance as fully connected layers with a constant
+1/C row; the same maths to float rounding), which XNNPACK runs inside the one delegate call. ONNX keeps
+LayerNormalization, a single fused kernel in ONNX Runtime.
 
 Linear cores likewise (``linear_core_forms``): where a runtime runs another form of a core's maths better,
 the replaced layers are exported with it -- relu's normaliser as a column of ones in v for ExecuTorch
@@ -83,3 +90,38 @@ def linear_core_forms(model: Any, runtime: str) -> Iterator[Any]:
     finally:
         for m, core in swapped:
             m._linear_core = core
+
+
+# Runtimes whose LayerNorms over the last axis are exported as mixa.layers.norm.layer_norm_by_averaging.
+AVERAGED_LAYER_NORM_RUNTIMES = ("executorch",)
+_AVERAGING = "_mixa_averaging"  # the non-persistent buffer the swapped forward reads (a graph constant)
+
+
+def _last_axis_layer_norms(model: Any) -> list:
+    """LayerNorms that normalise the last axis with ``nn.LayerNorm``'s own maths: torch's and timm's (which
+    only picks a kernel), not subclasses that permute first (timm's ``LayerNorm2d``)."""
+    from timm.layers import LayerNorm as TimmLayerNorm
+    from torch import nn
+
+    return [m for m in model.modules()
+            if type(m) in (nn.LayerNorm, TimmLayerNorm) and len(m.normalized_shape) == 1]
+
+
+@contextlib.contextmanager
+def layer_norm_forms(model: Any, runtime: str) -> Iterator[list]:
+    """``model`` with every last-axis LayerNorm computed by ``layer_norm_by_averaging`` where ``runtime`` is
+    in ``AVERAGED_LAYER_NORM_RUNTIMES`` (the module docstring) for the duration of the block; yields the
+    switched modules (their types are kept out of INT8 quantisation, as a native LayerNorm is)."""
+    from ..layers.norm import averaging_row, layer_norm_by_averaging  # torch: needed once there is a model
+
+    norms = _last_axis_layer_norms(model) if runtime in AVERAGED_LAYER_NORM_RUNTIMES else []
+    for m in norms:
+        m.register_buffer(_AVERAGING, averaging_row(m.normalized_shape[0]), persistent=False)
+        m.forward = (lambda m: lambda x: layer_norm_by_averaging(x, getattr(m, _AVERAGING), m.weight, m.bias,
+                                                                 m.eps))(m)
+    try:
+        yield norms
+    finally:
+        for m in norms:
+            del m.forward
+            del m._buffers[_AVERAGING]
