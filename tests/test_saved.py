@@ -190,6 +190,8 @@ TORCH_FREE = {
     "mixa/data/synthetic.py": "the task generator is numpy; the torch Dataset view is optional",
     "mixa/profile/pte.py": "profiling a .pte needs executorch's runtime, not mixa's torch side",
     "mixa/export/executorch.py": "executorch (the edge extra) and its torch export stack load on use",
+    "mixa/export/lowering.py": "mixa/export/executorch.py imports it; the LayerNorm form's torch side loads "
+                               "once there is a model to switch",
 }
 
 
