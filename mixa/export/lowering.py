@@ -32,6 +32,7 @@ benchmarks/edge/rala_forms_s3.md.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 from typing import Any, Iterator
 
@@ -107,18 +108,24 @@ def _last_axis_layer_norms(model: Any) -> list:
             if type(m) in (nn.LayerNorm, TimmLayerNorm) and len(m.normalized_shape) == 1]
 
 
+def _averaged_layer_norm(norm: Any, x: Any) -> Any:
+    """``norm``'s forward while it is switched."""
+    from ..layers.norm import layer_norm_by_averaging
+
+    return layer_norm_by_averaging(x, getattr(norm, _AVERAGING), norm.weight, norm.bias, norm.eps)
+
+
 @contextlib.contextmanager
 def layer_norm_forms(model: Any, runtime: str) -> Iterator[list]:
     """``model`` with every last-axis LayerNorm computed by ``layer_norm_by_averaging`` where ``runtime`` is
     in ``AVERAGED_LAYER_NORM_RUNTIMES`` (the module docstring) for the duration of the block; yields the
     switched modules (their types are kept out of INT8 quantisation, as a native LayerNorm is)."""
-    from ..layers.norm import averaging_row, layer_norm_by_averaging  # torch: needed once there is a model
+    from ..layers.norm import averaging_row  # torch: needed once there is a model
 
     norms = _last_axis_layer_norms(model) if runtime in AVERAGED_LAYER_NORM_RUNTIMES else []
     for m in norms:
         m.register_buffer(_AVERAGING, averaging_row(m.normalized_shape[0]), persistent=False)
-        m.forward = (lambda m: lambda x: layer_norm_by_averaging(x, getattr(m, _AVERAGING), m.weight, m.bias,
-                                                                 m.eps))(m)
+        m.forward = functools.partial(_averaged_layer_norm, m)
     try:
         yield norms
     finally:
