@@ -18,8 +18,7 @@ TASK, SEED = "extremes", 1
 
 
 def scenes(split: str, count: int, start: int = 0) -> np.ndarray:
-    images = np.stack([synthetic.make_sample(SEED, split, i, task=TASK)["image"] for i in range(start, start + count)])
-    return synthetic.to_tensor(images).numpy()
+    return synthetic.SyntheticShapes(split, count, seed=SEED, offset=start, task=TASK).tensors()[0].numpy()
 
 
 def main() -> None:
