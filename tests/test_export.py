@@ -277,3 +277,70 @@ def test_layer_norm_forms_switch_last_axis_norms_only_and_restore_them():
             assert set(model.state_dict()) == keys  # the averaging row is not saved
             torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
     assert not any("forward" in vars(m) or hasattr(m, "_mixa_averaging") for m in model.modules())
+
+
+def test_split_projections_are_the_fused_projection_cut_into_heads():
+    """q, k, v from ``split_qkv`` + ``project_heads`` against a fused qkv linear cut into heads as timm does
+    (reshape, permute, unbind); q carries the scale; ``tokens_last`` is k^T; no bias stays no bias."""
+    from mixa.layers.heads import project_heads, split_qkv
+
+    g = torch.Generator().manual_seed(0)
+    qkv = torch.nn.Linear(48, 3 * 48)
+    x = torch.randn(2, 17, 48, generator=g)
+    with torch.no_grad():
+        q, k, v = qkv(x).reshape(2, 17, 3, 4, 12).permute(2, 0, 3, 1, 4).unbind(0)
+        (wq, bq), (wk, bk), (wv, bv) = split_qkv(qkv.weight, qkv.bias, q_scale=12 ** -0.5)
+        torch.testing.assert_close(project_heads(x, wq, bq, 4), q * 12 ** -0.5)
+        torch.testing.assert_close(project_heads(x, wk, bk, 4, tokens_last=True), k.transpose(-2, -1))
+        torch.testing.assert_close(project_heads(x, wv, bv, 4), v)
+    assert [b for _, b in split_qkv(qkv.weight, None)] == [None, None, None]
+
+
+def _linears(model, x) -> int:
+    graph = torch.export.export(model, (x,), strict=False).graph
+    return sum(1 for n in graph.nodes if n.op == "call_function" and "linear" in str(n.target))
+
+
+@pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
+def test_projection_forms_split_attention_projections_and_restore_them(kind):
+    """ExecuTorch gets each attention layer's qkv as three linears (timm's kept layer and mixa's replaced one,
+    which then runs its core's tokens-last form; two more linears per layer in the exported graph), outputs
+    unchanged to float rounding in the plain softmax form and in the fused one (timm's own forward); timm
+    layers with a q/k norm and ONNX are left alone; afterwards no override or buffer is left behind."""
+    from mixa.attention import MixAttention
+    from mixa.export.lowering import projection_forms, softmax_form
+
+    model = tiny_model("vit", kind, keep=1)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    keys = set(model.state_dict())
+    with torch.no_grad(), softmax_form(model, "plain"):
+        expected, fused_linears = model(x), _linears(model, x)
+        with projection_forms(model, "onnx") as switched:
+            assert switched == []
+        with projection_forms(model, "executorch") as switched:
+            assert len(switched) == 2 and set(model.state_dict()) == keys
+            assert all("forward" in vars(m) for m in switched)  # replaced layers: the tokens-last path
+            assert sum(isinstance(m, MixAttention) for m in switched) == 1
+            torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+            assert _linears(model, x) == fused_linears + 2 * 2
+            with softmax_form(model, "fused"):
+                torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)
+    assert not any({"forward", "_heads"} & set(vars(m)) or hasattr(m, "_mixa_q_weight") for m in model.modules())
+    normed = create_model("deit_tiny_patch16_224", pretrained=False, qk_norm=True, **TINY["vit"][1])
+    with projection_forms(normed, "executorch") as switched:
+        assert switched == []
+
+
+@pytest.mark.parametrize("kind", ["relu", "rala"])
+def test_projection_forms_keep_swin_shifted_windows_exact(kind):
+    """Swin with linear layers on the shifted blocks (``select='first'``): the masked calls take the layer's
+    own forward with the split heads, the unmasked ones the tokens-last path; outputs unchanged."""
+    from mixa.export.lowering import projection_forms
+
+    model = tiny_model("swin", kind, keep=0)
+    x = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(x)
+        with projection_forms(model, "executorch") as switched:
+            assert len(switched) == 2
+            torch.testing.assert_close(model(x), expected, atol=1e-5, rtol=1e-5)

@@ -44,6 +44,11 @@ def test_elu_plus_one_is_elu_plus_one():
     assert torch.allclose(AF.elu_plus_one(x), F.elu(x) + 1, rtol=1e-6, atol=1e-7)
 
 
+def test_elu_plus_one_by_difference_is_bit_for_bit_elu_plus_one():
+    x = torch.cat([torch.linspace(-30, 30, 10001), torch.tensor([0.0, -0.0, 1e-30, -1e-30, 3e38])])
+    assert torch.equal(AF.elu_plus_one_by_difference(x), AF.elu_plus_one(x))
+
+
 def test_elu_plus_one_gradient_matches_elu():
     x = torch.linspace(-5, 5, 1001, dtype=torch.float64, requires_grad=True)
     ours = torch.autograd.grad(AF.elu_plus_one(x).sum(), x)[0]
@@ -142,3 +147,21 @@ def test_linear_core_forms_export_rala_with_the_token_axis_mean_to_onnx():
     with linear_core_forms(model, "executorch"):
         assert [m._linear_core for m in rala] == [AF.rala_attention]
     assert [m._linear_core for m in rala] == [AF.rala_attention]
+
+
+@pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
+def test_tokens_last_forms_are_the_cores_transposed(kind):
+    """The forms exported to ExecuTorch (q and v given as (B, H, d, N), the result the same way) against the
+    formulas written out with N x N products in fp64."""
+    q, k, v = qkv(5)
+    n, d = k.shape[-2], k.shape[-1]
+    if kind == "rala":
+        want = reference_rala(q, k, v)
+    else:
+        scores = F.relu(q.double()) @ F.relu(k.double()).transpose(-2, -1)
+        want = (scores @ v.double()) / (scores.sum(-1, keepdim=True) + AF.RELU_EPS) if kind == "relu" \
+            else scores @ v.double() / (n * math.sqrt(d))
+    core = getattr(AF, {"relu": "relu_linear_attention", "stella": "stella_attention",
+                        "rala": "rala_attention"}[kind] + "_tokens_last")
+    got = core(q.transpose(-2, -1), k, v.transpose(-2, -1))
+    assert got.shape == (2, 3, d, n) and close_in_fp32(got.transpose(-2, -1), want)

@@ -34,11 +34,15 @@ __all__ = [
     "relu_linear_attention_ones_column",
     "stella_attention",
     "rala_attention",
+    "relu_linear_attention_tokens_last",
+    "stella_attention_tokens_last",
+    "rala_attention_tokens_last",
     "rala_attention_token_axis_mean",
     "hedgehog_features",
     "feature_linear_attention",
     "hedgehog_attention",
     "elu_plus_one",
+    "elu_plus_one_by_difference",
     "apply_rope",
     "masked_by_regions",
 ]
@@ -205,6 +209,14 @@ def elu_plus_one(x: Tensor) -> Tensor:
     return torch.exp(x.clamp(max=0.0)) + F.relu(x)
 
 
+def elu_plus_one_by_difference(x: Tensor) -> Tensor:
+    """``elu_plus_one`` as exp(m) + (x - m), m = min(x, 0): the same values bit for bit (x - m is exactly x or
+    0), without a relu. The tokens-last rala form uses it: with the relu, executorch 1.5's XNNPACK partitioner
+    cut an INT8 rala graph fed by split projections into two delegate calls (tests/test_executorch.py)."""
+    m = x.clamp(max=0.0)
+    return torch.exp(m) + (x - m)
+
+
 def _token_mean(x: Tensor) -> Tensor:
     """The mean over tokens of (B, H, N, d) as (B, H, 1, d), written as a mean over the two innermost axes of
     a (B, H d, N, 1) view: XNNPACK delegates that (a global average pool; its mean takes no other axes, and
@@ -265,6 +277,44 @@ def _rala(q: Tensor, k: Tensor, v: Tensor, rope: Optional[Tuple[Tensor, Tensor]]
     weighted = k * p_column                                               # p_j kappa(k_j), (B, H, N, d)
     out = _mm(q, _mm(weighted.transpose(-2, -1), v)) / (den + eps)
     return _saturating_cast(out, dtype)
+
+
+# Tokens-last forms: q and v as (B, H, d, N), k as (B, H, N, d), the result as (B, H, dv, N); no key mask.
+# The forms mixa exports to ExecuTorch (mixa.export.lowering.projection_forms): the projections emit these
+# layouts directly, so no transpose of k, of the global query's pooled view or of LePE's grid remains; and the
+# products are v^T k and (v^T k) q^T, whose output widths are d and N. XNNPACK computes 16 output columns at a
+# time: relu's normaliser column made the token-major products dv + 1 = 65 wide, which costs as much as 80.
+# The same maths as the token-major cores (tests/test_attention.py), transposed.
+
+
+def relu_linear_attention_tokens_last(q_t: Tensor, k: Tensor, v_t: Tensor, eps: float = RELU_EPS) -> Tensor:
+    """``relu_linear_attention``, tokens last (above); the normaliser rides as a row of ones under v^T."""
+    dtype = v_t.dtype
+    q_t, k, v_t = F.relu(_wide(q_t)), F.relu(_wide(k)), _wide(v_t)
+    dv = v_t.shape[-2]
+    out = _mm(_mm(F.pad(v_t, [0, 0, 0, 1], value=1.0), k), q_t)            # (B, H, dv + 1, N)
+    return _saturating_cast(out[..., :dv, :] / (out[..., dv:, :] + eps), dtype)
+
+
+def stella_attention_tokens_last(q_t: Tensor, k: Tensor, v_t: Tensor) -> Tensor:
+    """``stella_attention``, tokens last (above)."""
+    dtype = v_t.dtype
+    n, d = k.shape[-2], k.shape[-1]
+    q_t, k, v_t = F.relu(_wide(q_t)), F.relu(_wide(k)), _wide(v_t)
+    return _saturating_cast(_mm(_mm(v_t, k) / (n * d ** 0.5), q_t), dtype)
+
+
+def rala_attention_tokens_last(q_t: Tensor, k: Tensor, v_t: Tensor, eps: float = RALA_EPS) -> Tensor:
+    """``rala_attention`` without RoPE, tokens last (above): the global query is the pooled mean of q^T's
+    rows (no transpose first), p comes from k q_g as a column that is already p's row in memory."""
+    dtype = v_t.dtype
+    b, h, d, n = q_t.shape
+    q_t, k, v_t = elu_plus_one_by_difference(_wide(q_t)), elu_plus_one_by_difference(_wide(k)), _wide(v_t)
+    q_global = q_t.reshape(b, h * d, n, 1).mean(dim=[2, 3], keepdim=True).reshape(b, h, d, 1)
+    p = torch.softmax((_mm(k, q_global) * d ** -0.5).reshape(b, h, 1, n), dim=-1)  # (B, H, 1, N)
+    den = _mm(_mm(p, k), q_t)                                                     # (B, H, 1, N)
+    weighted = k * p.reshape(b, h, n, 1)                                          # p_j kappa(k_j)
+    return _saturating_cast(_mm(_mm(v_t, weighted), q_t) / (den + eps), dtype)
 
 
 def hedgehog_features(x: Tensor, weight: Tensor) -> Tensor:

@@ -167,17 +167,25 @@ class MixAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3 * self.num_heads, self.head_dim).transpose(1, 2)
         return qkv.split(self.num_heads, dim=1)
 
+    def _lepe_grid(self, v_t: Tensor) -> Tensor:
+        """LePE's depth-wise conv over the token grid: (B, heads, d, grid tokens), same shape out."""
+        b, h, d, grid = v_t.shape
+        side = _grid_side(grid)
+        return self.lepe(v_t.reshape(b, h * d, side, side)).reshape(b, h, d, grid)
+
     def _lepe(self, v: Tensor) -> Tensor:
         """Depth-wise conv on v over the token grid; prefix tokens get zero."""
-        b, h, n, d = v.shape
         p = self.num_prefix_tokens
-        grid = n - p
-        side = _grid_side(grid)
-        x = v[:, :, p:].transpose(-1, -2).reshape(b, h * d, side, side)
-        x = self.lepe(x).reshape(b, h, d, grid).transpose(-1, -2)
+        x = self._lepe_grid(v[:, :, p:].transpose(-1, -2)).transpose(-1, -2)
         # Zero rows for the prefix tokens by padding (a Pad node), not by concatenating a zeros tensor
         # (which the exporter would fold into a constant the size of the batch).
         return F.pad(x, [0, 0, p, 0]) if p > 0 else x
+
+    def _lepe_tokens_last(self, v_t: Tensor) -> Tensor:
+        """``_lepe`` of v given as (B, heads, d, N), result in that layout (AF's tokens-last core forms)."""
+        p = self.num_prefix_tokens
+        x = self._lepe_grid(v_t[..., p:])
+        return F.pad(x, [p, 0]) if p > 0 else x
 
     def _key_mask_from(self, attn_mask: Tensor, b: int, n: int) -> Tensor:
         """A key-padding mask broadcastable to (B, 1, 1, N) -> (B, 1, N) participation weights."""
@@ -248,7 +256,11 @@ class MixAttention(nn.Module):
 
         if self.lepe is not None:
             y = y + self._lepe(v)
-        y = self.norm(y.transpose(1, 2).reshape(b, n, c))
+        return self._finish(y.transpose(1, 2).reshape(b, n, c), x)
+
+    def _finish(self, y: Tensor, x: Tensor) -> Tensor:
+        """The attention result as (B, N, C) -> norm, output gate (of the layer's input ``x``), projection."""
+        y = self.norm(y)
         if self.gate is not None:
             y = y * self.gate(x)
         return self.proj_drop(self.proj(y))

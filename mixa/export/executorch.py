@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
-from .lowering import best_softmax_form, layer_norm_forms, linear_core_forms, softmax_form
+from .lowering import best_softmax_form, layer_norm_forms, linear_core_forms, projection_forms, softmax_form
 from .delegation import DelegationReport, delegation_report, keep_views_delegable
 
 EDGE_EXTRA_HINT = "pip install 'mixa[edge]'"
@@ -75,7 +75,19 @@ def _quantized_module(model, example, calib_batches, fp32_types=()):
         for batch in calib_batches:
             for image in torch.as_tensor(np.asarray(batch)).split(1):
                 prepared(image)
-    return convert_pt2e(prepared)
+    return _without_unread_buffers(convert_pt2e(prepared))
+
+
+def _without_unread_buffers(module):
+    """``module`` without the buffers its graph no longer reads. convert_pt2e folds every quantised weight into
+    a new constant; a weight held in a buffer (``mixa.export.lowering.projection_forms``) would otherwise stay
+    behind unread, and torch.export would store it in the program in fp32."""
+    read = {node.target for node in module.graph.nodes if node.op == "get_attr"}
+    for name, _ in list(module.named_buffers()):
+        if name not in read:
+            owner, _, leaf = name.rpartition(".")
+            del module.get_submodule(owner)._buffers[leaf]
+    return module
 
 
 def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 224, 224), *, int8: bool = False,
@@ -87,13 +99,15 @@ def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 2
     approximation: it must run and give finite outputs of the right shape; its difference is reported and
     its accuracy is measured as top-1 agreement with fp32 on images (``agreement_pte``). Softmax layers are
     exported in ``softmax`` form ('plain' / 'fused'; default the one XNNPACK runs best, see
-    ``mixa.export.lowering``), linear cores and LayerNorms in the forms XNNPACK takes whole;
+    ``mixa.export.lowering``), linear cores, LayerNorms and q/k/v projections in the forms XNNPACK
+    runs best;
     ``keep_views=False`` skips those and ``mixa.export.delegation``'s rewrites (the lowering before issue 20,
     for comparison)."""
     require_executorch()
     cores = linear_core_forms(model, "executorch") if keep_views else contextlib.nullcontext()
     norms = layer_norm_forms(model, "executorch") if keep_views else contextlib.nullcontext([])
-    with softmax_form(model, softmax or best_softmax_form("executorch")), cores, norms as averaged:
+    projections = projection_forms(model, "executorch") if keep_views else contextlib.nullcontext()
+    with softmax_form(model, softmax or best_softmax_form("executorch")), cores, norms as averaged, projections:
         fp32_types = {type(m) for m in averaged}
         return _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views, fp32_types)
 

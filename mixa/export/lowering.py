@@ -22,6 +22,16 @@ calls: 25 calls, 7.4% of DeiT-T/14's time. For .pte, LayerNorms over the last ax
 1/C row; the same maths to float rounding), which XNNPACK runs inside the one delegate call. ONNX keeps
 LayerNormalization, a single fused kernel in ONNX Runtime.
 
+Projections (``projection_forms``): timm's attention computes q, k and v in one (B, N, 3C) linear and cuts it
+into heads; XNNPACK runs that as a transpose of the whole output, three strided slices and, for q @ k^T, a
+transpose of k: about 75 us per layer at DeiT-T/14. For .pte each attention layer's projection is exported
+as three linears (``mixa.layers.heads``), each emitted in the layout its product reads (k as k^T), softmax's
+d^-1/2 folded into q's weights: the same maths to float rounding, about 1% faster for the original and for
+every student (benchmarks/edge/README.md). Replaced layers go further: their q^T, k and v^T feed the core's
+tokens-last form (``TOKENS_LAST_CORES``; mixa.attention.functional), so that no transpose of k, of rala's
+pooled query or of LePE's grid remains, and relu's products are no longer 65 columns wide. ONNX keeps the fused projection (ONNX Runtime fuses its
+MatMul + Add + Transpose chain).
+
 Linear cores likewise (``linear_core_forms``): where a runtime runs another form of a core's maths better,
 the replaced layers are exported with it -- relu's normaliser as a column of ones in v for ExecuTorch
 (XNNPACK does not take the token sum: one call outside the delegate per layer), the token sum for ONNX
@@ -132,3 +142,118 @@ def layer_norm_forms(model: Any, runtime: str) -> Iterator[list]:
         for m in norms:
             del m.forward
             del m._buffers[_AVERAGING]
+
+
+# Runtimes whose attention layers export their fused qkv projection as three (mixa.layers.heads).
+SPLIT_PROJECTION_RUNTIMES = ("executorch",)
+_SPLIT = tuple(f"_mixa_{part}_{kind}" for part in "qkv" for kind in ("weight", "bias"))  # non-persistent buffers
+
+
+def _split_projection_layers(model: Any) -> list:
+    """timm ViT ``Attention`` layers whose q and k go straight into the product (no q/k norm, no output gate:
+    softmax's scale can then ride on q's weights) and every mixa ``MixAttention`` (its own norms and feature
+    maps act on the heads it is given)."""
+    from timm.models.vision_transformer import Attention
+    from torch import nn
+
+    from ..attention.modules import MixAttention
+
+    def plain(m):
+        return (isinstance(getattr(m, "q_norm", None), nn.Identity) and isinstance(getattr(m, "k_norm", None), nn.Identity)
+                and getattr(m, "gate", None) is None)
+
+    return [m for m in model.modules() if isinstance(m, MixAttention) or (type(m) is Attention and plain(m))]
+
+
+def _split(module: Any) -> list:
+    """(weight, bias) of q, k, v as the switched module holds them."""
+    parts = [getattr(module, name) for name in _SPLIT]
+    return list(zip(parts[0::2], parts[1::2]))
+
+
+# Each replaced kind's core in the tokens-last form (mixa.attention.functional) that switched layers run.
+TOKENS_LAST_CORES = {"relu": "relu_linear_attention_tokens_last", "stella": "stella_attention_tokens_last",
+                     "rala": "rala_attention_tokens_last"}
+
+
+def _tokens_last_ready(module: Any) -> bool:
+    """A replaced layer whose q and k go straight into a core that has a tokens-last form."""
+    from torch import nn
+
+    return (module.kind in TOKENS_LAST_CORES and module.feature_map is None
+            and isinstance(module.q_norm, nn.Identity) and isinstance(module.k_norm, nn.Identity))
+
+
+def _split_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: Any = None,
+                            is_causal: bool = False) -> Any:
+    """``MixAttention.forward`` while it is switched (no mask): q^T, k, v^T straight from the projections into
+    the tokens-last core and LePE. Masked calls take the module's own forward (with the split heads)."""
+    from ..attention import functional as AF
+    from ..layers.heads import project_heads
+
+    if attn_mask is not None or mask is not None or is_causal:
+        return type(module).forward(module, x, attn_mask=attn_mask, mask=mask, is_causal=is_causal)
+    b, n, c = x.shape
+    (wq, bq), (wk, bk), (wv, bv) = _split(module)
+    q_t = project_heads(x, wq, bq, module.num_heads, tokens_last=True)
+    k = project_heads(x, wk, bk, module.num_heads)
+    v_t = project_heads(x, wv, bv, module.num_heads, tokens_last=True)
+    y_t = getattr(AF, TOKENS_LAST_CORES[module.kind])(q_t, k, v_t)
+    if module.lepe is not None:
+        y_t = y_t + module._lepe_tokens_last(v_t)
+    return module._finish(y_t.permute(0, 3, 1, 2).reshape(b, n, c), x)
+
+
+def _split_heads(module: Any, x: Any) -> tuple:
+    """``MixAttention._heads`` while it is switched: q, k, v as (B, heads, N, d)."""
+    from ..layers.heads import project_heads
+
+    return tuple(project_heads(x, w, b, module.num_heads) for w, b in _split(module))
+
+
+def _split_softmax_attention(module: Any, x: Any, attn_mask: Any = None, is_causal: bool = False) -> Any:
+    """timm ``Attention.forward`` while it is switched (plain form, no mask); q carries the scale, k comes as
+    k^T. Masks, causal attention and the fused form take timm's own forward."""
+    from ..layers.heads import project_heads
+
+    if attn_mask is not None or is_causal or module.fused_attn:
+        return type(module).forward(module, x, attn_mask=attn_mask, is_causal=is_causal)
+    b, n, _ = x.shape
+    (wq, bq), (wk, bk), (wv, bv) = _split(module)
+    q = project_heads(x, wq, bq, module.num_heads)
+    k_t = project_heads(x, wk, bk, module.num_heads, tokens_last=True)
+    v = project_heads(x, wv, bv, module.num_heads)
+    attn = module.attn_drop((q @ k_t).softmax(dim=-1))
+    y = (attn @ v).transpose(1, 2).reshape(b, n, module.proj.in_features)
+    y = module.norm(y) if hasattr(module, "norm") else y
+    return module.proj_drop(module.proj(y))
+
+
+@contextlib.contextmanager
+def projection_forms(model: Any, runtime: str) -> Iterator[list]:
+    """``model`` with every attention layer's fused qkv projection computed as three
+    (``mixa.layers.heads``) where ``runtime`` is in ``SPLIT_PROJECTION_RUNTIMES`` (the module docstring), for
+    the duration of the block; yields the switched layers. The split weights are taken when the block starts."""
+    from ..attention.modules import MixAttention
+    from ..layers.heads import split_qkv
+
+    layers = _split_projection_layers(model) if runtime in SPLIT_PROJECTION_RUNTIMES else []
+    for m in layers:
+        softmax = not isinstance(m, MixAttention)
+        parts = split_qkv(m.qkv.weight, m.qkv.bias, m.scale if softmax else 1.0)
+        for name, tensor in zip(_SPLIT, (t for part in parts for t in part)):
+            m.register_buffer(name, tensor, persistent=False)
+        if softmax:
+            m.forward = functools.partial(_split_softmax_attention, m)
+        else:
+            m._heads = functools.partial(_split_heads, m)
+            if _tokens_last_ready(m):
+                m.forward = functools.partial(_split_linear_attention, m)
+    try:
+        yield layers
+    finally:
+        for m in layers:
+            m.__dict__.pop("forward", None)
+            m.__dict__.pop("_heads", None)
+            for name in _SPLIT:
+                del m._buffers[name]
