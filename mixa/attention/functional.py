@@ -284,7 +284,7 @@ def _rala(q: Tensor, k: Tensor, v: Tensor, rope: Optional[Tuple[Tensor, Tensor]]
 # layouts directly, so no transpose of k, of the global query's pooled view or of LePE's grid remains; and the
 # products are v^T k and (v^T k) q^T, whose output widths are d and N. XNNPACK computes 16 output columns at a
 # time: relu's normaliser column made the token-major products dv + 1 = 65 wide, which costs as much as 80.
-# The same maths as the token-major cores (tests/test_attention.py), transposed.
+# The same maths as the token-major cores, transposed (tests/test_rala_graph.py).
 
 
 def relu_linear_attention_tokens_last(q_t: Tensor, k: Tensor, v_t: Tensor, eps: float = RELU_EPS) -> Tensor:

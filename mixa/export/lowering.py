@@ -29,8 +29,8 @@ as three linears (``mixa.layers.heads``), each emitted in the layout its product
 d^-1/2 folded into q's weights: the same maths to float rounding, about 1% faster for the original and for
 every student (benchmarks/edge/README.md). Replaced layers go further: their q^T, k and v^T feed the core's
 tokens-last form (``TOKENS_LAST_CORES``; mixa.attention.functional), so that no transpose of k, of rala's
-pooled query or of LePE's grid remains, and relu's products are no longer 65 columns wide. ONNX keeps the fused projection (ONNX Runtime fuses its
-MatMul + Add + Transpose chain).
+pooled query or of LePE's grid remains, and relu's products are no longer 65 columns wide. ONNX keeps the
+fused projection (ONNX Runtime fuses its MatMul + Add + Transpose chain).
 
 Linear cores likewise (``linear_core_forms``): where a runtime runs another form of a core's maths better,
 the replaced layers are exported with it -- relu's normaliser as a column of ones in v for ExecuTorch
