@@ -33,6 +33,11 @@ def tiny_model(family: str, kind: str = "softmax", keep: int = 1):
     return model.eval()
 
 
+def linear_nodes(graph) -> list:
+    """The linear ops of an FX graph (torch.export's or PT2E's)."""
+    return [n for n in graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
+
+
 def image_folder(root: Path, classes: int = 2, per_class: int = 4, size: int = 40) -> Path:
     """A tiny ImageFolder of random RGB PNGs."""
     import numpy as np

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not executorch_available(),
                                 reason="ExecuTorch is not installed (pip install 'mixa[edge]')")
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _export_helpers import TINY, tiny_model  # noqa: E402
+from _export_helpers import TINY, linear_nodes, tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +144,7 @@ def _linear_ops(model, averaged):
     forms = layer_norm_forms(model, "executorch") if averaged else contextlib.nullcontext([])
     with forms as norms:
         graph = _quantized_module(model, example, [example.numpy()], {type(m) for m in norms}).graph
-    linears = [n for n in graph.nodes if n.op == "call_function" and "linear" in str(n.target)]
+    linears = linear_nodes(graph)
     return len(linears), sum("dequantize" in str(getattr(n.args[1], "target", "")) for n in linears)
 
 

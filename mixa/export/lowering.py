@@ -1,5 +1,5 @@
-"""The form in which each runtime runs softmax attention, linear cores and LayerNorm best, applied to a model
-while it is exported. Imports no torch at module level (a model is only walked and switched).
+"""The form in which each runtime runs softmax attention, linear cores, LayerNorm and q/k/v projections best,
+applied to a model while it is exported. Imports no torch at module level (a model is only walked and switched).
 
 timm's attention layers (ViT ``Attention``, Swin ``WindowAttention``, and every other timm layer with a
 ``fused_attn`` switch) compute softmax attention either with torch's fused
@@ -103,6 +103,34 @@ def linear_core_forms(model: Any, runtime: str) -> Iterator[Any]:
             m._linear_core = core
 
 
+@contextlib.contextmanager
+def _switched(switches: list) -> Iterator[None]:
+    """For the duration of the block, each (module, buffers, methods) of ``switches`` holds ``buffers`` as
+    non-persistent buffers (graph constants that ``.to()`` moves and nothing saves) and ``methods`` as
+    instance-level overrides, each a function of (module, ...); afterwards neither is left behind."""
+    for module, buffers, methods in switches:
+        for name, tensor in buffers.items():
+            module.register_buffer(name, tensor, persistent=False)
+        for name, method in methods.items():
+            setattr(module, name, functools.partial(method, module))
+    try:
+        yield
+    finally:
+        for module, buffers, methods in switches:
+            for name in methods:
+                del module.__dict__[name]
+            for name in buffers:
+                del module._buffers[name]
+
+
+def _qk_unnormed(module: Any) -> bool:
+    """q and k go from the projection straight into the product (no q/k norm in between)."""
+    from torch import nn
+
+    return (isinstance(getattr(module, "q_norm", None), nn.Identity)
+            and isinstance(getattr(module, "k_norm", None), nn.Identity))
+
+
 # Runtimes whose LayerNorms over the last axis are exported as mixa.layers.norm.layer_norm_by_averaging.
 AVERAGED_LAYER_NORM_RUNTIMES = ("executorch",)
 _AVERAGING = "_mixa_averaging"  # the non-persistent buffer the swapped forward reads (a graph constant)
@@ -133,15 +161,9 @@ def layer_norm_forms(model: Any, runtime: str) -> Iterator[list]:
     from ..layers.norm import averaging_row  # torch: needed once there is a model
 
     norms = _last_axis_layer_norms(model) if runtime in AVERAGED_LAYER_NORM_RUNTIMES else []
-    for m in norms:
-        m.register_buffer(_AVERAGING, averaging_row(m.normalized_shape[0]), persistent=False)
-        m.forward = functools.partial(_averaged_layer_norm, m)
-    try:
+    with _switched([(m, {_AVERAGING: averaging_row(m.normalized_shape[0])}, {"forward": _averaged_layer_norm})
+                    for m in norms]):
         yield norms
-    finally:
-        for m in norms:
-            del m.forward
-            del m._buffers[_AVERAGING]
 
 
 # Runtimes whose attention layers export their fused qkv projection as three (mixa.layers.heads).
@@ -154,15 +176,11 @@ def _split_projection_layers(model: Any) -> list:
     softmax's scale can then ride on q's weights) and every mixa ``MixAttention`` (its own norms and feature
     maps act on the heads it is given)."""
     from timm.models.vision_transformer import Attention
-    from torch import nn
 
     from ..attention.modules import MixAttention
 
-    def plain(m):
-        return (isinstance(getattr(m, "q_norm", None), nn.Identity) and isinstance(getattr(m, "k_norm", None), nn.Identity)
-                and getattr(m, "gate", None) is None)
-
-    return [m for m in model.modules() if isinstance(m, MixAttention) or (type(m) is Attention and plain(m))]
+    return [m for m in model.modules() if isinstance(m, MixAttention)
+            or (type(m) is Attention and _qk_unnormed(m) and getattr(m, "gate", None) is None)]
 
 
 def _split(module: Any) -> list:
@@ -178,10 +196,7 @@ TOKENS_LAST_CORES = {"relu": "relu_linear_attention_tokens_last", "stella": "ste
 
 def _tokens_last_ready(module: Any) -> bool:
     """A replaced layer whose q and k go straight into a core that has a tokens-last form."""
-    from torch import nn
-
-    return (module.kind in TOKENS_LAST_CORES and module.feature_map is None
-            and isinstance(module.q_norm, nn.Identity) and isinstance(module.k_norm, nn.Identity))
+    return module.kind in TOKENS_LAST_CORES and module.feature_map is None and _qk_unnormed(module)
 
 
 def _split_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: Any = None,
@@ -238,22 +253,16 @@ def projection_forms(model: Any, runtime: str) -> Iterator[list]:
     from ..layers.heads import split_qkv
 
     layers = _split_projection_layers(model) if runtime in SPLIT_PROJECTION_RUNTIMES else []
+    switches = []
     for m in layers:
         softmax = not isinstance(m, MixAttention)
         parts = split_qkv(m.qkv.weight, m.qkv.bias, m.scale if softmax else 1.0)
-        for name, tensor in zip(_SPLIT, (t for part in parts for t in part)):
-            m.register_buffer(name, tensor, persistent=False)
         if softmax:
-            m.forward = functools.partial(_split_softmax_attention, m)
+            methods = {"forward": _split_softmax_attention}
         else:
-            m._heads = functools.partial(_split_heads, m)
+            methods = {"_heads": _split_heads}
             if _tokens_last_ready(m):
-                m.forward = functools.partial(_split_linear_attention, m)
-    try:
+                methods["forward"] = _split_linear_attention
+        switches.append((m, dict(zip(_SPLIT, (t for part in parts for t in part))), methods))
+    with _switched(switches):
         yield layers
-    finally:
-        for m in layers:
-            m.__dict__.pop("forward", None)
-            m.__dict__.pop("_heads", None)
-            for name in _SPLIT:
-                del m._buffers[name]
