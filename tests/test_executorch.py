@@ -117,6 +117,26 @@ def test_int8_program_keeps_no_fp32_copy_of_split_projections(pte_files):
 
 
 @pytest.mark.slow  # a lowering and two PT2E quantisations, ~30 s
+def test_int8_leaves_the_lepe_of_replaced_layers_fp32(pte_files):
+    """LePE's depth-wise conv belongs to rala's core: fp32 in the PT2E INT8 graph, as in ONNX INT8, while the
+    patch embedding's conv is quantised. Counter-case: without the names, the quantizer takes LePE too."""
+    from mixa.export.executorch import _quantized_module, core_modules
+
+    model, _, _ = pte_files
+    lepe = [f"{name}.lepe" for name, m in model.named_modules() if type(m).__name__ == "MixAttention"]
+    assert core_modules(model) == lepe and len(lepe) == 1
+    example = torch.randn(1, 3, 32, 32)
+
+    def convs(fp32_names):
+        """(conv ops, those whose weight comes through a dequantize node)."""
+        graph = _quantized_module(model, example, [example.numpy()], (), fp32_names).graph
+        found = [n for n in graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+        return len(found), sum("dequantize" in str(getattr(n.args[1], "target", "")) for n in found)
+
+    assert convs(lepe) == (2, 1)  # the patch embedding only
+    assert convs(()) == (2, 2)
+
+
 def test_native_layer_norms_stay_outside_and_averaged_ones_stay_fp32_in_int8(pte_files, tmp_path):
     """The counter-case of the test above: the lowering before issue 20 (``keep_views=False``) leaves every
     LayerNorm outside the delegate. In INT8 the averaging products are not quantised: as many quantised

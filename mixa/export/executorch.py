@@ -11,7 +11,11 @@ run falls back to ExecuTorch's portable kernels in the same program; the result 
 INT8: PT2E quantization with the ``XNNPACKQuantizer`` (symmetric int8, per-channel weights, static
 activation ranges calibrated on images): it quantises the layers (linear, conv) and leaves the attention
 matmuls, softmax and the linear-attention reductions and divisions in fp32 -- the split mixa's ONNX INT8
-makes by name (``mixa.export.quantize``). LayerNorms stay fp32 (as a native LayerNorm is never annotated).
+makes by name (``mixa.export.quantize``). The sub-modules of a replaced layer's core (rala's LePE, a
+learnable feature map) stay fp32 as in ONNX: the quantizer would otherwise annotate LePE's depth-wise conv,
+and XNNPACK's int8 depth-wise conv plus the conversions and int8 transposes around it cost more than the fp32
+conv (DeiT-T/14 keep-6 rala on an AVX512-VNNI Xeon: 165 against 73 us per layer; INT8 keep-6 / original
+0.977 -> 1.01, benchmarks/edge/README.md). LayerNorms stay fp32 (as a native LayerNorm is never annotated).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from ..errors import MixaError, UsageError
 from ..io import atomic_path
 from .lowering import best_softmax_form, layer_norm_forms, linear_core_forms, projection_forms, softmax_form
 from .delegation import DelegationReport, delegation_report, keep_views_delegable
+from .quantize import LAYER_CHILDREN
 
 EDGE_EXTRA_HINT = "pip install 'mixa[edge]'"
 # |ExecuTorch - torch| <= RTOL * max(1, max |torch output|), as for ONNX.
@@ -58,11 +63,22 @@ class PteResult:
     delegation: Optional[DelegationReport] = None  # what runs outside the XNNPACK delegate
 
 
-def _quantized_module(model, example, calib_batches, fp32_types=()):
-    """PT2E: export for training-free graph capture, annotate for XNNPACK (modules of ``fp32_types`` left
-    out), calibrate, convert."""
+def core_modules(model) -> list:
+    """Names of the sub-modules of ``model``'s replaced attention layers that belong to their cores (with
+    weights, not in ``mixa.export.quantize.LAYER_CHILDREN``): INT8 leaves them fp32, as the rest of the core."""
+    from ..attention.modules import MixAttention
+
+    return [f"{name}.{child}" for name, layer in model.named_modules() if isinstance(layer, MixAttention)
+            for child, sub in layer.named_children()
+            if child not in LAYER_CHILDREN and next(sub.parameters(), None) is not None]
+
+
+def _quantized_module(model, example, calib_batches, fp32_types=(), fp32_names=()):
+    """PT2E: export for training-free graph capture, annotate for XNNPACK (modules of ``fp32_types`` and the
+    modules named in ``fp32_names`` left out), calibrate, convert."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
+                                                                         get_module_name_filter,
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -70,6 +86,9 @@ def _quantized_module(model, example, calib_batches, fp32_types=()):
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     for module_type in fp32_types:
         quantizer.set_module_type(module_type, None)
+    if fp32_names:  # set_module_name takes no None config (executorch 1.5): a filter leaves their nodes alone
+        inside = [get_module_name_filter(name) for name in fp32_names]
+        quantizer.set_filter_function(lambda node: not any(f(node) for f in inside))
     prepared = prepare_pt2e(captured, quantizer)
     with torch.no_grad():
         for batch in calib_batches:
@@ -127,7 +146,8 @@ def _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                module = _quantized_module(model, example, calib_batches, fp32_types) if int8 else model
+                module = _quantized_module(model, example, calib_batches, fp32_types, core_modules(model)) \
+                    if int8 else model
                 program = torch.export.export(module, (example,), strict=False)
                 lowered = to_edge_transform_and_lower(program, transform_passes=[keep_views_delegable] if keep_views else [],
                                                       partitioner=[XnnpackPartitioner()])

@@ -65,8 +65,10 @@ LAYER_OPS = ["MatMul", "Gemm", "Conv"]
 # Layers whose outputs stay fp32 in layers-only static INT8 (a Conv's: ONNX Runtime has no QLinearConv with an
 # fp32 output, and the patch embedding's Conv would then run in fp32).
 LAYER_OUTPUTS_FP32 = ["MatMul", "Gemm"]
-# Sub-modules of an attention layer that are layers (quantised like any Linear), not its core.
-_LAYER_SCOPES = ("qkv/", "proj/", "gate/")
+# Sub-modules of an attention layer that are layers (quantised like any Linear), not its core. The others
+# (rala's LePE, a learnable feature map) belong to the core and stay fp32, in ONNX and in .pte alike.
+LAYER_CHILDREN = ("qkv", "proj", "gate")
+_LAYER_SCOPES = tuple(f"{child}/" for child in LAYER_CHILDREN)
 
 
 @dataclass
