@@ -236,18 +236,6 @@ def test_int8_keeps_attention_cores_fp32(tmp_path, mode):
     assert kept_ops & {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear"}  # the layers are INT8
 
 
-@pytest.mark.parametrize("kind, cores", [("rala", ["lepe"]), ("hedgehog", ["feature_map"]), ("relu", [])])
-def test_core_modules_are_what_onnx_int8_keeps_fp32(kind, cores):
-    """The sub-modules with weights that .pte INT8 leaves fp32 (``core_modules``) are those of the replaced
-    layers that are not layers (qkv, proj, gate): the same split as ONNX INT8's core scopes."""
-    from mixa.export.executorch import core_modules
-
-    model = mixa.convert(deep_model("vit"), keep=1, attn=kind, attn_options={"gate": "linear"}
-                         if kind == "rala" else None, progress=False)
-    replaced = [name for name, m in model.named_modules() if type(m).__name__ == "MixAttention"]
-    assert replaced and core_modules(model) == [f"{r}.{c}" for r in replaced for c in cores]
-
-
 def _activation_pairs_by_layer(path, scopes):
     """{attention scope: QuantizeLinear nodes of activations that a node of that layer produces or (through
     the DequantizeLinear) reads}, counted on the ONNX graph: a QuantizeLinear of an activation reads a tensor

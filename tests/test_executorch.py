@@ -117,24 +117,48 @@ def test_int8_program_keeps_no_fp32_copy_of_split_projections(pte_files):
 
 
 @pytest.mark.slow  # a lowering and two PT2E quantisations, ~30 s
-def test_int8_leaves_the_lepe_of_replaced_layers_fp32(pte_files):
-    """LePE's depth-wise conv belongs to rala's core: fp32 in the PT2E INT8 graph, as in ONNX INT8, while the
-    patch embedding's conv is quantised. Counter-case: without the names, the quantizer takes LePE too."""
-    from mixa.export.executorch import _quantized_module, core_modules
+def test_int8_quantises_only_the_layers_of_replaced_layers(pte_files):
+    """In a replaced (rala) layer, PT2E INT8 annotates its layers only -- the three split projections and proj
+    -- as ONNX INT8 does: no quantize node reads an op of the core (kappa's adds, the products' operands) and
+    LePE's depth-wise conv keeps fp32 weights, while the patch embedding's conv is quantised. Counter-case:
+    the quantizer left alone takes the core's ops and LePE too."""
+    import contextlib
+
+    from mixa.export.executorch import _quantized_module, replaced_layers
+    from mixa.export.lowering import layer_norm_forms, linear_core_forms, projection_forms
 
     model, _, _ = pte_files
-    lepe = [f"{name}.lepe" for name, m in model.named_modules() if type(m).__name__ == "MixAttention"]
-    assert core_modules(model) == lepe and len(lepe) == 1
+    (layer,) = replaced_layers(model)
     example = torch.randn(1, 3, 32, 32)
 
-    def convs(fp32_names):
-        """(conv ops, those whose weight comes through a dequantize node)."""
-        graph = _quantized_module(model, example, [example.numpy()], (), fp32_names).graph
-        found = [n for n in graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
-        return len(found), sum("dequantize" in str(getattr(n.args[1], "target", "")) for n in found)
+    def scope(node):
+        stack = node.meta.get("nn_module_stack") or {}
+        return list(stack.values())[-1][0] if stack else ""
 
-    assert convs(lepe) == (2, 1)  # the patch embedding only
-    assert convs(()) == (2, 2)
+    def annotated(fp32_cores):
+        """(ops of the layer's core that feed a quantize node, quantised linear ops of the layer, (conv ops,
+        those whose weight comes through a dequantize node)) in the graph export_pte lowers."""
+        with contextlib.ExitStack() as forms:
+            forms.enter_context(linear_core_forms(model, "executorch"))
+            norms = forms.enter_context(layer_norm_forms(model, "executorch"))
+            forms.enter_context(projection_forms(model, "executorch"))
+            graph = _quantized_module(model, example, [example.numpy()], {type(m) for m in norms},
+                                      fp32_cores).graph
+        quantize = [n for n in graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
+                    and "dequantize" not in str(n.target)]
+        core = {n.args[0] for n in quantize
+                if scope(n.args[0]) in (layer, f"{layer}.lepe") and "linear" not in str(n.args[0].target)
+                and "view" not in str(n.args[0].target) and "reshape" not in str(n.args[0].target)
+                and "permute" not in str(n.args[0].target) and "transpose" not in str(n.args[0].target)}
+        linears = [n for n in linear_nodes(graph) if scope(n).startswith(layer)]
+        convs = [n for n in graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
+        dequantised = lambda n: "dequantize" in str(getattr(n.args[1], "target", ""))
+        return (len(core), (len(linears), sum(map(dequantised, linears))),
+                (len(convs), sum(map(dequantised, convs))))
+
+    assert annotated([layer]) == (0, (4, 4), (2, 1))  # q, k, v, proj quantised; the patch embedding only
+    core, linears, convs = annotated([])
+    assert core > 0 and linears == (4, 4) and convs == (2, 2)
 
 
 def test_native_layer_norms_stay_outside_and_averaged_ones_stay_fp32_in_int8(pte_files, tmp_path):

@@ -11,11 +11,11 @@ run falls back to ExecuTorch's portable kernels in the same program; the result 
 INT8: PT2E quantization with the ``XNNPACKQuantizer`` (symmetric int8, per-channel weights, static
 activation ranges calibrated on images): it quantises the layers (linear, conv) and leaves the attention
 matmuls, softmax and the linear-attention reductions and divisions in fp32 -- the split mixa's ONNX INT8
-makes by name (``mixa.export.quantize``). The sub-modules of a replaced layer's core (rala's LePE, a
-learnable feature map) stay fp32 as in ONNX: the quantizer would otherwise annotate LePE's depth-wise conv,
-and XNNPACK's int8 depth-wise conv plus the conversions and int8 transposes around it cost more than the fp32
-conv (DeiT-T/14 keep-6 rala on an AVX512-VNNI Xeon: 165 against 73 us per layer; INT8 keep-6 / original
-0.977 -> 1.01, benchmarks/edge/README.md). LayerNorms stay fp32 (as a native LayerNorm is never annotated).
+makes by name (``mixa.export.quantize``). In a replaced layer only its layers are annotated (q/k/v, proj,
+the gate): left alone, the quantizer would also take LePE's depth-wise conv and the adds of kappa, and put
+int8 conversions inside the core. On an AVX512-VNNI Xeon XNNPACK's int8 depth-wise conv with the
+conversions and int8 transposes around it took 165 us per LePE against 73 in fp32 (benchmarks/edge/README.md).
+LayerNorms stay fp32 (as a native LayerNorm is never annotated).
 """
 from __future__ import annotations
 
@@ -63,22 +63,19 @@ class PteResult:
     delegation: Optional[DelegationReport] = None  # what runs outside the XNNPACK delegate
 
 
-def core_modules(model) -> list:
-    """Names of the sub-modules of ``model``'s replaced attention layers that belong to their cores (with
-    weights, not in ``mixa.export.quantize.LAYER_CHILDREN``): INT8 leaves them fp32, as the rest of the core."""
+def replaced_layers(model) -> list:
+    """Names of ``model``'s replaced attention layers (mixa's ``MixAttention``)."""
     from ..attention.modules import MixAttention
 
-    return [f"{name}.{child}" for name, layer in model.named_modules() if isinstance(layer, MixAttention)
-            for child, sub in layer.named_children()
-            if child not in LAYER_CHILDREN and next(sub.parameters(), None) is not None]
+    return [name for name, m in model.named_modules() if isinstance(m, MixAttention)]
 
 
-def _quantized_module(model, example, calib_batches, fp32_types=(), fp32_names=()):
-    """PT2E: export for training-free graph capture, annotate for XNNPACK (modules of ``fp32_types`` and the
-    modules named in ``fp32_names`` left out), calibrate, convert."""
+def _quantized_module(model, example, calib_batches, fp32_types=(), fp32_cores=()):
+    """PT2E: export for training-free graph capture, annotate for XNNPACK (modules of ``fp32_types`` left
+    out; in the attention layers named in ``fp32_cores``, only the layers: see ``_layers_only``), calibrate,
+    convert."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
-                                                                         get_module_name_filter,
                                                                          get_symmetric_quantization_config)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -86,9 +83,8 @@ def _quantized_module(model, example, calib_batches, fp32_types=(), fp32_names=(
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     for module_type in fp32_types:
         quantizer.set_module_type(module_type, None)
-    if fp32_names:  # set_module_name takes no None config (executorch 1.5): a filter leaves their nodes alone
-        inside = [get_module_name_filter(name) for name in fp32_names]
-        quantizer.set_filter_function(lambda node: not any(f(node) for f in inside))
+    if fp32_cores:
+        quantizer.set_filter_function(_layers_only(fp32_cores))
     prepared = prepare_pt2e(captured, quantizer)
     with torch.no_grad():
         for batch in calib_batches:
@@ -107,6 +103,25 @@ def _without_unread_buffers(module):
             owner, _, leaf = name.rpartition(".")
             del module.get_submodule(owner)._buffers[leaf]
     return module
+
+
+def _layers_only(layers):
+    """The quantizer's node filter that leaves the cores of the attention layers named in ``layers`` fp32:
+    in those layers only the linear ops (the q/k/v projections, which the export's split form calls in the
+    layer's own scope) and the sub-modules in ``mixa.export.quantize.LAYER_CHILDREN`` are annotated; kappa,
+    the products' operands, LePE's conv and a feature map are not (``set_module_name`` takes no None config
+    in executorch 1.5, hence a filter)."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_module_name_filter
+
+    in_layer = [get_module_name_filter(name) for name in layers]
+    in_child = [get_module_name_filter(f"{name}.{child}") for name in layers for child in LAYER_CHILDREN]
+
+    def annotatable(node) -> bool:
+        return (node.target == torch.ops.aten.linear.default or not any(f(node) for f in in_layer)
+                or any(f(node) for f in in_child))
+
+    return annotatable
 
 
 def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 224, 224), *, int8: bool = False,
@@ -146,7 +161,7 @@ def _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                module = _quantized_module(model, example, calib_batches, fp32_types, core_modules(model)) \
+                module = _quantized_module(model, example, calib_batches, fp32_types, replaced_layers(model)) \
                     if int8 else model
                 program = torch.export.export(module, (example,), strict=False)
                 lowered = to_edge_transform_and_lower(program, transform_passes=[keep_views_delegable] if keep_views else [],
