@@ -117,48 +117,56 @@ def test_int8_program_keeps_no_fp32_copy_of_split_projections(pte_files):
 
 
 @pytest.mark.slow  # a lowering and two PT2E quantisations, ~30 s
-def test_int8_quantises_only_the_layers_of_replaced_layers(pte_files):
-    """In a replaced (rala) layer, PT2E INT8 annotates its layers only -- the three split projections and proj
-    -- as ONNX INT8 does: no quantize node reads an op of the core (kappa's adds, the products' operands) and
-    LePE's depth-wise conv keeps fp32 weights, while the patch embedding's conv is quantised. Counter-case:
-    the quantizer left alone takes the core's ops and LePE too."""
+def _quantize_inputs(model, example, fp32_cores):
+    """The PT2E INT8 graph export_pte lowers (every .pte form applied), with ``fp32_cores`` named to the
+    quantizer: [(the op feeding each quantize node, its module scope)] and the graph."""
     import contextlib
 
-    from mixa.export.executorch import _quantized_module, replaced_layers
-    from mixa.export.lowering import layer_norm_forms, linear_core_forms, projection_forms
+    from mixa.export.executorch import _quantized_module
+    from mixa.export.lowering import layer_norm_forms, linear_core_forms, projection_forms, softmax_form
+
+    with contextlib.ExitStack() as forms:
+        forms.enter_context(softmax_form(model, "plain"))
+        forms.enter_context(linear_core_forms(model, "executorch"))
+        norms = forms.enter_context(layer_norm_forms(model, "executorch"))
+        forms.enter_context(projection_forms(model, "executorch"))
+        graph = _quantized_module(model, example, [example.numpy()], {type(m) for m in norms}, fp32_cores).graph
+    scope = lambda node: next(reversed((node.meta.get("nn_module_stack") or {"": ("", None)}).values()))[0]
+    # a quantize node whose values only a linear reads (through its dequantize) is that layer's input
+    read_by = lambda q: [r for dq in q.users for r in dq.users]
+    fed = [(n.args[0], scope(n.args[0])) for n in graph.nodes if n.op == "call_function"
+           and "quantize_per_tensor" in str(n.target) and "dequantize" not in str(n.target)
+           and not all("linear" in str(r.target) for r in read_by(n))]
+    return fed, graph
+
+
+def _core_ops(fed, layers):
+    """Ops of the layers' cores (not a linear, not a view of one) whose values reach a non-linear op in int8."""
+    views = ("linear", "view", "reshape", "permute", "transpose")
+    return [op for op, where in fed if any(where == l or where == f"{l}.lepe" for l in layers)
+            and not any(v in str(op.target) for v in views)]
+
+
+def test_int8_quantises_only_the_layers_of_replaced_layers(pte_files):
+    """In a replaced (rala) layer, PT2E INT8 annotates its layers only -- the split q/k/v projections and proj
+    -- as ONNX INT8 does: no quantize node reads an op of a rala core (kappa's adds, the products' operands)
+    and LePE's depth-wise conv keeps fp32 weights, while the patch embedding's conv is quantised. Counter-case:
+    the quantizer left alone takes the core's ops and LePE too."""
+    from mixa.export.executorch import _attention_names
 
     model, _, _ = pte_files
-    (layer,) = replaced_layers(model)
+    names = _attention_names(model)
+    (rala,) = [n for n, m in model.named_modules() if type(m).__name__ == "MixAttention"]
+    assert names == [rala]
     example = torch.randn(1, 3, 32, 32)
-
-    def scope(node):
-        stack = node.meta.get("nn_module_stack") or {}
-        return list(stack.values())[-1][0] if stack else ""
-
-    def annotated(fp32_cores):
-        """(ops of the layer's core that feed a quantize node, quantised linear ops of the layer, (conv ops,
-        those whose weight comes through a dequantize node)) in the graph export_pte lowers."""
-        with contextlib.ExitStack() as forms:
-            forms.enter_context(linear_core_forms(model, "executorch"))
-            norms = forms.enter_context(layer_norm_forms(model, "executorch"))
-            forms.enter_context(projection_forms(model, "executorch"))
-            graph = _quantized_module(model, example, [example.numpy()], {type(m) for m in norms},
-                                      fp32_cores).graph
-        quantize = [n for n in graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target)
-                    and "dequantize" not in str(n.target)]
-        core = {n.args[0] for n in quantize
-                if scope(n.args[0]) in (layer, f"{layer}.lepe") and "linear" not in str(n.args[0].target)
-                and "view" not in str(n.args[0].target) and "reshape" not in str(n.args[0].target)
-                and "permute" not in str(n.args[0].target) and "transpose" not in str(n.args[0].target)}
-        linears = [n for n in linear_nodes(graph) if scope(n).startswith(layer)]
+    dequantised = lambda n: "dequantize" in str(getattr(n.args[1], "target", ""))
+    for cores, expected in ((names, (2, 1)), ((), (2, 2))):  # the patch embedding only / and LePE
+        fed, graph = _quantize_inputs(model, example, cores)
+        assert bool(_core_ops(fed, [rala])) == (not cores)
+        linears = [n for n in linear_nodes(graph) if n.meta["nn_module_stack"] and rala in str(n.meta["nn_module_stack"])]
+        assert (len(linears), sum(map(dequantised, linears))) == (4, 4)  # q, k, v, proj: INT8 either way
         convs = [n for n in graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
-        dequantised = lambda n: "dequantize" in str(getattr(n.args[1], "target", ""))
-        return (len(core), (len(linears), sum(map(dequantised, linears))),
-                (len(convs), sum(map(dequantised, convs))))
-
-    assert annotated([layer]) == (0, (4, 4), (2, 1))  # q, k, v, proj quantised; the patch embedding only
-    core, linears, convs = annotated([])
-    assert core > 0 and linears == (4, 4) and convs == (2, 2)
+        assert (len(convs), sum(map(dequantised, convs))) == expected
 
 
 def test_native_layer_norms_stay_outside_and_averaged_ones_stay_fp32_in_int8(pte_files, tmp_path):

@@ -12,9 +12,10 @@ INT8: PT2E quantization with the ``XNNPACKQuantizer`` (symmetric int8, per-chann
 activation ranges calibrated on images): it quantises the layers (linear, conv) and leaves the attention
 matmuls, softmax and the linear-attention reductions and divisions in fp32 -- the split mixa's ONNX INT8
 makes by name (``mixa.export.quantize``). In a replaced layer only its layers are annotated (q/k/v, proj,
-the gate): left alone, the quantizer would also take LePE's depth-wise conv and the adds of kappa, and put
-int8 conversions inside the core. On an AVX512-VNNI Xeon XNNPACK's int8 depth-wise conv with the
-conversions and int8 transposes around it took 165 us per LePE against 73 in fp32 (benchmarks/edge/README.md).
+the gate): left alone, the quantizer would also take the adds inside its core (rala's kappa) and LePE's
+depth-wise conv; on an AVX512-VNNI Xeon XNNPACK's int8 depth-wise conv with the conversions and int8
+transposes around it took 165 us per LePE against 73 in fp32 (benchmarks/edge/README.md). timm's softmax
+layers are left to the quantizer (``_attention_names``).
 LayerNorms stay fp32 (as a native LayerNorm is never annotated).
 """
 from __future__ import annotations
@@ -63,16 +64,9 @@ class PteResult:
     delegation: Optional[DelegationReport] = None  # what runs outside the XNNPACK delegate
 
 
-def replaced_layers(model) -> list:
-    """Names of ``model``'s replaced attention layers (mixa's ``MixAttention``)."""
-    from ..attention.modules import MixAttention
-
-    return [name for name, m in model.named_modules() if isinstance(m, MixAttention)]
-
-
 def _quantized_module(model, example, calib_batches, fp32_types=(), fp32_cores=()):
     """PT2E: export for training-free graph capture, annotate for XNNPACK (modules of ``fp32_types`` left
-    out; in the attention layers named in ``fp32_cores``, only the layers: see ``_layers_only``), calibrate,
+    out; in the attention layers named in ``fp32_cores``, only their layers: ``_layers_only``), calibrate,
     convert."""
     import torch
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (XNNPACKQuantizer,
@@ -103,6 +97,16 @@ def _without_unread_buffers(module):
             owner, _, leaf = name.rpartition(".")
             del module.get_submodule(owner)._buffers[leaf]
     return module
+
+
+def _attention_names(model) -> list:
+    """The attention layers whose cores INT8 keeps fp32 by a node filter: mixa's replaced layers. timm's
+    softmax layers are left to the quantizer: in a ViT it annotates nothing in their cores; in Swin it takes
+    q's scale and the relative-position bias add (so q @ k^T reaches the softmax through int8), and the bias
+    gather then folds into a constant -- filtered, that gather stays in the program, outside the delegate."""
+    from ..attention.modules import MixAttention
+
+    return [name for name, m in model.named_modules() if isinstance(m, MixAttention)]
 
 
 def _layers_only(layers):
@@ -161,7 +165,7 @@ def _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep
         try:
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                module = _quantized_module(model, example, calib_batches, fp32_types, replaced_layers(model)) \
+                module = _quantized_module(model, example, calib_batches, fp32_types, _attention_names(model)) \
                     if int8 else model
                 program = torch.export.export(module, (example,), strict=False)
                 lowered = to_edge_transform_and_lower(program, transform_passes=[keep_views_delegable] if keep_views else [],
