@@ -116,7 +116,6 @@ def test_int8_program_keeps_no_fp32_copy_of_split_projections(pte_files):
     assert int8.path.stat().st_size < 0.4 * fp32.path.stat().st_size
 
 
-@pytest.mark.slow  # a lowering and two PT2E quantisations, ~30 s
 def _quantize_inputs(model, example, fp32_cores):
     """The PT2E INT8 graph export_pte lowers (every .pte form applied), with ``fp32_cores`` named to the
     quantizer: [(the op feeding each quantize node, its module scope)] and the graph."""
@@ -169,6 +168,7 @@ def test_int8_quantises_only_the_layers_of_replaced_layers(pte_files):
         assert (len(convs), sum(map(dequantised, convs))) == expected
 
 
+@pytest.mark.slow  # a lowering and two PT2E quantisations, ~30 s
 def test_native_layer_norms_stay_outside_and_averaged_ones_stay_fp32_in_int8(pte_files, tmp_path):
     """The counter-case of the test above: the lowering before issue 20 (``keep_views=False``) leaves every
     LayerNorm outside the delegate. In INT8 the averaging products are not quantised: as many quantised

@@ -21,13 +21,17 @@ def scenes(split: str, count: int, start: int = 0) -> np.ndarray:
     return synthetic.SyntheticShapes(split, count, seed=SEED, offset=start, task=TASK).tensors()[0].numpy()
 
 
-def main() -> None:
-    work = Path(sys.argv[1] if len(sys.argv) > 1 else "int8_layer_norm_work")
+def setup(default_work: str):
+    """(work dir from argv, the packaged teacher, calibration batches, checked batches, image size)."""
+    work = Path(sys.argv[1] if len(sys.argv) > 1 else default_work)
     work.mkdir(parents=True, exist_ok=True)
     teacher = mixa.load(Path(mixa.__file__).parent / "assets" / "extremes_teacher").eval()
     calib = [scenes("calib", 64)]
-    check = [scenes("val", 150), scenes("val", 150, 150)]
-    size = tuple(calib[0].shape[1:])
+    return work, teacher, calib, [scenes("val", 150), scenes("val", 150, 150)], tuple(calib[0].shape[1:])
+
+
+def main() -> None:
+    work, teacher, calib, check, size = setup("int8_layer_norm_work")
     models = {"teacher": teacher, "relu_k6": mixa.convert(teacher, keep=6, attn="relu", progress=False).eval()}
     for name, model in models.items():
         for form, averaged in (("layernorm-form", True), ("native", False)):
