@@ -119,17 +119,10 @@ def test_int8_program_keeps_no_fp32_copy_of_split_projections(pte_files):
 def _quantize_inputs(model, example, fp32_cores):
     """The PT2E INT8 graph export_pte lowers (every .pte form applied), with ``fp32_cores`` named to the
     quantizer: [(the op feeding each quantize node, its module scope)] and the graph."""
-    import contextlib
+    from mixa.export.executorch import _export_forms, _quantized_module
 
-    from mixa.export.executorch import _quantized_module
-    from mixa.export.lowering import layer_norm_forms, linear_core_forms, projection_forms, softmax_form
-
-    with contextlib.ExitStack() as forms:
-        forms.enter_context(softmax_form(model, "plain"))
-        forms.enter_context(linear_core_forms(model, "executorch"))
-        norms = forms.enter_context(layer_norm_forms(model, "executorch"))
-        forms.enter_context(projection_forms(model, "executorch"))
-        graph = _quantized_module(model, example, [example.numpy()], {type(m) for m in norms}, fp32_cores).graph
+    with _export_forms(model) as fp32_types:
+        graph = _quantized_module(model, example, [example.numpy()], fp32_types, fp32_cores).graph
     scope = lambda node: next(reversed((node.meta.get("nn_module_stack") or {"": ("", None)}).values()))[0]
     # a quantize node whose values only a linear reads (through its dequantize) is that layer's input
     read_by = lambda q: [r for dq in q.users for r in dq.users]
@@ -158,14 +151,13 @@ def test_int8_quantises_only_the_layers_of_replaced_layers(pte_files):
     (rala,) = [n for n, m in model.named_modules() if type(m).__name__ == "MixAttention"]
     assert names == [rala]
     example = torch.randn(1, 3, 32, 32)
-    dequantised = lambda n: "dequantize" in str(getattr(n.args[1], "target", ""))
     for cores, expected in ((names, (2, 1)), ((), (2, 2))):  # the patch embedding only / and LePE
         fed, graph = _quantize_inputs(model, example, cores)
         assert bool(_core_ops(fed, [rala])) == (not cores)
         linears = [n for n in linear_nodes(graph) if n.meta["nn_module_stack"] and rala in str(n.meta["nn_module_stack"])]
-        assert (len(linears), sum(map(dequantised, linears))) == (4, 4)  # q, k, v, proj: INT8 either way
+        assert (len(linears), sum(map(_weight_dequantised, linears))) == (4, 4)  # q, k, v, proj: INT8 either way
         convs = [n for n in graph.nodes if n.op == "call_function" and "conv" in str(n.target)]
-        assert (len(convs), sum(map(dequantised, convs))) == expected
+        assert (len(convs), sum(map(_weight_dequantised, convs))) == expected
 
 
 @pytest.mark.slow  # a lowering and two PT2E quantisations, ~30 s
@@ -197,7 +189,12 @@ def _linear_ops(model, averaged):
     with forms as norms:
         graph = _quantized_module(model, example, [example.numpy()], {type(m) for m in norms}).graph
     linears = linear_nodes(graph)
-    return len(linears), sum("dequantize" in str(getattr(n.args[1], "target", "")) for n in linears)
+    return len(linears), sum(map(_weight_dequantised, linears))
+
+
+def _weight_dequantised(node) -> bool:
+    """A linear or conv op whose weight comes through a dequantize node (quantised by PT2E)."""
+    return "dequantize" in str(getattr(node.args[1], "target", ""))
 
 
 @pytest.mark.slow  # ~1 min per lowering on a shared 2-core CPU

@@ -142,12 +142,20 @@ def export_pte(model, path: os.PathLike | str, input_size: Sequence[int] = (3, 2
     ``keep_views=False`` skips those and ``mixa.export.delegation``'s rewrites (the lowering before issue 20,
     for comparison)."""
     require_executorch()
+    with _export_forms(model, softmax, keep_views) as fp32_types:
+        return _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views, fp32_types)
+
+
+@contextlib.contextmanager
+def _export_forms(model, softmax: Optional[str] = None, keep_views: bool = True):
+    """``model`` in the forms ``export_pte`` lowers (softmax form; with ``keep_views``, the linear-core,
+    LayerNorm and projection forms of ``mixa.export.lowering``) for the duration of the block; yields the
+    module types INT8 leaves fp32 (the switched LayerNorms)."""
     cores = linear_core_forms(model, "executorch") if keep_views else contextlib.nullcontext()
     norms = layer_norm_forms(model, "executorch") if keep_views else contextlib.nullcontext([])
     projections = projection_forms(model, "executorch") if keep_views else contextlib.nullcontext()
     with softmax_form(model, softmax or best_softmax_form("executorch")), cores, norms as averaged, projections:
-        fp32_types = {type(m) for m in averaged}
-        return _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views, fp32_types)
+        yield {type(m) for m in averaged}
 
 
 def _export_pte(model, path, input_size, int8, calib_batches, verify, seed, keep_views, fp32_types) -> PteResult:
