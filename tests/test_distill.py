@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import mixa
 from mixa.saved import WEIGHTS_NAME, is_model_dir
 from mixa import metrics
+from mixa.errors import UsageError
 from mixa.cli import main
 from mixa.distill import losses
 from mixa.distill.evaluation import evaluate
@@ -307,6 +308,38 @@ def test_kill_inside_an_epoch_resumes_from_the_step_checkpoint(world, tmp_path, 
     rows_a = json.loads((straight / "metrics.jsonl").read_text())
     rows_b = json.loads((killed / "metrics.jsonl").read_text())
     assert rows_a["train_loss"] == pytest.approx(rows_b["train_loss"], rel=1e-6)
+
+
+def test_stop_after_steps_stops_inside_an_epoch_and_resumes_exactly(world, tmp_path):
+    """A run stopped every 3 optimiser steps (inside epochs and across their ends) and resumed each time ends
+    with the weights and per-epoch metrics of a run never stopped; each stop leaves RUN/last at that step."""
+    straight = tmp_path / "straight"
+    distill(world / "student", world / "data", straight, epochs=2, batch_size=4, save_every_steps=0, **FAST)
+    per_epoch = json.loads((straight / "run.json").read_text())["steps_per_epoch"]
+    assert per_epoch % 3 and per_epoch > 3  # the stops fall inside epochs, and one epoch end is crossed
+    split, stops = tmp_path / "split", []
+    while True:
+        result = distill(world / "student", world / "data", split, epochs=2, batch_size=4, save_every_steps=0,
+                         resume=(split / "last").is_dir(), stop_after_steps=3, **FAST)
+        stops.append(torch.load(split / "last" / "train_state.pt", weights_only=True)["step"])
+        assert result["step"] == stops[-1]
+        if stops[-1] >= 2 * per_epoch:
+            break
+    assert stops == list(range(3, 2 * per_epoch, 3)) + [2 * per_epoch]
+    a, b = _weights(straight / "last"), _weights(split / "last")
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows_a = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(line) for line in (split / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_top1"] for r in rows_a] == [r["val_top1"] for r in rows_b]
+    assert [r["train_loss"] for r in rows_a] == pytest.approx([r["train_loss"] for r in rows_b], rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_stop_after_steps_rejects_bad_values(world, tmp_path, bad):
+    with pytest.raises(UsageError, match="stop_after_steps must be a positive integer"):
+        distill(world / "student", world / "data", tmp_path / "run", epochs=1, stop_after_steps=bad, **FAST)
+    assert not (tmp_path / "run").exists()
 
 
 def test_unreadable_images_are_skipped_and_counted(world, tmp_path):

@@ -96,10 +96,18 @@ def test_hidden_state_loss_is_the_mean_relative_error():
 
 def test_distill_transfers_first_by_default_for_a_converted_student(world, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(TRANSFER_AUTO, "min_steps", 5)  # (100 by default: a short test)
+    monkeypatch.setitem(TRANSFER_AUTO, "short_disagreement", 0.0)  # the long transfer, however far the student
     run = tmp_path / "run"
     distill(world / "student", world / "data", run, recipe="small", epochs=1, batch_size=8, **QUIET)
-    settings = json.loads((run / "run.json").read_text())["settings"]
+    info = json.loads((run / "run.json").read_text())
+    settings = info["settings"]
     assert settings["transfer_steps"] == auto_transfer_steps(32, 8) == 4 * 32 // 8
+    # the rule read the converted student's agreement with the teacher on the training images, measured
+    # independently here
+    measured = mixa.distill.evaluate(world / "student", world / "data" / "train", teacher="auto", workers=0,
+                                     progress=False)
+    assert info["transfer_steps_auto"]["agreement_top1"] == pytest.approx(measured["agreement_top1"], abs=0.01)
+    assert info["transfer_steps_auto"]["steps"] == 16 and not settings["stage_from_converted"]
     stage = json.loads((run / "transfer" / "metrics.jsonl").read_text().splitlines()[-1])
     assert stage["step"] == 16
     # an unconverted model has nothing to transfer: no stage
@@ -121,6 +129,60 @@ def test_auto_transfer_steps_scale_with_the_data():
     assert auto_transfer_steps(3000, 64) == 188          # the quick start: 4 passes
     assert auto_transfer_steps(100, 64) == TRANSFER_AUTO["min_steps"]
     assert auto_transfer_steps(1_281_167, 512) == TRANSFER_AUTO["max_steps"]
+
+
+def test_auto_transfer_steps_follow_the_converted_students_agreement():
+    near, short = AFTER_TRANSFER_AUTO["full_lr_disagreement"], TRANSFER_AUTO["short_disagreement"]
+    assert (near, short, TRANSFER_AUTO["short_steps"]) == (5.0, 15.0, 3)
+    assert auto_transfer_steps(800, 64, agreement=100.0) == 0
+    assert auto_transfer_steps(800, 64, agreement=100.0 - near + 0.01) == 0      # near the teacher: no transfer
+    assert auto_transfer_steps(800, 64, agreement=100.0 - near) == 3             # closer than `short`: 3 steps
+    assert auto_transfer_steps(800, 64, agreement=100.0 - short + 0.01) == 3
+    assert auto_transfer_steps(800, 64, agreement=100.0 - short) == 100          # farther: the long transfer
+    assert auto_transfer_steps(800, 64, agreement=14.8) == auto_transfer_steps(800, 64) == 100
+
+
+def test_a_converted_student_near_the_teacher_gets_the_stage_without_transfer(world, tmp_path, monkeypatch):  # noqa: F811
+    """transfer_steps auto for a student near the teacher: no RUN/transfer, KD at lr x near_scale from the
+    converted weights (bit for bit the run started by hand at that lr), the converted student is RUN/best
+    until an epoch clearly beats it, and a stopped run resumes exactly."""
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)  # every student is near
+    stage = {**STAGE, "epochs": 2}
+    staged = tmp_path / "staged"
+    result = distill(world / "student", world / "data", staged, transfer_steps="auto", **stage)
+    info = json.loads((staged / "run.json").read_text())
+    assert info["settings"]["transfer_steps"] == 0 and info["transfer_steps_auto"]["steps"] == 0
+    assert info["settings"]["stage_from_converted"] and not (staged / "transfer").exists()
+    scale = AFTER_TRANSFER_AUTO["near_scale"]
+    assert info["settings"]["after_transfer_lr_scale"] == scale
+    assert info["lr_scaled"] == pytest.approx(load_recipe("tiny")["lr"] * scale)
+    converted = mixa.distill.evaluate(world / "student", world / "data", workers=0, progress=False)
+    assert info["after_transfer"]["top1"] == pytest.approx(converted["top1"])
+    rows = [json.loads(line) for line in (staged / "metrics.jsonl").read_text().splitlines()]
+    if result["best_epoch"] == 0:  # no epoch clearly above the converted student: RUN/best is it
+        assert all(torch.equal(a, b) for a, b in zip(_weights(staged / "best").values(),
+                                                     _weights(world / "student").values()))
+    else:
+        assert rows[result["best_epoch"] - 1]["val_top1"] > info["after_transfer"]["top1"]
+    by_hand = tmp_path / "by_hand"
+    distill(world / "student", world / "data", by_hand, transfer_steps=0, lr=info["lr_scaled"], **stage)
+    a, b = _weights(staged / "last"), _weights(by_hand / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    split = tmp_path / "split"
+    distill(world / "student", world / "data", split, transfer_steps="auto", stop_after=1, **stage)
+    distill(world / "student", world / "data", split, resume=True, **stage)
+    c = _weights(split / "last")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+    resumed = json.loads((split / "run.json").read_text())
+    assert resumed["transfer_steps_auto"] == info["transfer_steps_auto"]  # what the first call recorded stays
+    # the counter-case: the same student, not near, gets the recipe's lr
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 0.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "short_disagreement", 101.0)
+    short = tmp_path / "short"
+    distill(world / "student", world / "data", short, transfer_steps="auto", stop_after=0, **stage)
+    info = json.loads((short / "run.json").read_text())
+    assert info["settings"]["transfer_steps"] == TRANSFER_AUTO["short_steps"] and (short / "transfer").is_dir()
+    assert not info["settings"]["stage_from_converted"]
 
 
 def test_the_stage_after_transfer_starts_from_the_transferred_weights(world, tmp_path):  # noqa: F811
@@ -256,7 +318,7 @@ def test_bad_new_flags_are_one_line_exit_2(world, tmp_path, capsys, flag, value)
 
 
 @pytest.mark.parametrize("text,expect", [
-    ("transfer_steps: -2", "transfer_steps must be"), ("after_transfer_lr_scale: 0", "after_transfer_lr_scale"),
+    ("transfer_steps: -2", "transfer_steps must be"), ("stage_from_converted: maybe", "stage_from_converted"), ("after_transfer_lr_scale: 0", "after_transfer_lr_scale"),
     ("after_transfer_lr_scale: fast", "after_transfer_lr_scale"),
     ("hidden_weight: -1", "hidden_weight must be"), ("warmup_max_fraction: 2", "warmup_max_fraction")])
 def test_bad_recipe_values_are_one_line_exit_2(world, tmp_path, capsys, text, expect):  # noqa: F811

@@ -71,6 +71,10 @@ STAGES = {
                     "warmup_lr": 1.0e-6},
     "recipe-warm": {"warmup_epochs": 1, "warmup_max_fraction": 0.34, "warmup_lr": 1.0e-6},
     "default": None,
+    # "auto": mixa distill as a user runs it since the tenth session: transfer_steps "auto" keyed on the converted
+    # student's agreement (none near the teacher, a short one closer, the long one far: recipes.TRANSFER_AUTO),
+    # then the stage; KD planned for --images / --train-images epochs after the transfer; needs --kd-every.
+    "auto": None,
 }
 
 
@@ -87,8 +91,12 @@ def parse_args(argv=None):
     p.add_argument("--images", type=int, default=9600, help="images processed at the end of every curve")
     p.add_argument("--transfer-batch", type=int, default=64)
     p.add_argument("--transfer-every", type=int, default=25, help="transfer-only: steps between points")
+    p.add_argument("--kd-every", type=int, default=0,
+                   help="KD: optimiser steps between points (x = steps x batch images); 0: a point per epoch "
+                        "(x = epochs x --train-images, the first grids' convention)")
     p.add_argument("--stage-transfer-steps", type=int, default=50,
-                   help="transfer steps before the stage in the study variants (tkd-default: distill's auto)")
+                   help="transfer steps before the stage in the study variants (tkd-default: distill's auto; "
+                        "0: the stage starts from the converted student)")
     p.add_argument("--study-epochs", type=int, default=3, help="KD epochs of the study variants (tkd-*, not default)")
     p.add_argument("--seed", type=int, default=1, help="data and run seed (the teacher was trained on seed 0)")
     p.add_argument("--kept-from", default=None, metavar="PLAN_JSON",
@@ -189,6 +197,8 @@ class Bench:
                          "kd_recipe": {k: v for k, v in RECIPE.items()}}
         if args.test_images:
             self.settings["test_images"] = args.test_images
+        if args.kd_every:
+            self.settings["kd_every"] = args.kd_every
         self.plan_kept = {}
         if args.kept_from:
             self.plan_kept = plan_kept(Path(args.kept_from))
@@ -315,7 +325,35 @@ class Bench:
             write_json(state_path, state)
             print(f"{name}: {json.dumps(value)}", flush=True)
 
-        def kd_curve(start: Path, run: Path, epochs: int, offset: int, settings: dict):
+        def kd_curve(start: Path, run: Path, epochs: int, offset, settings: dict):
+            """``mixa distill`` from ``start`` into ``run``, planned for ``epochs``, a point after every epoch
+            (or every --kd-every steps) at x = ``offset`` (images before KD; a callable: read once the run
+            has started) + KD images; resumed point by point."""
+            recipe = {**self.recipe, **settings, "epochs": epochs}
+            if not callable(offset):
+                offset = (lambda images: lambda: images)(offset)
+
+            def resume():
+                return (run / "last").is_dir() or (run / "transfer").is_dir()
+
+            if a.kd_every:
+                def position():
+                    return load_train_state(run / "last")["step"] if (run / "last").is_dir() else 0
+
+                def last_point():
+                    return max([p["step"] for p in state["curve"] if p.get("stage") == "kd"] + [0])
+
+                while True:
+                    step = position()
+                    if step > last_point():  # (a kill between a checkpoint and its point: that point only)
+                        add(offset() + step * recipe["batch_size"], load(run / "last"), {"stage": "kd", "step": step})
+                        continue
+                    total = json.loads((run / "run.json").read_text())["steps_per_epoch"] * epochs if step else None
+                    if total is not None and step >= total:
+                        return
+                    distill(start, self.data, run, teacher=self.teacher, recipe=recipe, resume=resume(),
+                            stop_after_steps=a.kd_every, device="cpu", progress=False)
+
             def in_run():
                 metrics = run / "metrics.jsonl"
                 return len(metrics.read_text().splitlines()) if (run / "last").is_dir() and metrics.exists() else 0
@@ -323,14 +361,12 @@ class Bench:
             while True:
                 done, points = in_run(), len([p for p in state["curve"] if p.get("stage") == "kd"])
                 if done > points:  # (a kill between an epoch's checkpoint and its point: that point only)
-                    add(offset + done * a.train_images, load(run / "last"), {"stage": "kd"})
+                    add(offset() + done * a.train_images, load(run / "last"), {"stage": "kd"})
                     continue
                 if done >= epochs:
                     return
-                distill(start, self.data, run, teacher=self.teacher,
-                        recipe={**self.recipe, **settings, "epochs": epochs},
-                        resume=(run / "last").is_dir() or (run / "transfer").is_dir(), stop_after=1, device="cpu",
-                        progress=False)
+                distill(start, self.data, run, teacher=self.teacher, recipe=recipe, resume=resume(), stop_after=1,
+                        device="cpu", progress=False)
 
         if mode == "kd":
             kd_curve(student, self.work / "runs" / name, a.images // a.train_images, 0, {})
@@ -366,18 +402,41 @@ class Bench:
                       "best_epoch": load_train_state(run / "last").get("best_epoch")}
             if a.test_images:
                 record["test"] = self.score_checkpoints(run, ("transfer", "best", "last"), "test")
+        elif mode == "tkd-auto":
+            if not a.kd_every:
+                sys.exit("tkd-auto rows need --kd-every (points inside the stage's first epoch)")
+            run = self.work / "runs" / name
+
+            def transfer_images():
+                settings = json.loads((run / "run.json").read_text())["settings"]
+                return settings["transfer_steps"] * settings["batch_size"]
+
+            def first_point():  # the transferred student (or the converted one: no transfer), once
+                if (run / "run.json").is_file() and not any(p.get("stage") == "transfer" for p in state["curve"]):
+                    steps = json.loads((run / "run.json").read_text())["settings"]["transfer_steps"]
+                    add(transfer_images(), load(run / "transfer") if steps else load(student),
+                        {"stage": "transfer", "transfer_steps": steps})
+
+            first_point()
+            kd_curve(student, run, a.images // a.train_images, transfer_images, {"transfer_steps": "auto"})
+            first_point()
+            info = json.loads((run / "run.json").read_text())
+            record = {"transfer_steps": info["settings"]["transfer_steps"], "stage": "mixa distill defaults",
+                      "settings": info["settings"], "transfer_steps_auto": info.get("transfer_steps_auto"),
+                      "best_epoch": load_train_state(run / "last").get("best_epoch")}
         else:
             variant = mode.split("-", 1)[1]
             steps = a.stage_transfer_steps
             # one transfer run per student and step count, shared by every variant (deterministic)
-            t_run = self.work / "runs" / f"{kind}_k{keep}_transfer{steps}"
-            if not any(p.get("stage") == "transfer" for p in state["curve"]):
+            # (0 steps: the stage from the converted student)
+            t_run = self.work / "runs" / f"{kind}_k{keep}_transfer{steps}" if steps else student
+            if steps and not any(p.get("stage") == "transfer" for p in state["curve"]):
                 self.transfer(student, t_run, steps)
                 add(steps * a.transfer_batch, load(t_run), {"stage": "transfer"})
             settings = {**STAGES[variant], "transfer_steps": 0}
             kd_curve(t_run, self.work / "runs" / name, a.study_epochs, steps * a.transfer_batch, settings)
             record = {"transfer_steps": steps, "stage": settings, "study_epochs": a.study_epochs,
-                      "transfer_settings": json.loads((t_run / "run.json").read_text())["settings"]}
+                      "transfer_settings": json.loads((t_run / "run.json").read_text())["settings"] if steps else None}
         record = {"name": name, "kind": kind, "keep": keep, "mode": mode, "seed": a.seed,
                   "kept": load(student).mixa_config["selection"]["kept"], "curve": state["curve"], **record}
         def add_record(results):  # replaces the row's partial record (--report-only --partial), if any

@@ -80,13 +80,15 @@ def add_arguments(p) -> None:
                    help="also match the teacher's block outputs (relative error, weight W; 0: off)")
     g.add_argument("--transfer-steps", type=auto_or_count, metavar="auto|N",
                    help="first N steps of layer-wise attention transfer (mixa transfer) into RUN/transfer; "
-                        "auto (default): 4 passes over the training images for a converted student (100 to "
-                        "2000 steps), none for a model without replaced attention; 0: off")
+                        "auto (default), by the converted student's disagreement with the teacher on 256 "
+                        "training images: under 5%% none (its KD is the stage after transfer), under 15%% 3 steps, "
+                        "else 4 passes over the training images (100 to 2000 steps); none for a model without "
+                        "replaced attention; 0: off")
     g.add_argument("--transfer-lr", type=_positive, help="peak lr of that stage (default: mixa transfer's)")
     g.add_argument("--after-transfer-lr-scale", type=_auto_or_positive, metavar="auto|F",
-                   help="after a transfer stage, KD runs at lr x F; auto (default): the recipe's lr while the "
-                        "transferred student disagrees with the teacher on >= 5%% of 256 training images, "
-                        "else lr x 0.2")
+                   help="after a transfer stage (or none, auto's near student), KD runs at lr x F; auto "
+                        "(default): the recipe's lr while the student disagrees with the teacher on >= 5%% of 256 "
+                        "training images, else lr x 0.2")
     g.add_argument("--after-transfer-hidden-weight", type=_non_negative, metavar="W",
                    help="hidden-state weight of the KD after a transfer stage (default 0: logits only)")
 

@@ -64,13 +64,23 @@ DEFAULTS: Dict[str, Any] = {
     # from the transferred student's agreement with the teacher on training images.
     "after_transfer_lr_scale": "auto",    # a number > 0, or "auto"
     "after_transfer_hidden_weight": 0.0,  # hidden_weight after a transfer stage (0: logit KD only)
+    # Set by transfer_steps "auto", not by hand: the converted student was already near the teacher, so it had
+    # no transfer stage and its KD is the stage after one (after_transfer_* apply, RUN/best starts as it).
+    "stage_from_converted": False,
 }
 
-# transfer_steps "auto": this many passes over the training images (batch = the run's), at least
-# min_steps and at most max_steps optimiser steps. On the extremes proxy (relu k = 0, seed 1, batch 64) a
-# 50-step transfer ends at 92.5% and a 100-step one at 97.4% (control 98.9): at least 100 steps
-# (benchmarks/transfer).
-TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000}
+# transfer_steps "auto" for a converted student, keyed on how far it is from the teacher: its top-1
+# disagreement with the teacher on the first AFTER_TRANSFER_AUTO["images"] training images, measured before
+# anything trains (the same measurement and "near" threshold as after_transfer_lr_scale "auto"):
+# - near (under AFTER_TRANSFER_AUTO["full_lr_disagreement"]): no transfer; its KD is the stage after transfer;
+# - under ``short_disagreement``: ``short_steps`` of transfer;
+# - farther: ``epochs`` passes over the training images, at least ``min_steps``, at most ``max_steps``.
+# Measured on the extremes proxy (seed 1, batch 64, benchmarks/transfer/fine_*): far students (k = 0, 35-85%
+# disagreement) need the long transfer (relu k = 0: 92.5% after 50 steps, 97.4% after 100; KD alone never
+# reaches control - 1 within 9600 images); at k = 6 a 3-step transfer takes rala and hedgehog (7% disagreement)
+# from 92.8 / 92.2 to 98.4 / 99.4, while it wrecks stella (3%: 96.9 -> 86.5), whose KD at the near lr is at
+# 98.8 after two steps.
+TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000, "short_disagreement": 15.0, "short_steps": 3}
 
 # after_transfer_lr_scale "auto": the transferred student is compared with the teacher on the first
 # ``images`` training images (no augmentation). Where it still disagrees on at least ``full_lr_disagreement``
@@ -89,8 +99,16 @@ def auto_lr_scale(agreement: float) -> float:
     return 1.0 if full else AFTER_TRANSFER_AUTO["near_scale"]
 
 
-def auto_transfer_steps(train_images: int, batch_size: int) -> int:
-    """transfer_steps "auto" for a converted student trained on ``train_images`` at ``batch_size``."""
+def auto_transfer_steps(train_images: int, batch_size: int, agreement: Optional[float] = None) -> int:
+    """transfer_steps "auto" for a converted student trained on ``train_images`` at ``batch_size`` that agrees
+    with the teacher on ``agreement`` percent of the training images compared (None: not measured, the
+    long transfer)."""
+    if agreement is not None:
+        disagreement = 100.0 - agreement
+        if disagreement < AFTER_TRANSFER_AUTO["full_lr_disagreement"]:
+            return 0
+        if disagreement < TRANSFER_AUTO["short_disagreement"]:
+            return int(TRANSFER_AUTO["short_steps"])
     steps = round(TRANSFER_AUTO["epochs"] * train_images / batch_size)
     return int(min(TRANSFER_AUTO["max_steps"], max(TRANSFER_AUTO["min_steps"], steps)))
 
@@ -178,6 +196,8 @@ def validate(s: Dict[str, Any]) -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise UsageError(f"after_transfer_lr_scale must be 'auto' or a number > 0, got {scale!r}")
     number("after_transfer_hidden_weight", 0)
+    if not isinstance(s["stage_from_converted"], bool):
+        raise UsageError(f"stage_from_converted must be true or false, got {s['stage_from_converted']!r}")
     if s["transfer_lr"] is not None:
         number("transfer_lr", 0)
         if not float(s["transfer_lr"]) > 0:

@@ -9,7 +9,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from timm.utils import random_seed
 from tqdm import tqdm
@@ -55,17 +55,19 @@ def _transfer_stage(student, student_source, source, data_dir, run: Path, teache
 
 def _score_transferred(student, val_dl, t_model, run: Path, s: Dict[str, Any], dist: Dist,
                        progress: bool) -> Dict[str, Any]:
-    """The transferred student on val, recorded in RUN/run.json (``after_transfer``) and saved as RUN/best,
-    the checkpoint each KD epoch has to beat to replace it."""
+    """The transferred student (or the converted one, for a stage without transfer) on val, recorded in
+    RUN/run.json (``after_transfer``) and saved as RUN/best, the checkpoint each KD epoch has to beat to
+    replace it."""
     student.to(dist.device)
+    what = "as converted" if s["stage_from_converted"] else "after transfer"
     val = evaluate_loader(student, val_dl, t_model, dist.device, autocast_dtype(s["amp"], dist.device), dist,
-                          progress=progress and dist.main, desc="val after transfer")
+                          progress=progress and dist.main, desc=f"val {what}")
     scores = {key: val.get(key) for key in ("top1", "top5", "loss", "agreement_top1", "mean_kl")}
     if dist.main:
         save_checkpoint(run, "best", student, None)
         info = json.loads((run / "run.json").read_text())
         write_json(run / "run.json", {**info, "after_transfer": scores})
-        tqdm.write(f"mixa distill: after transfer: val top-1 {val['top1']:.2f}"
+        tqdm.write(f"mixa distill: {what}: val top-1 {val['top1']:.2f}"
                    + (f"  agree {val['agreement_top1']:.2f}" if val.get("agreement_top1") is not None else "")
                    + " (RUN/best until a KD epoch beats it by more than one standard error)")
     dist.barrier()
@@ -81,24 +83,55 @@ def replaces_best(top1: float, best: float, best_epoch: Optional[int], val_image
     return top1 > best
 
 
-def resolve_transfer_steps(s: Dict[str, Any], student, train_images: int) -> int:
-    """transfer_steps as a number: "auto" is TRANSFER_AUTO's rule for a student with replaced attention
-    layers and 0 for one without (nothing to transfer)."""
-    if s["transfer_steps"] != "auto":
-        return int(s["transfer_steps"])
-    if s["kd"] == "none":  # labels only: no reference to transfer from
-        return 0
+def converted(student) -> bool:
+    """Does ``student`` have replaced (linear) attention layers, something to transfer into?"""
     try:
-        converted = any(layer_kind(m) != "softmax" for _, m in attention_layers(student))
+        return any(layer_kind(m) != "softmax" for _, m in attention_layers(student))
     except UsageError:  # a model family mixa does not convert: nothing to transfer
-        converted = False
-    return auto_transfer_steps(train_images, s["batch_size"]) if converted else 0
+        return False
+
+
+def train_agreement(student, teacher, data_dir, s: Dict[str, Any], dist: Dist) -> Dict[str, Any]:
+    """The student's top-1 agreement with the teacher on the first AFTER_TRANSFER_AUTO["images"] training
+    images, without augmentation: what the "auto" rules of transfer_steps and after_transfer_lr_scale read."""
+    images = AFTER_TRANSFER_AUTO["images"]
+    student.to(dist.device)  # (loaded on the CPU; the teacher and the batches are on the run's device)
+    loader = D.val_loader(data_dir, student, batch_size=min(64, images), workers=s["workers"], split="train",
+                          max_images=images, rank=dist.rank, world=dist.world)
+    measured = evaluate_loader(student, loader, teacher, dist.device, dist=dist)
+    return {"agreement_top1": round(measured["agreement_top1"], 2), "images": measured["images"]}
+
+
+def resolve_transfer_steps(s: Dict[str, Any], student, teacher, data_dir, train_images: int,
+                           dist: Dist) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
+    """The settings with transfer_steps as a number, and what "auto" measured (None: nothing). "auto" is 0 for a student without replaced attention
+    layers or without a teacher (nothing to transfer, no reference); for a converted student it is
+    TRANSFER_AUTO's rule on its agreement with the teacher (run.json: ``transfer_steps_auto``). A converted
+    student near the teacher gets no transfer stage and its KD becomes the stage after one
+    (``stage_from_converted``, after_transfer_lr_scale "auto" resolved on the same measurement)."""
+    if s["transfer_steps"] != "auto":
+        return {**s, "transfer_steps": int(s["transfer_steps"])}, None
+    if s["kd"] == "none" or teacher is None or not converted(student):
+        return {**s, "transfer_steps": 0}, None
+    measured = train_agreement(student, teacher, data_dir, s, dist)
+    steps = auto_transfer_steps(train_images, s["batch_size"], measured["agreement_top1"])
+    s = {**s, "transfer_steps": steps}
+    if steps == 0:
+        s["stage_from_converted"] = True
+        if s["after_transfer_lr_scale"] == "auto":
+            s["after_transfer_lr_scale"] = auto_lr_scale(measured["agreement_top1"])
+    return s, {**measured, "steps": steps}
+
+
+def staged(s: Dict[str, Any]) -> bool:
+    """Is this run's KD the stage after transfer (a transfer stage ran, or none was needed)?"""
+    return bool(s["transfer_steps"]) or s["stage_from_converted"]
 
 
 def stage_settings(s: Dict[str, Any]) -> Dict[str, Any]:
     """The settings distillation runs with: after a transfer stage, hidden states matched with
     after_transfer_hidden_weight (see recipes.DEFAULTS)."""
-    if s["transfer_steps"]:
+    if staged(s):
         return {**s, "hidden_weight": s["after_transfer_hidden_weight"]}
     return s
 
@@ -108,20 +141,14 @@ def scaled_lr(s: Dict[str, Any]) -> float:
     after a transfer stage (still "auto" before that stage has run: the recipe's lr, as planned)."""
     lr = s["lr"] * (s["batch_size"] / s["lr_base_batch"] if s["lr_base_batch"] else 1.0)
     scale = s["after_transfer_lr_scale"]
-    return lr * (scale if s["transfer_steps"] and scale != "auto" else 1.0)
+    return lr * (scale if staged(s) and scale != "auto" else 1.0)
 
 
 def resolve_lr_scale(student, teacher, data_dir, s: Dict[str, Any], dist: Dist) -> Dict[str, Any]:
     """after_transfer_lr_scale "auto" as a number (recipes.AFTER_TRANSFER_AUTO), from the transferred
     student's top-1 agreement with the teacher on the first training images, without augmentation."""
-    images = AFTER_TRANSFER_AUTO["images"]
-    student.to(dist.device)  # (loaded on the CPU; the teacher and the batches are on the run's device)
-    loader = D.val_loader(data_dir, student, batch_size=min(64, images), workers=s["workers"], split="train",
-                          max_images=images, rank=dist.rank, world=dist.world)
-    measured = evaluate_loader(student, loader, teacher, dist.device, dist=dist)
-    agreement = measured["agreement_top1"]
-    scale = auto_lr_scale(agreement)
-    return {"after_transfer_lr_scale": scale, "agreement_top1": round(agreement, 2), "images": measured["images"]}
+    measured = train_agreement(student, teacher, data_dir, s, dist)
+    return {"after_transfer_lr_scale": auto_lr_scale(measured["agreement_top1"]), **measured}
 
 
 def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images: int) -> List[str]:
@@ -132,8 +159,9 @@ def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images:
         why.append(f"x {s['batch_size']}/{s['lr_base_batch']} linear batch rule")
     if s["transfer_steps"] and s["after_transfer_lr_scale"] == "auto":
         why.append("x after_transfer_lr_scale auto: set after transfer")
-    elif s["transfer_steps"] and s["after_transfer_lr_scale"] != 1:
-        why.append(f"x {s['after_transfer_lr_scale']:g} after transfer")
+    elif staged(s) and s["after_transfer_lr_scale"] != 1:
+        why.append(f"x {s['after_transfer_lr_scale']:g} " + ("near the teacher" if s["stage_from_converted"]
+                                                             else "after transfer"))
     lines = [f"{s['epochs']} epoch(s) x {steps_per_epoch} step(s) of {s['batch_size']} images; lr {lr:.3g} "
              f"(recipe {s['lr']:.3g}{', ' + ', '.join(why) if why else ''}), warm-up {warmup} step(s)"
              + (f" (the recipe's {s['warmup_epochs']:g} epoch(s), capped at {s['warmup_max_fraction']:.0%} of the run)"
@@ -170,8 +198,8 @@ class TrainSums(Sums):
 
 def distill(student: ModelSource, data_dir, output, teacher=None, recipe=None, *,
             teacher_checkpoint: Optional[str] = None, resume: bool = False, stop_after: Optional[int] = None,
-            device: Optional[str] = None, progress: bool = True, source: Optional[Dict[str, Any]] = None,
-            **overrides) -> Dict[str, Any]:
+            stop_after_steps: Optional[int] = None, device: Optional[str] = None, progress: bool = True,
+            source: Optional[Dict[str, Any]] = None, **overrides) -> Dict[str, Any]:
     """Fine-tune ``student`` (a saved mixa model directory, a timm name built with the weight options in
     ``source``, or a module) on ``data_dir`` (train/ and val/ class folders) with knowledge distillation
     from ``teacher`` (default: the original recorded for the student; "none": no teacher, labels only).
@@ -179,7 +207,9 @@ def distill(student: ModelSource, data_dir, output, teacher=None, recipe=None, *
     ``recipe`` is a packaged recipe name, a YAML path or a dict; ``overrides`` are recipe settings
     (epochs, batch_size, lr, seed, workers, amp, kd, kd_weight, kd_temperature, ema, ...). ``resume``
     continues ``output`` exactly (settings from the run; overrides such as a larger ``epochs`` apply).
-    ``stop_after`` ends this call after that many epochs (the schedule still plans ``epochs``).
+    ``stop_after`` ends this call after that many epochs (the schedule still plans ``epochs``);
+    ``stop_after_steps`` after that many optimiser steps, inside an epoch if need be (RUN/last then holds
+    the step checkpoint that ``resume`` continues exactly; no validation at that point).
     Launched under torchrun, trains with DistributedDataParallel; only rank 0 writes.
     Returns the last epoch's metrics plus ``best_top1``, ``best_epoch`` (the epoch of RUN/best; 0: the
     transferred student: no KD epoch beat it by more than KEEP_TRANSFER_STANDARD_ERRORS), ``epochs_done``
@@ -200,10 +230,13 @@ def distill(student: ModelSource, data_dir, output, teacher=None, recipe=None, *
         run, state = open_run(output, resume, "distill")
         settings = load_recipe({**state["settings"], **given} if state is not None else recipe,
                                **({} if state is not None else given))
+    if stop_after_steps is not None and (isinstance(stop_after_steps, bool) or not isinstance(stop_after_steps, int)
+                                         or stop_after_steps < 1):
+        raise UsageError(f"stop_after_steps must be a positive integer, got {stop_after_steps!r}")
     dist = Dist(device)
     try:
         return _run(student, dict(source or {}), data_dir, run, teacher, teacher_checkpoint, settings, state,
-                    stop_after, dist, progress)
+                    (stop_after, stop_after_steps), dist, progress)
     finally:
         dist.close()
 
@@ -242,7 +275,8 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         raise MixaError(f"one epoch has {len(train_dl)} batches, fewer than accum_steps={accum}")
     if state is not None:
         load_last_weights(student, run, f"the student {student_source}")
-    s = settings = {**s, "transfer_steps": resolve_transfer_steps(s, student, len(train_set))}
+    s, transfer_auto = resolve_transfer_steps(s, student, t_model, data_dir, len(train_set), dist)
+    settings = s
     lr = scaled_lr(s)
     warmup = warmup_steps(s, steps_per_epoch)
     if dist.main and state is None:
@@ -250,11 +284,21 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             tqdm.write(f"mixa distill: {line}")
     if dist.main:
         run.mkdir(parents=True, exist_ok=True)
-        write_json(run / "run.json", {
+        # (a resumed run keeps what its stages recorded: transfer_steps_auto, after_transfer, ...)
+        recorded = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+        write_json(run / "run.json", {**recorded,
             "student": str(student_source), "data": str(data_dir), "teacher": None if teacher is None else str(teacher),
             "teacher_checkpoint": teacher_checkpoint, "settings": s, "processes": world,
-            "per_process_batch": per_process, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch})
+            "per_process_batch": per_process, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch,
+            **({"transfer_steps_auto": transfer_auto} if transfer_auto else {})})
+    if dist.main and transfer_auto is not None:
+        tqdm.write(f"mixa distill: the converted student agrees with the teacher on {transfer_auto['agreement_top1']:.1f}% "
+                   f"of {transfer_auto['images']} training images: "
+                   + (f"{transfer_auto['steps']} transfer step(s)" if transfer_auto["steps"] else
+                      f"no transfer, KD at lr x {s['after_transfer_lr_scale']:g} = {lr:.3g}") + " (transfer_steps auto)")
     best, best_epoch = -1.0, None  # best_epoch 0: the transferred student
+    if state is None and s["stage_from_converted"]:
+        best, best_epoch = _score_transferred(student, val_dl, t_model, run, s, dist, progress)["top1"], 0
     if state is None and s["transfer_steps"]:
         _transfer_stage(student, student_source, source, data_dir, run, t_model if t_model is not None else teacher,
                         teacher_checkpoint, s, dist, progress)
@@ -296,7 +340,9 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             tqdm.write(f"mixa distill: resuming with {world} processes instead of {len(rngs)}; "
                        f"random streams restart (the run is no longer bit-exact)")
 
+    stop_after, stop_after_steps = stop_after
     end_epoch = s["epochs"] if stop_after is None else min(s["epochs"], start_epoch + int(stop_after))
+    stop_step = None if stop_after_steps is None else stepper.step + int(stop_after_steps)
     row: Dict[str, Any] = history[-1] if history else {}
     batches_per_epoch = len(train_dl)
     every = int(s.get("save_every_steps") or 0)
@@ -327,12 +373,18 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{stepper.current_lr():.2e}",
                             img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
             stepped = (batch + 1) % accum == 0
-            if every and stepped and stepper.step % every == 0 and batch + 1 < batches_per_epoch:
+            stopping = stop_step is not None and stepped and stepper.step >= stop_step
+            if stepped and batch + 1 < batches_per_epoch and (stopping or every and stepper.step % every == 0):
                 # A kill inside a long epoch loses at most `every` steps: RUN/last resumes here.
                 rngs, partials = dist.gather(rng_state()), dist.gather(sums.as_dict())
                 if dist.main:
                     save_checkpoint(run, "last", stepper.model, train_state(
                         epoch=epoch, batch=batch + 1, partial_sums=partials, rng=rngs))
+                if stopping:
+                    bar.close()
+                    dist.barrier()
+                    return {**row, "best_top1": best, "best_epoch": best_epoch, "epochs_done": epoch,
+                            "step": stepper.step, "run": str(run)}
         bar.close()
         train_time = time.perf_counter() - t0
         sums = sums.reduced(dist)
@@ -374,4 +426,8 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
                            f"image(s) replaced by readable ones, {row['skipped_val_images']} unreadable val "
                            f"image(s) left out")
         dist.barrier()
-    return {**row, "best_top1": best, "best_epoch": best_epoch, "epochs_done": end_epoch, "run": str(run)}
+        if stop_step is not None and stepper.step >= stop_step:
+            end_epoch = epoch + 1
+            break
+    return {**row, "best_top1": best, "best_epoch": best_epoch, "epochs_done": end_epoch, "step": stepper.step,
+            "run": str(run)}
