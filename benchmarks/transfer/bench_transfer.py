@@ -262,9 +262,10 @@ class Bench:
     def evaluate(self, model, split: str = "val") -> dict:
         from mixa.distill import evaluate
 
-        m = evaluate(model, self.data / split, teacher=self.teacher, batch_size=250, workers=0, device="cpu",
-                     progress=False)
-        return {"top1": m["top1"], "agreement": m["agreement_top1"]}
+        # (--kd-every rows score top-1 only: a teacher pass at each of their many points would double its cost)
+        m = evaluate(model, self.data / split, teacher=None if self.args.kd_every else self.teacher, batch_size=250,
+                     workers=0, device="cpu", progress=False)
+        return {"top1": m["top1"], "agreement": m.get("agreement_top1")}
 
     def score_checkpoints(self, run: Path, names, split: str) -> dict:
         """``evaluate`` of each checkpoint RUN/NAME on ``split``; RUN/best is a copy of the transfer or of an
@@ -411,11 +412,14 @@ class Bench:
                 settings = json.loads((run / "run.json").read_text())["settings"]
                 return settings["transfer_steps"] * settings["batch_size"]
 
-            def first_point():  # the transferred student (or the converted one: no transfer), once
+            def first_point():  # the transferred student, once (no transfer: the converted student's point 0)
                 if (run / "run.json").is_file() and not any(p.get("stage") == "transfer" for p in state["curve"]):
                     steps = json.loads((run / "run.json").read_text())["settings"]["transfer_steps"]
-                    add(transfer_images(), load(run / "transfer") if steps else load(student),
-                        {"stage": "transfer", "transfer_steps": steps})
+                    if steps:
+                        add(transfer_images(), load(run / "transfer"), {"stage": "transfer", "transfer_steps": steps})
+                    else:
+                        state["curve"][0].update(stage="transfer", transfer_steps=0)
+                        write_json(state_path, state)
 
             first_point()
             kd_curve(student, run, a.images // a.train_images, transfer_images, {"transfer_steps": "auto"})
@@ -486,6 +490,9 @@ def summary_rows(results):
         groups.setdefault((r["kind"], r["keep"], r["mode"]), []).append(r)
     rows = []
     for (kind, keep, mode), recs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2])):
+        recs = sorted(recs, key=lambda r: r["seed"])
+        for r in recs:  # (a point measured twice at one x, as the first tkd-auto rows did at 0: the first)
+            r["curve"] = [p for i, p in enumerate(r["curve"]) if all(q["images"] != p["images"] for q in r["curve"][:i])]
         xs = sorted({p["images"] for r in recs for p in r["curve"]})
         mean = []
         for x in xs:
@@ -501,13 +508,35 @@ def summary_rows(results):
     return rows
 
 
+def reach_table(rows) -> list:
+    """Issue 17's target 4 per (kind, k) with both a KD-only and a tkd-auto row: images to control - 1 of
+    mixa distill's default (transfer as auto sizes it, then the stage) against KD alone, seed by seed."""
+    by = {(r["kind"], r["keep"], r["mode"]): r for r in rows}
+    pairs = [(kind, keep) for (kind, keep, mode) in by if mode == "tkd-auto" and (kind, keep, "kd") in by]
+    if not pairs:
+        return []
+    lines = ["", "Images to control - 1 (target 4: mixa distill's default at most half of KD alone, where KD alone "
+             "gets there). Per seed, in the order listed; `—`: not within the curve.", "",
+             "| kind | k | seeds | KD alone | transfer (auto) + stage | at most half |", "|---|---:|---|---|---|---|"]
+    for kind, keep in sorted(pairs, key=lambda p: (p[1], p[0])):
+        kd, auto = by[(kind, keep, "kd")], by[(kind, keep, "tkd-auto")]
+        seeds = sorted(set(kd["seeds"]) & set(auto["seeds"]))
+        a = [kd["reach_each"][kd["seeds"].index(s)] for s in seeds]
+        b = [auto["reach_each"][auto["seeds"].index(s)] for s in seeds]
+        verdict = ["n/a" if x is None else "yes" if y is not None and y <= x / 2 else "no" for x, y in zip(a, b)]
+        show = lambda v: ", ".join("—" if x is None else str(x) for x in v)  # noqa: E731
+        lines.append(f"| {kind} | {keep} | {','.join(map(str, seeds))} | {show(a)} | {show(b)} | {', '.join(verdict)} |")
+    return lines
+
+
 def write_report(out: Path, results) -> None:
     from mixa.io import atomic_path
 
     s = results["settings"]
     rows = summary_rows(results)
     grid = sorted({p["images"] for r in rows for p in r["curve"]})
-    cols = [x for x in grid if x > 0 and x % 800 == 0]
+    every = s.get("kd_every", 0) * s["kd_recipe"]["batch_size"]  # the points of --kd-every rows
+    cols = [x for x in grid if x > 0 and x % (every or 800) == 0]
     lines = [f"# Curves on the {s['task']} proxy: KD only, transfer only, transfer + the stage after it", "",
              f"Teacher {s['teacher']} (99.70%), control {CONTROL} (the teacher + 3 KD epochs, benchmarks/proxy/extremes); "
              f"target level control - 1 = {CONTROL - 1:.1f}. {s['train_images']} training / {s['val_images']} val "
@@ -527,6 +556,7 @@ def write_report(out: Path, results) -> None:
         end = r["curve"][-1]["cpu_s"] if r["curve"] else 0
         lines.append(f"| {r['kind']} | {r['keep']} | {r['mode']} | {','.join(map(str, r['seeds']))} | "
                      + " | ".join(cells) + f" | {reach} | {end:.0f} |")
+    lines += reach_table(rows)
     tested = [r for r in results["records"] if r.get("test")]
     if tested:
         lines += ["", f"`mixa distill`'s RUN/best: the transferred student, replaced by a KD epoch that beats it on the "
