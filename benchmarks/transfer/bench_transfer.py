@@ -517,7 +517,8 @@ def reach_table(rows) -> list:
         return []
     lines = ["", "Images to control - 1 (target 4: mixa distill's default at most half of KD alone, where KD alone "
              "gets there). Per seed, in the order listed; `—`: not within the curve.", "",
-             "| kind | k | seeds | KD alone | transfer (auto) + stage | at most half |", "|---|---:|---|---|---|---|"]
+             "| kind | k | seeds | KD alone | transfer (auto) + stage | at most half | mean curves (KD alone; auto) | "
+             "at most half (mean) |", "|---|---:|---|---|---|---|---|---|"]
     for kind, keep in sorted(pairs, key=lambda p: (p[1], p[0])):
         kd, auto = by[(kind, keep, "kd")], by[(kind, keep, "tkd-auto")]
         seeds = sorted(set(kd["seeds"]) & set(auto["seeds"]))
@@ -525,7 +526,12 @@ def reach_table(rows) -> list:
         b = [auto["reach_each"][auto["seeds"].index(s)] for s in seeds]
         verdict = ["n/a" if x is None else "yes" if y is not None and y <= x / 2 else "no" for x, y in zip(a, b)]
         show = lambda v: ", ".join("—" if x is None else str(x) for x in v)  # noqa: E731
-        lines.append(f"| {kind} | {keep} | {','.join(map(str, seeds))} | {show(a)} | {show(b)} | {', '.join(verdict)} |")
+        x, y = kd["reach_mean_curve"], auto["reach_mean_curve"]
+        same = kd["seeds"] == auto["seeds"]
+        mean = (f"{show([x])}; {show([y])}" if same else "seeds differ")
+        mean_verdict = "" if not same else "n/a" if x is None else "yes" if y is not None and y <= x / 2 else "no"
+        lines.append(f"| {kind} | {keep} | {','.join(map(str, seeds))} | {show(a)} | {show(b)} | {', '.join(verdict)} | "
+                     f"{mean} | {mean_verdict} |")
     return lines
 
 
