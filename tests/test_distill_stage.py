@@ -133,11 +133,11 @@ def test_auto_transfer_steps_scale_with_the_data():
 
 def test_auto_transfer_steps_follow_the_converted_students_agreement():
     near, short = AFTER_TRANSFER_AUTO["full_lr_disagreement"], TRANSFER_AUTO["short_disagreement"]
-    assert (near, short, TRANSFER_AUTO["short_steps"]) == (5.0, 15.0, 6)
+    assert (near, short, TRANSFER_AUTO["short_steps"]) == (5.0, 15.0, 4)
     assert auto_transfer_steps(800, 64, agreement=100.0) == 0
     assert auto_transfer_steps(800, 64, agreement=100.0 - near + 0.01) == 0      # near the teacher: no transfer
-    assert auto_transfer_steps(800, 64, agreement=100.0 - near) == 6             # closer than `short`: 6 steps
-    assert auto_transfer_steps(800, 64, agreement=100.0 - short + 0.01) == 6
+    assert auto_transfer_steps(800, 64, agreement=100.0 - near) == 4             # closer than `short`: 4 steps
+    assert auto_transfer_steps(800, 64, agreement=100.0 - short + 0.01) == 4
     assert auto_transfer_steps(800, 64, agreement=100.0 - short) == 100          # farther: the long transfer
     assert auto_transfer_steps(800, 64, agreement=14.8) == auto_transfer_steps(800, 64) == 100
 

@@ -479,7 +479,8 @@ def add_partial_rows(results, work: Path) -> None:
 
 def images_to_reach(curve, level):
     """The fewest images at which a curve reaches ``level`` (None: never within the grid)."""
-    reached = [p["images"] for p in curve if p["top1"] >= level]
+    # (rounded: a mean of scores in 0.1 steps that equals the level must not miss it by a float's last bit)
+    reached = [p["images"] for p in curve if round(p["top1"], 6) >= round(level, 6)]
     return min(reached) if reached else None
 
 

@@ -81,7 +81,7 @@ def add_arguments(p) -> None:
     g.add_argument("--transfer-steps", type=auto_or_count, metavar="auto|N",
                    help="first N steps of layer-wise attention transfer (mixa transfer) into RUN/transfer; "
                         "auto (default), by the converted student's disagreement with the teacher on 256 "
-                        "training images: under 5%% none (its KD is the stage after transfer), under 15%% 6 steps, "
+                        "training images: under 5%% none (its KD is the stage after transfer), under 15%% 4 steps, "
                         "else 4 passes over the training images (100 to 2000 steps); none for a model without "
                         "replaced attention; 0: off")
     g.add_argument("--transfer-lr", type=_positive, help="peak lr of that stage (default: mixa transfer's)")

@@ -75,12 +75,13 @@ DEFAULTS: Dict[str, Any] = {
 # - near (under AFTER_TRANSFER_AUTO["full_lr_disagreement"]): no transfer; its KD is the stage after transfer;
 # - under ``short_disagreement``: ``short_steps`` of transfer;
 # - farther: ``epochs`` passes over the training images, at least ``min_steps``, at most ``max_steps``.
-# Measured on the extremes proxy (seed 1, batch 64, benchmarks/transfer/fine_k6, short): far students (k = 0, 35-85%
-# disagreement) need the long transfer (relu k = 0: 92.5% after 50 steps, 97.4% after 100; KD alone 88.6% after
-# 2400 images); at k = 6 a transfer planned for 6 steps takes rala and hedgehog (7% disagreement) from 92.8 / 92.2
-# to 98.5 / 98.9 (a 3-step plan ended rala at 97.6: its lr anneals before it has moved), while 3 steps wreck
-# stella (3%: 96.9 -> 86.5), whose KD at the near lr is at 98.8 after two steps.
-TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000, "short_disagreement": 15.0, "short_steps": 6}
+# Measured on the extremes proxy (batch 64; benchmarks/transfer/fine_k6, fine_k2b, short): far students (k = 0,
+# 35-85% disagreement) need the long transfer (relu k = 0: 92.5% after 50 steps, 97.4% after 100; KD alone 88.6%
+# after 2400 images); at k = 6, rala and hedgehog (7% disagreement) are at 98.4 / 99.5 after a transfer planned
+# for 4 steps (a 6-step plan: 98.5 / 98.9 with half as many images again; a 3-step plan anneals before rala has
+# moved: 97.6); transfer wrecks stella k = 6 (3%: 96.9 -> 86.5 after 3 steps), whose KD at the near lr is at
+# 98.0-99.4 after two steps (seeds 1-3).
+TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000, "short_disagreement": 15.0, "short_steps": 4}
 
 # after_transfer_lr_scale "auto": the transferred student is compared with the teacher on the first
 # ``images`` training images (no augmentation). Where it still disagrees on at least ``full_lr_disagreement``
