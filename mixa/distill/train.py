@@ -104,8 +104,9 @@ def train_agreement(student, teacher, data_dir, s: Dict[str, Any], dist: Dist) -
 
 def resolve_transfer_steps(s: Dict[str, Any], student, teacher, data_dir, train_images: int,
                            dist: Dist) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
-    """The settings with transfer_steps as a number, and what "auto" measured (None: nothing). "auto" is 0 for a student without replaced attention
-    layers or without a teacher (nothing to transfer, no reference); for a converted student it is
+    """The settings with transfer_steps as a number, and what "auto" measured (None: nothing). "auto" is 0
+    for a student without replaced attention layers or without a teacher (nothing to transfer, no
+    reference); for a converted student it is
     TRANSFER_AUTO's rule on its agreement with the teacher (run.json: ``transfer_steps_auto``). A converted
     student near the teacher gets no transfer stage and its KD becomes the stage after one
     (``stage_from_converted``, after_transfer_lr_scale "auto" resolved on the same measurement)."""
