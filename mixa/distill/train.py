@@ -106,10 +106,10 @@ def resolve_transfer_steps(s: Dict[str, Any], student, teacher, data_dir, train_
                            dist: Dist) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """The settings with transfer_steps as a number, and what "auto" measured (None: nothing). "auto" is 0
     for a student without replaced attention layers or without a teacher (nothing to transfer, no
-    reference); for a converted student it is
-    TRANSFER_AUTO's rule on its agreement with the teacher (run.json: ``transfer_steps_auto``). A converted
-    student near the teacher gets no transfer stage and its KD becomes the stage after one
-    (``stage_from_converted``, after_transfer_lr_scale "auto" resolved on the same measurement)."""
+    reference); for a converted student it is TRANSFER_AUTO's rule on its agreement with the teacher
+    (run.json: ``transfer_steps_auto``). A converted student near the teacher gets no transfer stage and its
+    KD becomes the stage after one (``stage_from_converted``, after_transfer_lr_scale "auto" resolved on the
+    same measurement)."""
     if s["transfer_steps"] != "auto":
         return {**s, "transfer_steps": int(s["transfer_steps"])}, None
     if s["kd"] == "none" or teacher is None or not converted(student):
@@ -237,13 +237,13 @@ def distill(student: ModelSource, data_dir, output, teacher=None, recipe=None, *
     dist = Dist(device)
     try:
         return _run(student, dict(source or {}), data_dir, run, teacher, teacher_checkpoint, settings, state,
-                    (stop_after, stop_after_steps), dist, progress)
+                    stop_after, stop_after_steps, dist, progress)
     finally:
         dist.close()
 
 
-def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, settings, state, stop_after, dist,
-         progress) -> Dict[str, Any]:
+def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, settings, state, stop_after,
+         stop_after_steps, dist, progress) -> Dict[str, Any]:
 
     s = settings
     world, accum = dist.world, s["accum_steps"]
@@ -341,12 +341,15 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             tqdm.write(f"mixa distill: resuming with {world} processes instead of {len(rngs)}; "
                        f"random streams restart (the run is no longer bit-exact)")
 
-    stop_after, stop_after_steps = stop_after
     end_epoch = s["epochs"] if stop_after is None else min(s["epochs"], start_epoch + int(stop_after))
     stop_step = None if stop_after_steps is None else stepper.step + int(stop_after_steps)
     row: Dict[str, Any] = history[-1] if history else {}
     batches_per_epoch = len(train_dl)
     every = int(s.get("save_every_steps") or 0)
+
+    def result(epochs_done: int) -> Dict[str, Any]:
+        return {**row, "best_top1": best, "best_epoch": best_epoch, "epochs_done": epochs_done,
+                "step": stepper.step, "run": str(run)}
 
     def train_state(**position) -> Dict[str, Any]:
         return {**position, "best_top1": best, "best_epoch": best_epoch, "metrics": history, "settings": s, **stepper.state_dict()}
@@ -384,8 +387,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
                 if stopping:
                     bar.close()
                     dist.barrier()
-                    return {**row, "best_top1": best, "best_epoch": best_epoch, "epochs_done": epoch,
-                            "step": stepper.step, "run": str(run)}
+                    return result(epoch)
         bar.close()
         train_time = time.perf_counter() - t0
         sums = sums.reduced(dist)
@@ -430,5 +432,4 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         if stop_step is not None and stepper.step >= stop_step:
             end_epoch = epoch + 1
             break
-    return {**row, "best_top1": best, "best_epoch": best_epoch, "epochs_done": end_epoch, "step": stepper.step,
-            "run": str(run)}
+    return result(end_epoch)
