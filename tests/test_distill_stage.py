@@ -302,6 +302,64 @@ def test_the_stage_after_transfer_resumes_exactly(world, tmp_path):  # noqa: F81
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+# ------------------------------------------------------------------------------------------ lr drop when near
+
+def test_lr_drop_when_near_lowers_the_lr_at_the_first_check_where_the_student_is_near(world, tmp_path, monkeypatch):  # noqa: F811
+    """lr_drop_when_near: KD at the full lr is checked every steps_per_epoch // checks_per_epoch steps; at the
+    first check where the student is near (forced here: every student is), the rest of the run trains at
+    lr x near_scale. The agreement run.json records is the student's at that step (an independent evaluate of
+    the run stopped there), the lr is the cosine schedule x near_scale (by formula), and a run stopped after
+    the drop resumes exactly."""
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)
+    scale = AFTER_TRANSFER_AUTO["near_scale"]
+    run_settings = {**STAGE, "epochs": 2, "warmup_epochs": 0, "transfer_steps": 0}
+    dropping = tmp_path / "dropping"
+    distill(world / "student", world / "data", dropping, lr_drop_when_near=True, **run_settings)
+    info = json.loads((dropping / "run.json").read_text())
+    per_epoch = info["steps_per_epoch"]  # 32 images / 8
+    check = max(1, per_epoch // AFTER_TRANSFER_AUTO["checks_per_epoch"])
+    assert (per_epoch, check) == (4, 1) and info["lr_dropped"]["step"] == check
+    at_check = tmp_path / "at_check"
+    distill(world / "student", world / "data", at_check, stop_after_steps=check, **run_settings)
+    measured = mixa.distill.evaluate(at_check / "last", world / "data" / "train", teacher="auto",
+                                     max_images=AFTER_TRANSFER_AUTO["images"], workers=0, progress=False)
+    assert info["lr_dropped"]["agreement_top1"] == pytest.approx(measured["agreement_top1"], abs=0.01)
+    recipe = load_recipe("tiny")
+    peak, low, total = recipe["lr"], recipe["min_lr"], 2 * per_epoch
+    rows = [json.loads(line) for line in (dropping / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:  # the lr of each epoch's last step (index step - 1 of the schedule)
+        cosine = low + 0.5 * (peak - low) * (1 + math.cos(math.pi * (row["step"] - 1) / total))
+        assert row["lr"] == pytest.approx(scale * cosine, rel=1e-6)
+    # the counter-case: never near, the checks change nothing (bit for bit the run without them)
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 0.0)
+    checked, plain = tmp_path / "checked", tmp_path / "plain"
+    distill(world / "student", world / "data", checked, lr_drop_when_near=True, **run_settings)
+    distill(world / "student", world / "data", plain, **run_settings)
+    assert "lr_dropped" not in json.loads((checked / "run.json").read_text())
+    a, b, dropped = _weights(checked / "last"), _weights(plain / "last"), _weights(dropping / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], dropped[k]) for k in a)  # (the drop did change the run)
+    # a run stopped after its drop resumes with the lowered lr, exactly
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)
+    split = tmp_path / "split"
+    distill(world / "student", world / "data", split, lr_drop_when_near=True, stop_after_steps=check + 2,
+            **run_settings)
+    distill(world / "student", world / "data", split, lr_drop_when_near=True, resume=True, **run_settings)
+    c = _weights(split / "last")
+    assert all(torch.equal(dropped[k], c[k]) for k in c)
+    assert json.loads((split / "run.json").read_text())["lr_dropped"] == info["lr_dropped"]
+
+
+def test_lr_drop_when_near_leaves_a_stage_at_a_lowered_lr_alone(world, tmp_path, monkeypatch):  # noqa: F811
+    """The stage after transfer at lr x near_scale has nothing to drop: no checks, no second lowering."""
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)
+    run = tmp_path / "run"
+    distill(world / "student", world / "data", run, transfer_steps=3, lr_drop_when_near=True, **STAGE)
+    info = json.loads((run / "run.json").read_text())
+    assert info["settings"]["after_transfer_lr_scale"] == AFTER_TRANSFER_AUTO["near_scale"]
+    assert "lr_dropped" not in info
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("flag,value", [
@@ -318,7 +376,8 @@ def test_bad_new_flags_are_one_line_exit_2(world, tmp_path, capsys, flag, value)
 
 
 @pytest.mark.parametrize("text,expect", [
-    ("transfer_steps: -2", "transfer_steps must be"), ("stage_from_converted: maybe", "stage_from_converted"), ("after_transfer_lr_scale: 0", "after_transfer_lr_scale"),
+    ("transfer_steps: -2", "transfer_steps must be"), ("stage_from_converted: maybe", "stage_from_converted"),
+    ("lr_drop_when_near: 1", "lr_drop_when_near must be true or false"), ("after_transfer_lr_scale: 0", "after_transfer_lr_scale"),
     ("after_transfer_lr_scale: fast", "after_transfer_lr_scale"),
     ("hidden_weight: -1", "hidden_weight must be"), ("warmup_max_fraction: 2", "warmup_max_fraction")])
 def test_bad_recipe_values_are_one_line_exit_2(world, tmp_path, capsys, text, expect):  # noqa: F811

@@ -67,6 +67,10 @@ DEFAULTS: Dict[str, Any] = {
     # Set by transfer_steps "auto", not by hand: the converted student was already near the teacher, so it had
     # no transfer stage and its KD is the stage after one (after_transfer_* apply, RUN/best starts as it).
     "stage_from_converted": False,
+    # KD at the full lr drops to lr x AFTER_TRANSFER_AUTO["near_scale"] once the student is near the teacher
+    # (the same measurement and threshold, taken AFTER_TRANSFER_AUTO["checks_per_epoch"] times an epoch).
+    # transfer_steps "auto" turns it on for a student it sends to KD first (TRANSFER_AUTO["kd_first_agreement"]).
+    "lr_drop_when_near": False,
 }
 
 # transfer_steps "auto" for a converted student, keyed on how far it is from the teacher: its top-1
@@ -90,7 +94,7 @@ TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000, "short_disa
 # epoch at the recipe's lr gained 2.3 points and lr x 0.2 lost 0.2; from a 100-step transfer (97.0%, 3%
 # disagreement) three KD epochs ended at 97.1 (recipe's lr), 97.9 (lr x 0.2) and 97.4 (lr x 0.1). The
 # threshold sits between the two measured starts.
-AFTER_TRANSFER_AUTO = {"images": 256, "full_lr_disagreement": 5.0, "near_scale": 0.2}
+AFTER_TRANSFER_AUTO = {"images": 256, "full_lr_disagreement": 5.0, "near_scale": 0.2, "checks_per_epoch": 3}
 
 
 def auto_lr_scale(agreement: float) -> float:
@@ -197,8 +201,9 @@ def validate(s: Dict[str, Any]) -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise UsageError(f"after_transfer_lr_scale must be 'auto' or a number > 0, got {scale!r}")
     number("after_transfer_hidden_weight", 0)
-    if not isinstance(s["stage_from_converted"], bool):
-        raise UsageError(f"stage_from_converted must be true or false, got {s['stage_from_converted']!r}")
+    for key in ("stage_from_converted", "lr_drop_when_near"):
+        if not isinstance(s[key], bool):
+            raise UsageError(f"{key} must be true or false, got {s[key]!r}")
     if s["transfer_lr"] is not None:
         number("transfer_lr", 0)
         if not float(s["transfer_lr"]) > 0:

@@ -152,6 +152,34 @@ def resolve_lr_scale(student, teacher, data_dir, s: Dict[str, Any], dist: Dist) 
     return {"after_transfer_lr_scale": auto_lr_scale(measured["agreement_top1"]), **measured}
 
 
+def near_check_steps(s: Dict[str, Any], steps_per_epoch: int) -> int:
+    """Optimiser steps between lr_drop_when_near's checks (0: no checks). Only KD at the full lr is checked:
+    KD that is already the stage at a lowered lr has nothing to drop."""
+    full_lr = not staged(s) or s["after_transfer_lr_scale"] == 1
+    if not (s["lr_drop_when_near"] and s["kd"] != "none" and full_lr):
+        return 0
+    return max(1, steps_per_epoch // int(AFTER_TRANSFER_AUTO["checks_per_epoch"]))
+
+
+def _drop_lr_when_near(stepper: DistillStep, teacher, data_dir, run: Path, s: Dict[str, Any], dist: Dist) -> None:
+    """lr_drop_when_near: measure the student's agreement with the teacher (train_agreement); once it is near,
+    the rest of the run trains at lr x near_scale (kept in RUN/last, recorded in run.json). The measurement
+    leaves the random streams as it found them, so checks change nothing until the drop."""
+    rngs = rng_state()
+    measured = train_agreement(stepper.model, teacher, data_dir, s, dist)
+    set_rng_state(rngs)
+    if auto_lr_scale(measured["agreement_top1"]) == 1.0:
+        return
+    stepper.lr_scale = float(AFTER_TRANSFER_AUTO["near_scale"])
+    if dist.main:
+        tqdm.write(f"mixa distill: after {stepper.step} step(s) the student agrees with the teacher on "
+                   f"{measured['agreement_top1']:.1f}% of {measured['images']} training images: lr x "
+                   f"{stepper.lr_scale:g} from here on (lr_drop_when_near)")
+        info = json.loads((run / "run.json").read_text())
+        write_json(run / "run.json", {**info, "lr_dropped": {"step": stepper.step, "lr_scale": stepper.lr_scale,
+                                                             **measured}})
+
+
 def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images: int) -> List[str]:
     """What the run will do, in a few lines printed at its start (what a recipe does is visible)."""
     lr = scaled_lr(s)
@@ -167,6 +195,10 @@ def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images:
              f"(recipe {s['lr']:.3g}{', ' + ', '.join(why) if why else ''}), warm-up {warmup} step(s)"
              + (f" (the recipe's {s['warmup_epochs']:g} epoch(s), capped at {s['warmup_max_fraction']:.0%} of the run)"
                 if warmup < round(s["warmup_epochs"] * steps_per_epoch) else "") + ", then cosine"]
+    if near_check_steps(s, steps_per_epoch):
+        lines.append(f"lr x {AFTER_TRANSFER_AUTO['near_scale']:g} once the student agrees with the teacher on "
+                     f"{100 - AFTER_TRANSFER_AUTO['full_lr_disagreement']:g}% of {AFTER_TRANSFER_AUTO['images']} "
+                     f"training images (checked every {near_check_steps(s, steps_per_epoch)} step(s); lr_drop_when_near)")
     if lr < 10 * s["min_lr"]:
         lines.append(f"lr {lr:.3g} is within 10x of min_lr {s['min_lr']:.3g}: the schedule barely moves (the recipe's "
                      f"lr is for a batch of {s['lr_base_batch']}); pass --lr")
@@ -341,6 +373,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             tqdm.write(f"mixa distill: resuming with {world} processes instead of {len(rngs)}; "
                        f"random streams restart (the run is no longer bit-exact)")
 
+    near_check = near_check_steps(s, steps_per_epoch) if t_model is not None else 0
     end_epoch = s["epochs"] if stop_after is None else min(s["epochs"], start_epoch + int(stop_after))
     stop_step = None if stop_after_steps is None else stepper.step + int(stop_after_steps)
     row: Dict[str, Any] = history[-1] if history else {}
@@ -377,6 +410,8 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{stepper.current_lr():.2e}",
                             img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
             stepped = (batch + 1) % accum == 0
+            if near_check and stepped and stepper.lr_scale == 1.0 and stepper.step % near_check == 0:
+                _drop_lr_when_near(stepper, t_model, data_dir, run, s, dist)
             stopping = stop_step is not None and stepped and stepper.step >= stop_step
             if stepped and batch + 1 < batches_per_epoch and (stopping or every and stepper.step % every == 0):
                 # A kill inside a long epoch loses at most `every` steps: RUN/last resumes here.
