@@ -11,7 +11,7 @@ from mixa.cli import main
 from mixa.distill import losses
 from mixa.distill.optim import create_optimizer, create_scheduler
 from mixa.distill.recipes import (AFTER_TRANSFER_AUTO, DEFAULTS, TRANSFER_AUTO, auto_lr_scale, auto_transfer_steps,
-                                  load_recipe, warmup_steps)
+                                  auto_transfer, load_recipe, transfer_tier, warmup_steps)
 from mixa.distill.train import distill
 
 from test_distill import BASE, TINY, _weights, world  # noqa: F401  (the shared fixture)
@@ -97,6 +97,7 @@ def test_hidden_state_loss_is_the_mean_relative_error():
 def test_distill_transfers_first_by_default_for_a_converted_student(world, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(TRANSFER_AUTO, "min_steps", 5)  # (100 by default: a short test)
     monkeypatch.setitem(TRANSFER_AUTO, "short_disagreement", 0.0)  # the long transfer, however far the student
+    monkeypatch.setitem(TRANSFER_AUTO, "kd_disagreement", 0.0)
     run = tmp_path / "run"
     distill(world / "student", world / "data", run, recipe="small", epochs=1, batch_size=8, **QUIET)
     info = json.loads((run / "run.json").read_text())
@@ -133,13 +134,53 @@ def test_auto_transfer_steps_scale_with_the_data():
 
 def test_auto_transfer_steps_follow_the_converted_students_agreement():
     near, short = AFTER_TRANSFER_AUTO["full_lr_disagreement"], TRANSFER_AUTO["short_disagreement"]
-    assert (near, short, TRANSFER_AUTO["short_steps"]) == (5.0, 15.0, 4)
-    assert auto_transfer_steps(800, 64, agreement=100.0) == 0
-    assert auto_transfer_steps(800, 64, agreement=100.0 - near + 0.01) == 0      # near the teacher: no transfer
-    assert auto_transfer_steps(800, 64, agreement=100.0 - near) == 4             # closer than `short`: 4 steps
-    assert auto_transfer_steps(800, 64, agreement=100.0 - short + 0.01) == 4
-    assert auto_transfer_steps(800, 64, agreement=100.0 - short) == 100          # farther: the long transfer
-    assert auto_transfer_steps(800, 64, agreement=14.8) == auto_transfer_steps(800, 64) == 100
+    kd = TRANSFER_AUTO["kd_disagreement"]
+    assert (near, short, kd, TRANSFER_AUTO["short_steps"]) == (5.0, 15.0, 50.0, 4)
+    # the proxy: 800 images at batch 64, KD for 3 epochs of 12 steps (2304 images); the long transfer is 100
+    # steps, 6400 images: dearer than the run's KD
+    proxy = dict(train_images=800, batch_size=64, kd_images=3 * 12 * 64)
+    cases = [(100.0, "near", 0), (100.0 - near + 0.01, "near", 0),      # near the teacher: no transfer
+             (100.0 - near, "short", 4), (100.0 - short + 0.01, "short", 4),  # closer than `short`: 4 steps
+             (100.0 - short, "kd", 0), (100.0 - kd + 0.01, "kd", 0),    # between: KD alone
+             (100.0 - kd, "long", 100), (14.8, "long", 100), (None, "long", 100)]  # farther: the long transfer
+    for agreement, tier, steps in cases:
+        assert auto_transfer(agreement=agreement, **proxy) == (tier, steps), agreement
+        assert transfer_tier(agreement, transfer_dearer=True) == tier
+    # between, with a run whose KD processes at least the long transfer's images: the long transfer
+    assert auto_transfer(800, 64, agreement=70.0, kd_images=6400) == ("long", 100)
+    assert auto_transfer(800, 64, agreement=70.0, kd_images=6399) == ("kd", 0)
+    assert auto_transfer(1_281_167, 512, agreement=70.0, kd_images=30 * 1_281_167) == ("long", 2000)  # ImageNet
+    assert auto_transfer_steps(800, 64, agreement=70.0) == 100  # KD images not given: as many as it takes
+
+
+def test_a_student_between_short_and_far_gets_plain_kd_when_the_transfer_costs_more(world, tmp_path, monkeypatch):  # noqa: F811
+    """The "kd" tier of transfer_steps auto: no RUN/transfer, not the stage (the recipe's lr, no converted
+    RUN/best), bit for bit the run with the transfer stage off; run.json says which tier and why. The same
+    student in a run long enough for the long transfer gets it."""
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 0.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "short_disagreement", 0.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "kd_disagreement", 101.0)  # every student is between
+    run = tmp_path / "kd"
+    result = distill(world / "student", world / "data", run, transfer_steps="auto", **STAGE)
+    info = json.loads((run / "run.json").read_text())
+    auto = info["transfer_steps_auto"]
+    # 32 images at batch 8, one epoch: 32 KD images; the long transfer: min_steps (100) x 8
+    assert (auto["tier"], auto["steps"], auto["kd_images"], auto["long_transfer_images"]) == ("kd", 0, 32, 800)
+    assert info["settings"]["transfer_steps"] == 0 and not info["settings"]["stage_from_converted"]
+    assert not (run / "transfer").exists() and "after_transfer" not in info and result["best_epoch"] == 1
+    assert info["lr_scaled"] == pytest.approx(load_recipe("tiny")["lr"])
+    by_hand = tmp_path / "by_hand"
+    distill(world / "student", world / "data", by_hand, transfer_steps=0, **STAGE)
+    a, b = _weights(run / "last"), _weights(by_hand / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the counter-case: a long transfer of one step (8 images) costs less than the run's KD: it runs
+    monkeypatch.setitem(TRANSFER_AUTO, "epochs", 0.25)
+    monkeypatch.setitem(TRANSFER_AUTO, "min_steps", 1)
+    cheap = tmp_path / "cheap"
+    distill(world / "student", world / "data", cheap, transfer_steps="auto", stop_after=0, **STAGE)
+    auto = json.loads((cheap / "run.json").read_text())["transfer_steps_auto"]
+    assert (auto["tier"], auto["steps"], auto["long_transfer_images"]) == ("long", 1, 8)
+    assert (cheap / "transfer").is_dir()
 
 
 def test_a_converted_student_near_the_teacher_gets_the_stage_without_transfer(world, tmp_path, monkeypatch):  # noqa: F811
@@ -302,64 +343,6 @@ def test_the_stage_after_transfer_resumes_exactly(world, tmp_path):  # noqa: F81
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-# ------------------------------------------------------------------------------------------ lr drop when near
-
-def test_lr_drop_when_near_lowers_the_lr_at_the_first_check_where_the_student_is_near(world, tmp_path, monkeypatch):  # noqa: F811
-    """lr_drop_when_near: KD at the full lr is checked every steps_per_epoch // checks_per_epoch steps; at the
-    first check where the student is near (forced here: every student is), the rest of the run trains at
-    lr x near_scale. The agreement run.json records is the student's at that step (an independent evaluate of
-    the run stopped there), the lr is the cosine schedule x near_scale (by formula), and a run stopped after
-    the drop resumes exactly."""
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)
-    scale = AFTER_TRANSFER_AUTO["near_scale"]
-    run_settings = {**STAGE, "epochs": 2, "warmup_epochs": 0, "transfer_steps": 0}
-    dropping = tmp_path / "dropping"
-    distill(world / "student", world / "data", dropping, lr_drop_when_near=True, **run_settings)
-    info = json.loads((dropping / "run.json").read_text())
-    per_epoch = info["steps_per_epoch"]  # 32 images / 8
-    check = max(1, per_epoch // AFTER_TRANSFER_AUTO["checks_per_epoch"])
-    assert (per_epoch, check) == (4, 1) and info["lr_dropped"]["step"] == check
-    at_check = tmp_path / "at_check"
-    distill(world / "student", world / "data", at_check, stop_after_steps=check, **run_settings)
-    measured = mixa.distill.evaluate(at_check / "last", world / "data" / "train", teacher="auto",
-                                     max_images=AFTER_TRANSFER_AUTO["images"], workers=0, progress=False)
-    assert info["lr_dropped"]["agreement_top1"] == pytest.approx(measured["agreement_top1"], abs=0.01)
-    recipe = load_recipe("tiny")
-    peak, low, total = recipe["lr"], recipe["min_lr"], 2 * per_epoch
-    rows = [json.loads(line) for line in (dropping / "metrics.jsonl").read_text().splitlines()]
-    for row in rows:  # the lr of each epoch's last step (index step - 1 of the schedule)
-        cosine = low + 0.5 * (peak - low) * (1 + math.cos(math.pi * (row["step"] - 1) / total))
-        assert row["lr"] == pytest.approx(scale * cosine, rel=1e-6)
-    # the counter-case: never near, the checks change nothing (bit for bit the run without them)
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 0.0)
-    checked, plain = tmp_path / "checked", tmp_path / "plain"
-    distill(world / "student", world / "data", checked, lr_drop_when_near=True, **run_settings)
-    distill(world / "student", world / "data", plain, **run_settings)
-    assert "lr_dropped" not in json.loads((checked / "run.json").read_text())
-    a, b, dropped = _weights(checked / "last"), _weights(plain / "last"), _weights(dropping / "last")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], dropped[k]) for k in a)  # (the drop did change the run)
-    # a run stopped after its drop resumes with the lowered lr, exactly
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)
-    split = tmp_path / "split"
-    distill(world / "student", world / "data", split, lr_drop_when_near=True, stop_after_steps=check + 2,
-            **run_settings)
-    distill(world / "student", world / "data", split, lr_drop_when_near=True, resume=True, **run_settings)
-    c = _weights(split / "last")
-    assert all(torch.equal(dropped[k], c[k]) for k in c)
-    assert json.loads((split / "run.json").read_text())["lr_dropped"] == info["lr_dropped"]
-
-
-def test_lr_drop_when_near_leaves_a_stage_at_a_lowered_lr_alone(world, tmp_path, monkeypatch):  # noqa: F811
-    """The stage after transfer at lr x near_scale has nothing to drop: no checks, no second lowering."""
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)
-    run = tmp_path / "run"
-    distill(world / "student", world / "data", run, transfer_steps=3, lr_drop_when_near=True, **STAGE)
-    info = json.loads((run / "run.json").read_text())
-    assert info["settings"]["after_transfer_lr_scale"] == AFTER_TRANSFER_AUTO["near_scale"]
-    assert "lr_dropped" not in info
-
-
 # ------------------------------------------------------------------------------------------ bad input
 
 @pytest.mark.parametrize("flag,value", [
@@ -376,8 +359,7 @@ def test_bad_new_flags_are_one_line_exit_2(world, tmp_path, capsys, flag, value)
 
 
 @pytest.mark.parametrize("text,expect", [
-    ("transfer_steps: -2", "transfer_steps must be"), ("stage_from_converted: maybe", "stage_from_converted"),
-    ("lr_drop_when_near: 1", "lr_drop_when_near must be true or false"), ("after_transfer_lr_scale: 0", "after_transfer_lr_scale"),
+    ("transfer_steps: -2", "transfer_steps must be"), ("stage_from_converted: maybe", "stage_from_converted"), ("after_transfer_lr_scale: 0", "after_transfer_lr_scale"),
     ("after_transfer_lr_scale: fast", "after_transfer_lr_scale"),
     ("hidden_weight: -1", "hidden_weight must be"), ("warmup_max_fraction: 2", "warmup_max_fraction")])
 def test_bad_recipe_values_are_one_line_exit_2(world, tmp_path, capsys, text, expect):  # noqa: F811

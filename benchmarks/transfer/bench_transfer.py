@@ -70,9 +70,8 @@ STAGES = {
     "low-warm-kd": {"lr": 1.0e-4, "kd_weight": 1.0, "warmup_epochs": 1, "warmup_max_fraction": 0.34,
                     "warmup_lr": 1.0e-6},
     "recipe-warm": {"warmup_epochs": 1, "warmup_max_fraction": 0.34, "warmup_lr": 1.0e-6},
-    # session 11: KD at the recipe's lr, dropping to lr x 0.2 once the student is near the teacher
-    # (mixa distill's lr_drop_when_near); with --stage-transfer-steps 0, KD first from the converted student.
-    "drop": {"lr_drop_when_near": True},
+    # (session 11's "drop" rows, KD at the recipe's lr dropping to lr x 0.2 once the student was near the
+    # teacher, ran at commit 12b6530 with mixa distill's lr_drop_when_near, since removed: fine_k2b/ANALYSIS.md)
     "default": None,
     # "auto": mixa distill as a user runs it since the tenth session: transfer_steps "auto" keyed on the converted
     # student's agreement (none near the teacher, a short one closer, the long one far: recipes.TRANSFER_AUTO),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -67,10 +67,6 @@ DEFAULTS: Dict[str, Any] = {
     # Set by transfer_steps "auto", not by hand: the converted student was already near the teacher, so it had
     # no transfer stage and its KD is the stage after one (after_transfer_* apply, RUN/best starts as it).
     "stage_from_converted": False,
-    # KD at the full lr drops to lr x AFTER_TRANSFER_AUTO["near_scale"] once the student is near the teacher
-    # (the same measurement and threshold, taken AFTER_TRANSFER_AUTO["checks_per_epoch"] times an epoch).
-    # transfer_steps "auto" turns it on for a student it sends to KD first (TRANSFER_AUTO["kd_first_agreement"]).
-    "lr_drop_when_near": False,
 }
 
 # transfer_steps "auto" for a converted student, keyed on how far it is from the teacher: its top-1
@@ -78,14 +74,25 @@ DEFAULTS: Dict[str, Any] = {
 # anything trains (the same measurement and "near" threshold as after_transfer_lr_scale "auto"):
 # - near (under AFTER_TRANSFER_AUTO["full_lr_disagreement"]): no transfer; its KD is the stage after transfer;
 # - under ``short_disagreement``: ``short_steps`` of transfer;
-# - farther: ``epochs`` passes over the training images, at least ``min_steps``, at most ``max_steps``.
-# Measured on the extremes proxy (batch 64; benchmarks/transfer/fine_k6, fine_k2b, short): far students (k = 0,
-# 35-85% disagreement) need the long transfer (relu k = 0: 92.5% after 50 steps, 97.4% after 100; KD alone 88.6%
-# after 2400 images); at k = 6, rala and hedgehog (7% disagreement) are at 98.4 / 99.5 after a transfer planned
-# for 4 steps (a 6-step plan: 98.5 / 98.9 with half as many images again; a 3-step plan anneals before rala has
-# moved: 97.6); transfer wrecks stella k = 6 (3%: 96.9 -> 86.5 after 3 steps), whose KD at the near lr is at
-# 98.0-99.4 after two steps (seeds 1-3).
-TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000, "short_disagreement": 15.0, "short_steps": 4}
+# - under ``kd_disagreement``: the long transfer when it processes no more images than the run's KD will
+#   (ImageNet: 2000 steps against tens of epochs), else none and KD at the recipe's lr (plain KD: a student KD
+#   alone can recover does not wait for a transfer that costs more than the run itself);
+# - farther: the long transfer, ``epochs`` passes over the training images, at least ``min_steps``, at most
+#   ``max_steps``.
+# Measured on the extremes proxy (batch 64; benchmarks/transfer/fine_k6, fine_k2b, far_k2_long, short):
+# - the farthest students (k = 0 relu, stella, hedgehog: 55-85% disagreement) need the long transfer (relu
+#   k = 0: 92.5% after 50 steps, 97.4% after 100; KD alone 88.6% after 2400 images);
+# - between (k = 2 stella, rala, hedgehog; k = 0 rala: 19-43%) KD alone reaches control - 1 after 1280-2560
+#   images, where the long transfer spends 6400 (2.8 times the proxy's KD) before KD starts; over a long run
+#   the transfer ends stella k = 2 a little higher (99.5 against KD alone's 99.2 after about 9000 images);
+# - at k = 6, rala and hedgehog (7%) are at 98.4 / 99.5 after a transfer planned for 4 steps (a 6-step plan:
+#   98.5 / 98.9 with half as many images again; a 3-step plan anneals before rala has moved: 97.6);
+# - transfer wrecks stella k = 6 (3%: 96.9 -> 86.5 after 3 steps), whose KD at the near lr is at 98.0-99.4
+#   after two steps (seeds 1-3).
+TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000, "short_disagreement": 15.0, "short_steps": 4,
+                 "kd_disagreement": 50.0}
+# the tiers of transfer_steps "auto", nearest first
+TRANSFER_TIERS = ("near", "short", "kd", "long")
 
 # after_transfer_lr_scale "auto": the transferred student is compared with the teacher on the first
 # ``images`` training images (no augmentation). Where it still disagrees on at least ``full_lr_disagreement``
@@ -94,7 +101,7 @@ TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000, "short_disa
 # epoch at the recipe's lr gained 2.3 points and lr x 0.2 lost 0.2; from a 100-step transfer (97.0%, 3%
 # disagreement) three KD epochs ended at 97.1 (recipe's lr), 97.9 (lr x 0.2) and 97.4 (lr x 0.1). The
 # threshold sits between the two measured starts.
-AFTER_TRANSFER_AUTO = {"images": 256, "full_lr_disagreement": 5.0, "near_scale": 0.2, "checks_per_epoch": 3}
+AFTER_TRANSFER_AUTO = {"images": 256, "full_lr_disagreement": 5.0, "near_scale": 0.2}
 
 
 def auto_lr_scale(agreement: float) -> float:
@@ -104,18 +111,44 @@ def auto_lr_scale(agreement: float) -> float:
     return 1.0 if full else AFTER_TRANSFER_AUTO["near_scale"]
 
 
-def auto_transfer_steps(train_images: int, batch_size: int, agreement: Optional[float] = None) -> int:
-    """transfer_steps "auto" for a converted student trained on ``train_images`` at ``batch_size`` that agrees
-    with the teacher on ``agreement`` percent of the training images compared (None: not measured, the
-    long transfer)."""
-    if agreement is not None:
-        disagreement = 100.0 - agreement
-        if disagreement < AFTER_TRANSFER_AUTO["full_lr_disagreement"]:
-            return 0
-        if disagreement < TRANSFER_AUTO["short_disagreement"]:
-            return int(TRANSFER_AUTO["short_steps"])
+def long_transfer_steps(train_images: int, batch_size: int) -> int:
+    """The long transfer of transfer_steps "auto": TRANSFER_AUTO["epochs"] passes over the training images,
+    within [min_steps, max_steps]."""
     steps = round(TRANSFER_AUTO["epochs"] * train_images / batch_size)
     return int(min(TRANSFER_AUTO["max_steps"], max(TRANSFER_AUTO["min_steps"], steps)))
+
+
+def transfer_tier(agreement: Optional[float], transfer_dearer: bool = False) -> str:
+    """The TRANSFER_TIERS entry of transfer_steps "auto" for a converted student that agrees with the teacher on
+    ``agreement`` percent of the training images compared (None: not measured, the long transfer);
+    ``transfer_dearer``: the long transfer would process more images than the run's KD."""
+    if agreement is None:
+        return "long"
+    disagreement = 100.0 - agreement
+    if disagreement < AFTER_TRANSFER_AUTO["full_lr_disagreement"]:
+        return "near"
+    if disagreement < TRANSFER_AUTO["short_disagreement"]:
+        return "short"
+    if disagreement < TRANSFER_AUTO["kd_disagreement"] and transfer_dearer:
+        return "kd"
+    return "long"
+
+
+def auto_transfer(train_images: int, batch_size: int, agreement: Optional[float] = None,
+                  kd_images: Optional[int] = None) -> Tuple[str, int]:
+    """transfer_steps "auto" as (tier, steps) for a converted student trained on ``train_images`` at
+    ``batch_size`` that agrees with the teacher on ``agreement`` percent of the training images compared
+    (None: not measured, the long transfer), in a run whose KD processes ``kd_images`` (None: as many as
+    it takes)."""
+    long = long_transfer_steps(train_images, batch_size)
+    tier = transfer_tier(agreement, transfer_dearer=kd_images is not None and long * batch_size > kd_images)
+    return tier, {"near": 0, "kd": 0, "short": int(TRANSFER_AUTO["short_steps"]), "long": long}[tier]
+
+
+def auto_transfer_steps(train_images: int, batch_size: int, agreement: Optional[float] = None,
+                        kd_images: Optional[int] = None) -> int:
+    """The steps of ``auto_transfer``."""
+    return auto_transfer(train_images, batch_size, agreement, kd_images)[1]
 
 
 def warmup_steps(settings: Dict[str, Any], steps_per_epoch: int) -> int:
@@ -201,9 +234,8 @@ def validate(s: Dict[str, Any]) -> None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
             raise UsageError(f"after_transfer_lr_scale must be 'auto' or a number > 0, got {scale!r}")
     number("after_transfer_hidden_weight", 0)
-    for key in ("stage_from_converted", "lr_drop_when_near"):
-        if not isinstance(s[key], bool):
-            raise UsageError(f"{key} must be true or false, got {s[key]!r}")
+    if not isinstance(s["stage_from_converted"], bool):
+        raise UsageError(f"stage_from_converted must be true or false, got {s['stage_from_converted']!r}")
     if s["transfer_lr"] is not None:
         number("transfer_lr", 0)
         if not float(s["transfer_lr"]) > 0:

@@ -64,7 +64,6 @@ class DistillStep:
 
             self.ema = ModelEmaV3(self.model, decay=settings["ema_decay"])
         self.step = 0
-        self.lr_scale = 1.0  # on top of the schedule: lowered once a far student gets near (lr_drop_when_near)
         self._micro = 0
         self.hidden = None  # (student, teacher) block recorders when hidden states are matched
         if settings.get("hidden_weight") and teacher is not None and settings["kd"] != "none":
@@ -108,23 +107,19 @@ class DistillStep:
 
     def _optimizer_step(self) -> None:
         self.scheduler.step_update(self.step)
-        if self.lr_scale != 1.0:
-            for group in self.optimizer.param_groups:
-                group["lr"] *= self.lr_scale
         clipped_step(self.optimizer, self.model.parameters(), self.settings["clip_grad"], self.scaler)
         self.step += 1
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "step": self.step, "lr_scale": self.lr_scale,
+        return {"optimizer": self.optimizer.state_dict(), "step": self.step,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "ema": self.ema.module.state_dict() if self.ema is not None else None}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
-        self.lr_scale = float(state.get("lr_scale", 1.0))
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema"):

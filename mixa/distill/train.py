@@ -24,7 +24,8 @@ from .checkpoint import load_last_weights, open_run, rng_state, save_checkpoint,
 from .distributed import Dist, Sums
 from .evaluation import evaluate_loader
 from .precision import autocast_dtype
-from .recipes import AFTER_TRANSFER_AUTO, auto_lr_scale, auto_transfer_steps, load_recipe, warmup_steps
+from .recipes import (AFTER_TRANSFER_AUTO, auto_lr_scale, auto_transfer, load_recipe, long_transfer_steps,
+                      warmup_steps)
 from .step import DistillStep
 from .teacher import ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original
 
@@ -102,26 +103,28 @@ def train_agreement(student, teacher, data_dir, s: Dict[str, Any], dist: Dist) -
     return {"agreement_top1": round(measured["agreement_top1"], 2), "images": measured["images"]}
 
 
-def resolve_transfer_steps(s: Dict[str, Any], student, teacher, data_dir, train_images: int,
+def resolve_transfer_steps(s: Dict[str, Any], student, teacher, data_dir, train_images: int, kd_images: int,
                            dist: Dist) -> Tuple[Dict[str, Any], Optional[Dict[str, Any]]]:
     """The settings with transfer_steps as a number, and what "auto" measured (None: nothing). "auto" is 0
     for a student without replaced attention layers or without a teacher (nothing to transfer, no
     reference); for a converted student it is TRANSFER_AUTO's rule on its agreement with the teacher
-    (run.json: ``transfer_steps_auto``). A converted student near the teacher gets no transfer stage and its
-    KD becomes the stage after one (``stage_from_converted``, after_transfer_lr_scale "auto" resolved on the
-    same measurement)."""
+    (run.json: ``transfer_steps_auto``, with the tier), in a run whose KD processes ``kd_images``. A converted
+    student near the teacher gets no transfer stage and its KD becomes the stage after one
+    (``stage_from_converted``, after_transfer_lr_scale "auto" resolved on the same measurement); one in the
+    "kd" tier gets plain KD."""
     if s["transfer_steps"] != "auto":
         return {**s, "transfer_steps": int(s["transfer_steps"])}, None
     if s["kd"] == "none" or teacher is None or not converted(student):
         return {**s, "transfer_steps": 0}, None
     measured = train_agreement(student, teacher, data_dir, s, dist)
-    steps = auto_transfer_steps(train_images, s["batch_size"], measured["agreement_top1"])
+    tier, steps = auto_transfer(train_images, s["batch_size"], measured["agreement_top1"], kd_images)
     s = {**s, "transfer_steps": steps}
-    if steps == 0:
+    if tier == "near":
         s["stage_from_converted"] = True
         if s["after_transfer_lr_scale"] == "auto":
             s["after_transfer_lr_scale"] = auto_lr_scale(measured["agreement_top1"])
-    return s, {**measured, "steps": steps}
+    long_images = long_transfer_steps(train_images, s["batch_size"]) * s["batch_size"]
+    return s, {**measured, "steps": steps, "tier": tier, "long_transfer_images": long_images, "kd_images": kd_images}
 
 
 def staged(s: Dict[str, Any]) -> bool:
@@ -152,34 +155,6 @@ def resolve_lr_scale(student, teacher, data_dir, s: Dict[str, Any], dist: Dist) 
     return {"after_transfer_lr_scale": auto_lr_scale(measured["agreement_top1"]), **measured}
 
 
-def near_check_steps(s: Dict[str, Any], steps_per_epoch: int) -> int:
-    """Optimiser steps between lr_drop_when_near's checks (0: no checks). Only KD at the full lr is checked:
-    KD that is already the stage at a lowered lr has nothing to drop."""
-    full_lr = not staged(s) or s["after_transfer_lr_scale"] == 1
-    if not (s["lr_drop_when_near"] and s["kd"] != "none" and full_lr):
-        return 0
-    return max(1, steps_per_epoch // int(AFTER_TRANSFER_AUTO["checks_per_epoch"]))
-
-
-def _drop_lr_when_near(stepper: DistillStep, teacher, data_dir, run: Path, s: Dict[str, Any], dist: Dist) -> None:
-    """lr_drop_when_near: measure the student's agreement with the teacher (train_agreement); once it is near,
-    the rest of the run trains at lr x near_scale (kept in RUN/last, recorded in run.json). The measurement
-    leaves the random streams as it found them, so checks change nothing until the drop."""
-    rngs = rng_state()
-    measured = train_agreement(stepper.model, teacher, data_dir, s, dist)
-    set_rng_state(rngs)
-    if auto_lr_scale(measured["agreement_top1"]) == 1.0:
-        return
-    stepper.lr_scale = float(AFTER_TRANSFER_AUTO["near_scale"])
-    if dist.main:
-        tqdm.write(f"mixa distill: after {stepper.step} step(s) the student agrees with the teacher on "
-                   f"{measured['agreement_top1']:.1f}% of {measured['images']} training images: lr x "
-                   f"{stepper.lr_scale:g} from here on (lr_drop_when_near)")
-        info = json.loads((run / "run.json").read_text())
-        write_json(run / "run.json", {**info, "lr_dropped": {"step": stepper.step, "lr_scale": stepper.lr_scale,
-                                                             **measured}})
-
-
 def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images: int) -> List[str]:
     """What the run will do, in a few lines printed at its start (what a recipe does is visible)."""
     lr = scaled_lr(s)
@@ -195,10 +170,6 @@ def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images:
              f"(recipe {s['lr']:.3g}{', ' + ', '.join(why) if why else ''}), warm-up {warmup} step(s)"
              + (f" (the recipe's {s['warmup_epochs']:g} epoch(s), capped at {s['warmup_max_fraction']:.0%} of the run)"
                 if warmup < round(s["warmup_epochs"] * steps_per_epoch) else "") + ", then cosine"]
-    if near_check_steps(s, steps_per_epoch):
-        lines.append(f"lr x {AFTER_TRANSFER_AUTO['near_scale']:g} once the student agrees with the teacher on "
-                     f"{100 - AFTER_TRANSFER_AUTO['full_lr_disagreement']:g}% of {AFTER_TRANSFER_AUTO['images']} "
-                     f"training images (checked every {near_check_steps(s, steps_per_epoch)} step(s); lr_drop_when_near)")
     if lr < 10 * s["min_lr"]:
         lines.append(f"lr {lr:.3g} is within 10x of min_lr {s['min_lr']:.3g}: the schedule barely moves (the recipe's "
                      f"lr is for a batch of {s['lr_base_batch']}); pass --lr")
@@ -308,7 +279,8 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         raise MixaError(f"one epoch has {len(train_dl)} batches, fewer than accum_steps={accum}")
     if state is not None:
         load_last_weights(student, run, f"the student {student_source}")
-    s, transfer_auto = resolve_transfer_steps(s, student, t_model, data_dir, len(train_set), dist)
+    s, transfer_auto = resolve_transfer_steps(s, student, t_model, data_dir, len(train_set),
+                                              s["epochs"] * steps_per_epoch * s["batch_size"], dist)
     settings = s
     lr = scaled_lr(s)
     warmup = warmup_steps(s, steps_per_epoch)
@@ -325,10 +297,13 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             "per_process_batch": per_process, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch,
             **({"transfer_steps_auto": transfer_auto} if transfer_auto else {})})
     if dist.main and transfer_auto is not None:
+        tier = transfer_auto["tier"]
+        chose = (f"no transfer, KD at lr x {s['after_transfer_lr_scale']:g} = {lr:.3g}" if tier == "near" else
+                 f"no transfer, KD at the recipe's lr {lr:.3g}: the long transfer's {transfer_auto['long_transfer_images']} "
+                 f"images would exceed this run's {transfer_auto['kd_images']} KD images" if tier == "kd" else
+                 f"{transfer_auto['steps']} transfer step(s)")
         tqdm.write(f"mixa distill: the converted student agrees with the teacher on {transfer_auto['agreement_top1']:.1f}% "
-                   f"of {transfer_auto['images']} training images: "
-                   + (f"{transfer_auto['steps']} transfer step(s)" if transfer_auto["steps"] else
-                      f"no transfer, KD at lr x {s['after_transfer_lr_scale']:g} = {lr:.3g}") + " (transfer_steps auto)")
+                   f"of {transfer_auto['images']} training images: {chose} (transfer_steps auto)")
     best, best_epoch = -1.0, None  # best_epoch 0: the transferred student
     if state is None and s["stage_from_converted"]:
         best, best_epoch = _score_transferred(student, val_dl, t_model, run, s, dist, progress)["top1"], 0
@@ -373,7 +348,6 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             tqdm.write(f"mixa distill: resuming with {world} processes instead of {len(rngs)}; "
                        f"random streams restart (the run is no longer bit-exact)")
 
-    near_check = near_check_steps(s, steps_per_epoch) if t_model is not None else 0
     end_epoch = s["epochs"] if stop_after is None else min(s["epochs"], start_epoch + int(stop_after))
     stop_step = None if stop_after_steps is None else stepper.step + int(stop_after_steps)
     row: Dict[str, Any] = history[-1] if history else {}
@@ -410,8 +384,6 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{stepper.current_lr():.2e}",
                             img_s=f"{seen / (time.perf_counter() - t0):.1f}", refresh=False)
             stepped = (batch + 1) % accum == 0
-            if near_check and stepped and stepper.lr_scale == 1.0 and stepper.step % near_check == 0:
-                _drop_lr_when_near(stepper, t_model, data_dir, run, s, dist)
             stopping = stop_step is not None and stepped and stepper.step >= stop_step
             if stepped and batch + 1 < batches_per_epoch and (stopping or every and stepper.step % every == 0):
                 # A kill inside a long epoch loses at most `every` steps: RUN/last resumes here.
