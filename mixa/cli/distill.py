@@ -82,8 +82,9 @@ def add_arguments(p) -> None:
                    help="first N steps of layer-wise attention transfer (mixa transfer) into RUN/transfer; "
                         "auto (default), by the converted student's disagreement with the teacher on 256 "
                         "training images: under 5%% none (its KD is the stage after transfer), under 15%% 4 steps, "
-                        "else 4 passes over the training images (100 to 2000 steps); none for a model without "
-                        "replaced attention; 0: off")
+                        "under 50%% none (plain KD) if the long transfer would process more images than the run's "
+                        "KD, else the long transfer: 4 passes over the training images (100 to 2000 steps); none "
+                        "for a model without replaced attention; 0: off")
     g.add_argument("--transfer-lr", type=_positive, help="peak lr of that stage (default: mixa transfer's)")
     g.add_argument("--after-transfer-lr-scale", type=_auto_or_positive, metavar="auto|F",
                    help="after a transfer stage (or none, auto's near student), KD runs at lr x F; auto "
