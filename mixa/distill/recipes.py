@@ -117,10 +117,15 @@ def long_transfer_steps(train_images: int, batch_size: int) -> int:
     return int(min(TRANSFER_AUTO["max_steps"], max(TRANSFER_AUTO["min_steps"], steps)))
 
 
-def transfer_tier(agreement: Optional[float], transfer_dearer: bool = False) -> str:
-    """The tier of transfer_steps "auto" (near, short, kd, long) for a converted student that agrees with the teacher on
-    ``agreement`` percent of the training images compared (None: not measured, the long transfer);
-    ``transfer_dearer``: the long transfer would process more images than the run's KD."""
+def long_transfer_images(train_images: int, batch_size: int) -> int:
+    """The images the long transfer processes (what the "kd" tier weighs against the run's KD)."""
+    return long_transfer_steps(train_images, batch_size) * batch_size
+
+
+def transfer_tier(agreement: Optional[float], transfer_dearer: bool) -> str:
+    """The tier of transfer_steps "auto" (near, short, kd, long) for a converted student that agrees with
+    the teacher on ``agreement`` percent of the training images compared (None: not measured, the long
+    transfer); ``transfer_dearer``: the long transfer would process more images than the run's KD."""
     if agreement is None:
         return "long"
     disagreement = 100.0 - agreement
@@ -139,8 +144,9 @@ def auto_transfer(train_images: int, batch_size: int, agreement: Optional[float]
     ``batch_size`` that agrees with the teacher on ``agreement`` percent of the training images compared
     (None: not measured, the long transfer), in a run whose KD processes ``kd_images`` (None: as many as
     it takes)."""
+    dearer = kd_images is not None and long_transfer_images(train_images, batch_size) > kd_images
+    tier = transfer_tier(agreement, transfer_dearer=dearer)
     long = long_transfer_steps(train_images, batch_size)
-    tier = transfer_tier(agreement, transfer_dearer=kd_images is not None and long * batch_size > kd_images)
     return tier, {"near": 0, "kd": 0, "short": int(TRANSFER_AUTO["short_steps"]), "long": long}[tier]
 
 

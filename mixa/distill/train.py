@@ -24,7 +24,7 @@ from .checkpoint import load_last_weights, open_run, rng_state, save_checkpoint,
 from .distributed import Dist, Sums
 from .evaluation import evaluate_loader
 from .precision import autocast_dtype
-from .recipes import (AFTER_TRANSFER_AUTO, auto_lr_scale, auto_transfer, load_recipe, long_transfer_steps,
+from .recipes import (AFTER_TRANSFER_AUTO, auto_lr_scale, auto_transfer, load_recipe, long_transfer_images,
                       warmup_steps)
 from .step import DistillStep
 from .teacher import ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original
@@ -123,8 +123,8 @@ def resolve_transfer_steps(s: Dict[str, Any], student, teacher, data_dir, train_
         s["stage_from_converted"] = True
         if s["after_transfer_lr_scale"] == "auto":
             s["after_transfer_lr_scale"] = auto_lr_scale(measured["agreement_top1"])
-    long_images = long_transfer_steps(train_images, s["batch_size"]) * s["batch_size"]
-    return s, {**measured, "steps": steps, "tier": tier, "long_transfer_images": long_images, "kd_images": kd_images}
+    return s, {**measured, "steps": steps, "tier": tier,
+               "long_transfer_images": long_transfer_images(train_images, s["batch_size"]), "kd_images": kd_images}
 
 
 def staged(s: Dict[str, Any]) -> bool:
@@ -279,8 +279,9 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         raise MixaError(f"one epoch has {len(train_dl)} batches, fewer than accum_steps={accum}")
     if state is not None:
         load_last_weights(student, run, f"the student {student_source}")
-    s, transfer_auto = resolve_transfer_steps(s, student, t_model, data_dir, len(train_set),
-                                              s["epochs"] * steps_per_epoch * s["batch_size"], dist)
+    total = s["epochs"] * steps_per_epoch  # optimiser steps of KD
+    s, transfer_auto = resolve_transfer_steps(s, student, t_model, data_dir, len(train_set), total * s["batch_size"],
+                                              dist)
     settings = s
     lr = scaled_lr(s)
     warmup = warmup_steps(s, steps_per_epoch)
@@ -328,7 +329,6 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
     student.to(dist.device).train()
     mixup = D.mixup_fn(s, len(train_set.classes))
 
-    total = s["epochs"] * steps_per_epoch
     stepper = DistillStep(student, t_model, stage_settings(s), dist.device, lr, total, warmup, ddp=dist.enabled)
 
     history: List[Dict[str, Any]] = []
