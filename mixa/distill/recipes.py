@@ -85,8 +85,8 @@ DEFAULTS: Dict[str, Any] = {
 # - between (k = 2 stella, rala, hedgehog; k = 0 rala: 18-43%) KD alone is within about a point of the control
 #   after 1300-2000 images, where the long transfer spends 6400 (2.8 times the proxy's KD) before KD starts;
 #   over runs of about 9000 images the transfer ends stella k = 2 at 99.5 against KD alone's 98.8 (seeds 1-3),
-#   hedgehog k = 2 at 99.4 against 98.6 (seed 1; seed 2: 99.4 against 99.1), rala k = 2 at 99.3 / 99.6 against
-#   98.6 / 98.8 (seeds 1 / 2), but rala k = 0 at 98.4 against 99.0 (seeds 1-3): the one row where the long transfer loses;
+#   hedgehog k = 2 at 99.4 against 98.6 (seed 1; seed 2: 99.4 against 99.1), rala k = 2 at 99.5 against
+#   98.6 (seeds 1-3), but rala k = 0 at 98.4 against 99.0 (seeds 1-3): the one row where the long transfer loses;
 # - at k = 6, rala and hedgehog (7%) are at 98.4 / 99.5 after a transfer planned for 4 steps (a 6-step plan:
 #   98.5 / 98.9 with half as many images again; a 3-step plan anneals before rala has moved: 97.6);
 # - transfer wrecks stella k = 6 (3%: 96.9 -> 86.5 after 3 steps), whose KD at the near lr is at 98.0-99.4
