@@ -11,7 +11,7 @@ from mixa.cli import main
 from mixa.distill import losses
 from mixa.distill.optim import create_optimizer, create_scheduler
 from mixa.distill.recipes import (AFTER_TRANSFER_AUTO, DEFAULTS, TRANSFER_AUTO, auto_lr_scale, auto_transfer_steps,
-                                  auto_transfer, load_recipe, transfer_tier, warmup_steps)
+                                  auto_transfer, load_recipe, probe_keeps, probe_steps, transfer_tier, warmup_steps)
 from mixa.distill.train import distill
 
 from test_distill import BASE, TINY, _weights, world  # noqa: F401  (the shared fixture)
@@ -181,6 +181,90 @@ def test_a_student_between_short_and_far_gets_plain_kd_when_the_transfer_costs_m
     auto = json.loads((cheap / "run.json").read_text())["transfer_steps_auto"]
     assert (auto["tier"], auto["steps"], auto["long_transfer_images"]) == ("long", 1, 8)
     assert (cheap / "transfer").is_dir()
+
+
+def test_the_long_transfer_of_a_student_between_is_probed_after_a_quarter():
+    assert (TRANSFER_AUTO["probe_fraction"], TRANSFER_AUTO["probe_disagreement"]) == (0.25, 6.0)
+    kd = TRANSFER_AUTO["kd_disagreement"]
+    assert probe_steps("long", 70.0, 100) == 25                      # the proxy's rala k = 0 (29-34%)
+    assert probe_steps("long", 100.0 - kd + 0.01, 100) == 25         # still between
+    assert probe_steps("long", 100.0 - kd, 100) == 0                 # far: KD alone is no alternative
+    assert probe_steps("long", None, 100) == 0                       # not measured: the long transfer
+    assert probe_steps("long", 70.0, 2000) == 500                    # ImageNet's long transfer
+    assert probe_steps("long", 70.0, 2) == 1 and probe_steps("long", 70.0, 1) == 0
+    assert all(probe_steps(tier, 70.0, 100) == 0 for tier in ("near", "short", "kd"))
+    # the proxy's rala k = 0 after 25 steps (87.1-91.0%) stops; rala, stella, hedgehog k = 2 (97.3-99.6%) go on
+    assert probe_keeps(94.01) and not probe_keeps(94.0) and not probe_keeps(91.0) and probe_keeps(97.3)
+
+
+def _probed(monkeypatch, keeps: bool):
+    """Every student between short and far, in a run whose KD (32 images) pays for a 4-step long transfer
+    (32 images), probed after 1 step; the probe keeps the transfer or stops it, whatever it measures."""
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 0.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "short_disagreement", 0.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "kd_disagreement", 101.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "epochs", 1.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "min_steps", 4)
+    monkeypatch.setitem(TRANSFER_AUTO, "probe_disagreement", 101.0 if keeps else 0.0)
+
+
+def _last_step(stage):
+    return json.loads((stage / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+
+
+def test_a_probe_that_finds_the_transfer_behind_stops_it_for_plain_kd(world, tmp_path, monkeypatch):  # noqa: F811
+    """The probe stops the transfer: run.json says what it measured (the partly transferred student's
+    agreement, measured here independently), RUN/transfer keeps the probe's step, and the run is bit for bit
+    the one with the transfer stage off; a run killed between the probe's steps and its verdict resumes to
+    the same weights without stepping the transfer again."""
+    _probed(monkeypatch, keeps=False)
+    run = tmp_path / "probed"
+    distill(world / "student", world / "data", run, transfer_steps="auto", **STAGE)
+    info = json.loads((run / "run.json").read_text())
+    auto = info["transfer_steps_auto"]
+    assert (auto["tier"], auto["steps"], auto["probe_steps"]) == ("long", 4, 1)
+    assert auto["probe"]["kept"] is False and auto["probe"]["steps"] == 1
+    assert info["settings"]["transfer_steps"] == 0 and _last_step(run / "transfer") == 1
+    measured = mixa.distill.evaluate(run / "transfer" / "last", world / "data" / "train", teacher="auto",
+                                     workers=0, progress=False)
+    assert auto["probe"]["agreement_top1"] == pytest.approx(measured["agreement_top1"], abs=0.01)
+    assert "after_transfer" not in info and info["lr_scaled"] == pytest.approx(load_recipe("tiny")["lr"])
+    by_hand = tmp_path / "by_hand"
+    distill(world / "student", world / "data", by_hand, transfer_steps=0, **STAGE)
+    a, b = _weights(run / "last"), _weights(by_hand / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    import mixa.distill.train as train
+
+    def killed(agreement):
+        raise KeyboardInterrupt
+
+    killed_run = tmp_path / "killed"
+    with monkeypatch.context() as m:
+        m.setattr(train, "probe_keeps", killed)
+        with pytest.raises(KeyboardInterrupt):
+            distill(world / "student", world / "data", killed_run, transfer_steps="auto", **STAGE)
+    assert "probe" not in json.loads((killed_run / "run.json").read_text())["transfer_steps_auto"]
+    distill(world / "student", world / "data", killed_run, resume=True, **STAGE)
+    assert _last_step(killed_run / "transfer") == 1
+    assert json.loads((killed_run / "run.json").read_text())["transfer_steps_auto"] == auto
+    c = _weights(killed_run / "last")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_probe_that_keeps_the_transfer_changes_nothing(world, tmp_path, monkeypatch):  # noqa: F811
+    """The probe keeps the transfer: the run is bit for bit the one given the same transfer by hand."""
+    _probed(monkeypatch, keeps=True)
+    run = tmp_path / "probed"
+    distill(world / "student", world / "data", run, transfer_steps="auto", **STAGE)
+    info = json.loads((run / "run.json").read_text())
+    assert info["transfer_steps_auto"]["probe"]["kept"] is True and info["transfer_steps_auto"]["probe_steps"] == 1
+    assert info["settings"]["transfer_steps"] == 4 and _last_step(run / "transfer") == 4
+    by_hand = tmp_path / "by_hand"
+    distill(world / "student", world / "data", by_hand, transfer_steps=4, **STAGE)
+    assert "transfer_steps_auto" not in json.loads((by_hand / "run.json").read_text())
+    a, b = _weights(run / "last"), _weights(by_hand / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_converted_student_near_the_teacher_gets_the_stage_without_transfer(world, tmp_path, monkeypatch):  # noqa: F811

@@ -76,6 +76,8 @@ STAGES = {
     # "auto": mixa distill as a user runs it since the tenth session: transfer_steps "auto" keyed on the converted
     # student's agreement (none near the teacher, a short one closer, the long one far: recipes.TRANSFER_AUTO),
     # then the stage; KD planned for --images / --train-images epochs after the transfer; needs --kd-every.
+    # (Since the thirteenth session a probe may stop the long transfer: the KD curve then starts from the
+    # converted student at x = the probe's images.)
     "auto": None,
 }
 
@@ -409,9 +411,11 @@ class Bench:
                 sys.exit("tkd-auto rows need --kd-every (points inside the stage's first epoch)")
             run = self.work / "runs" / name
 
-            def transfer_images():
-                settings = json.loads((run / "run.json").read_text())["settings"]
-                return settings["transfer_steps"] * settings["batch_size"]
+            def transfer_images():  # (a probe that stopped the transfer: its steps, then plain KD)
+                info = json.loads((run / "run.json").read_text())
+                probe = (info.get("transfer_steps_auto") or {}).get("probe") or {}
+                steps = info["settings"]["transfer_steps"] or (0 if probe.get("kept", True) else probe["steps"])
+                return steps * info["settings"]["batch_size"]
 
             def first_point():  # the transferred student, once (no transfer: the converted student's point 0)
                 if (run / "run.json").is_file() and not any(p.get("stage") == "transfer" for p in state["curve"]):

@@ -91,8 +91,17 @@ DEFAULTS: Dict[str, Any] = {
 #   98.5 / 98.9 with half as many images again; a 3-step plan anneals before rala has moved: 97.6);
 # - transfer wrecks stella k = 6 (3%: 96.9 -> 86.5 after 3 steps), whose KD at the near lr is at 98.0-99.4
 #   after two steps (seeds 1-3).
+#
+# The long transfer of a student between short and far (where KD alone is the alternative) is probed: after
+# ``probe_fraction`` of its steps the partly transferred student is compared with the teacher on the same
+# training images, and where it still disagrees on ``probe_disagreement`` percent or more the transfer stops
+# there and the run is plain KD from the converted student (the "kd" tier's run, bit for bit, after the
+# probe's images). Measured on the extremes proxy (seeds 1-3; benchmarks/transfer/transfer_pace): after 25 of
+# the 100 steps, rala k = 0, the one student whose transfer loses (above), agrees with the teacher on
+# 87.1 / 89.1 / 91.0% of the 256 training images, while rala, stella and hedgehog k = 2, whose transfer gains,
+# agree on 97.3-99.6%; the threshold sits between the two (agreement under 94%: stop).
 TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000, "short_disagreement": 15.0, "short_steps": 4,
-                 "kd_disagreement": 50.0}
+                 "kd_disagreement": 50.0, "probe_fraction": 0.25, "probe_disagreement": 6.0}
 
 # after_transfer_lr_scale "auto": the transferred student is compared with the teacher on the first
 # ``images`` training images (no augmentation). Where it still disagrees on at least ``full_lr_disagreement``
@@ -149,6 +158,21 @@ def auto_transfer(train_images: int, batch_size: int, agreement: Optional[float]
     tier = transfer_tier(agreement, transfer_dearer=dearer)
     long = long_transfer_steps(train_images, batch_size)
     return tier, {"near": 0, "kd": 0, "short": int(TRANSFER_AUTO["short_steps"]), "long": long}[tier]
+
+
+def probe_steps(tier: str, agreement: Optional[float], steps: int) -> int:
+    """After how many of its ``steps`` the transfer of transfer_steps "auto" (``tier``, for a converted student
+    that agrees with the teacher on ``agreement`` percent) is probed; 0: it is not. Only the long transfer of a
+    student between short and far is: a farther one has no alternative (KD alone stays far from the control)."""
+    if tier != "long" or agreement is None or 100.0 - agreement >= TRANSFER_AUTO["kd_disagreement"] or steps < 2:
+        return 0
+    return int(min(steps - 1, max(1, round(TRANSFER_AUTO["probe_fraction"] * steps))))
+
+
+def probe_keeps(agreement: float) -> bool:
+    """Does the probed transfer go on, for a partly transferred student that agrees with the teacher on
+    ``agreement`` percent of the training images compared?"""
+    return 100.0 - agreement < TRANSFER_AUTO["probe_disagreement"]
 
 
 def auto_transfer_steps(train_images: int, batch_size: int, agreement: Optional[float] = None,

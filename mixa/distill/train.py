@@ -4,6 +4,7 @@ Run directory layout and checkpoint semantics: mixa.distill.checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -20,12 +21,13 @@ from ..metrics import clearly_above
 from ..models.attention_layers import attention_layers, layer_kind
 from ..transfer.run import transfer
 from . import data as D
-from .checkpoint import load_last_weights, open_run, rng_state, save_checkpoint, set_rng_state, write_metrics
+from .checkpoint import (load_last_weights, load_train_state, open_run, recover_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state, write_metrics)
 from .distributed import Dist, Sums
 from .evaluation import evaluate_loader
 from .precision import autocast_dtype
 from .recipes import (AFTER_TRANSFER_AUTO, auto_lr_scale, auto_transfer, load_recipe, long_transfer_images,
-                      warmup_steps)
+                      probe_keeps, probe_steps, warmup_steps)
 from .step import DistillStep
 from .teacher import ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original
 
@@ -42,16 +44,55 @@ def _has_checkpoint(run: Path) -> bool:
 
 
 def _transfer_stage(student, student_source, source, data_dir, run: Path, teacher, teacher_checkpoint,
-                    s: Dict[str, Any], dist: Dist, progress: bool) -> None:
-    """``transfer_steps`` of layer-wise attention transfer into RUN/transfer (resumed if it was killed),
-    whose result the student starts distillation from."""
+                    s: Dict[str, Any], dist: Dist, progress: bool, stop_after: Optional[int] = None) -> None:
+    """``transfer_steps`` of layer-wise attention transfer into RUN/transfer (resumed if it was killed; with
+    ``stop_after``, that many more steps only), loaded into ``student``: distillation starts from it."""
     stage = run / TRANSFER_STAGE
     transfer(student_source, data_dir, stage, teacher=teacher, teacher_checkpoint=teacher_checkpoint,
-             resume=(stage / "last").exists() or (stage / ".last.old").exists(), device=str(dist.device),
-             progress=progress, source=source, steps=s["transfer_steps"], lr=s["transfer_lr"],
-             batch_size=s["batch_size"], seed=s["seed"], workers=s["workers"], amp=s["amp"])
+             resume=(stage / "last").exists() or (stage / ".last.old").exists(), stop_after=stop_after,
+             device=str(dist.device), progress=progress, source=source, steps=s["transfer_steps"],
+             lr=s["transfer_lr"], batch_size=s["batch_size"], seed=s["seed"], workers=s["workers"], amp=s["amp"])
     dist.barrier()
     load_last_weights(student, stage, f"the student {student_source}")
+
+
+def _probe_transfer(student, student_source, source, data_dir, run: Path, t_model, teacher_checkpoint,
+                    s: Dict[str, Any], dist: Dist, progress: bool) -> Dict[str, Any]:
+    """transfer_steps "auto"'s probe of the long transfer (recipes.probe_steps; run.json:
+    ``transfer_steps_auto.probe_steps``): its first steps into RUN/transfer, then the partly transferred
+    student against the teacher on the training images (``transfer_steps_auto.probe``). Returns the settings,
+    with transfer_steps 0 when the probe stops the transfer: the run is then plain KD from the converted
+    student. A killed probe resumes; a decided one is not probed again."""
+    dist.barrier()  # (run.json is the main process's)
+    info = json.loads((run / "run.json").read_text())
+    auto = info.get("transfer_steps_auto") or {}
+    steps = auto.get("probe_steps", 0)
+    if not steps or "probe" in auto:
+        return s
+    stage = run / TRANSFER_STAGE
+    if dist.main and stage.is_dir():
+        recover_checkpoint(stage, "last")
+    dist.barrier()
+    done = load_train_state(stage / "last")["step"] if (stage / "last").is_dir() else 0
+    partial = copy.deepcopy(student)
+    if done < steps:
+        _transfer_stage(partial, student_source, source, data_dir, run, t_model, teacher_checkpoint, s, dist,
+                        progress, stop_after=steps - done)
+    else:  # (killed between the probe's steps and its verdict)
+        load_last_weights(partial, stage, f"the student {student_source}")
+    measured = train_agreement(partial, t_model, data_dir, s, dist)
+    kept = probe_keeps(measured["agreement_top1"])
+    if not kept:
+        s = {**s, "transfer_steps": 0}
+    if dist.main:
+        write_json(run / "run.json", {**info, "settings": s, "transfer_steps_auto": {
+            **auto, "probe": {**measured, "steps": steps, "kept": kept}}})
+        tqdm.write(f"mixa distill: after {steps} transfer step(s) the student agrees with the teacher on "
+                   f"{measured['agreement_top1']:.1f}% of {measured['images']} training images: "
+                   + ("the transfer goes on" if kept else "the transfer stops there, KD starts from the converted "
+                      "student (RUN/transfer keeps the probe)") + " (transfer_steps auto)")
+    dist.barrier()
+    return s
 
 
 def _score_transferred(student, val_dl, t_model, run: Path, s: Dict[str, Any], dist: Dist,
@@ -123,7 +164,7 @@ def resolve_transfer_steps(s: Dict[str, Any], student, teacher, data_dir, train_
         s["stage_from_converted"] = True
         if s["after_transfer_lr_scale"] == "auto":
             s["after_transfer_lr_scale"] = auto_lr_scale(measured["agreement_top1"])
-    return s, {**measured, "steps": steps, "tier": tier,
+    return s, {**measured, "steps": steps, "tier": tier, "probe_steps": probe_steps(tier, measured["agreement_top1"], steps),
                "long_transfer_images": long_transfer_images(train_images, s["batch_size"]), "kd_images": kd_images}
 
 
@@ -302,12 +343,16 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
         chose = (f"no transfer, KD at lr x {s['after_transfer_lr_scale']:g} = {lr:.3g}" if tier == "near" else
                  f"no transfer, KD at the recipe's lr {lr:.3g}: the long transfer's {transfer_auto['long_transfer_images']} "
                  f"images would exceed this run's {transfer_auto['kd_images']} KD images" if tier == "kd" else
-                 f"{transfer_auto['steps']} transfer step(s)")
+                 f"{transfer_auto['steps']} transfer step(s)" + (f", probed after {transfer_auto['probe_steps']}"
+                                                                 if transfer_auto["probe_steps"] else ""))
         tqdm.write(f"mixa distill: the converted student agrees with the teacher on {transfer_auto['agreement_top1']:.1f}% "
                    f"of {transfer_auto['images']} training images: {chose} (transfer_steps auto)")
     best, best_epoch = -1.0, None  # best_epoch 0: the transferred student
     if state is None and s["stage_from_converted"]:
         best, best_epoch = _score_transferred(student, val_dl, t_model, run, s, dist, progress)["top1"], 0
+    if state is None and s["transfer_steps"]:
+        s = settings = _probe_transfer(student, student_source, source, data_dir, run, t_model, teacher_checkpoint, s,
+                                       dist, progress)
     if state is None and s["transfer_steps"]:
         _transfer_stage(student, student_source, source, data_dir, run, t_model if t_model is not None else teacher,
                         teacher_checkpoint, s, dist, progress)
