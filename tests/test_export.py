@@ -64,8 +64,77 @@ def test_linear_attention_exports_as_matmul_without_n_by_n(tmp_path):
         assert "Einsum" not in result.op_counts
         assert _square_intermediates(path, n) == [], kind
     # The check sees N x N where it exists: the softmax original has attention maps of that shape.
-    export_onnx(tiny_model("vit"), tmp_path / "softmax.onnx", (3, 32, 32))
+    export_onnx(tiny_model("vit"), tmp_path / "softmax.onnx", (3, 32, 32), softmax="plain")
     assert _square_intermediates(tmp_path / "softmax.onnx", n)
+
+
+def _meta(path):
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_vit_softmax_layers_export_as_one_onnx_runtime_attention_node(tmp_path, qkv_bias):
+    """The default .onnx form of a ViT's softmax layers (``ort``): one com.microsoft Attention node per kept
+    layer and no Softmax left; the logits of timm's own forward and of the plain-form file; the MAC count of
+    the model as it is; the model left as it was."""
+    from mixa.macs import count_macs
+
+    torch.manual_seed(0)
+    name, kwargs = TINY["vit"]
+    model = mixa.convert(create_model(name, pretrained=False, qkv_bias=qkv_bias, **kwargs), keep=1, attn="relu",
+                         select="first", progress=False).eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    fused, plain = tmp_path / "ort.onnx", tmp_path / "plain.onnx"
+    got = export_onnx(model, fused, (3, 32, 32), dynamic_batch=True)
+    reference = export_onnx(model, plain, (3, 32, 32), dynamic_batch=True, softmax="plain")
+    assert got.op_counts.get("Attention") == 1 and "Softmax" not in got.op_counts
+    assert "Attention" not in reference.op_counts and reference.op_counts["Softmax"] == 1
+    assert {n.domain for n in onnx.load(str(fused)).graph.node if n.op_type == "Attention"} == {"com.microsoft"}
+    np.testing.assert_allclose(_ort_logits(fused, x), expected, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(_ort_logits(fused, x), _ort_logits(plain, x), atol=1e-5, rtol=1e-5)
+    assert (_meta(fused)["mixa.softmax_form"], _meta(plain)["mixa.softmax_form"]) == ("ort", "plain")
+    assert int(_meta(fused)["mixa.macs"]) == int(_meta(plain)["mixa.macs"]) == count_macs(model, (3, 32, 32))
+    assert not any("forward" in m.__dict__ for m in model.modules())
+    with torch.no_grad():
+        np.testing.assert_array_equal(model(x).numpy(), expected)
+
+
+def test_the_ort_form_stays_out_of_swin_and_of_runtimes_that_cannot_run_it(tmp_path):
+    from mixa.export.lowering import runtime_softmax_form
+
+    result = export_onnx(tiny_model("swin", "relu"), tmp_path / "s.onnx", (3, 56, 56))
+    assert "Attention" not in result.op_counts and result.op_counts["Softmax"] > 0  # windows stay plain
+    assert runtime_softmax_form("onnx") == "ort" and runtime_softmax_form("executorch") == "plain"
+    with pytest.raises(UsageError, match="must be one of plain, fused;"):
+        runtime_softmax_form("executorch", "ort")
+    with pytest.raises(UsageError, match="torchscript exporter"):
+        export_onnx(tiny_model("vit"), tmp_path / "d.onnx", (3, 32, 32), exporter="dynamo", softmax="ort")
+    assert not (tmp_path / "d.onnx").exists()
+
+
+def test_int8_of_the_ort_form_quantises_the_projection_in_the_attention_node(tmp_path):
+    """Dynamic INT8 turns each Attention node into a QAttention (its qkv projection int8, its softmax fp32);
+    static QDQ has no quantised form of it and leaves it fp32; the rala layers' cores stay fp32 either way."""
+    from mixa.export.onnx import op_counts
+
+    model = tiny_model("vit", "rala")
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, fp32, (3, 32, 32), dynamic_batch=True)
+    rng = np.random.default_rng(0)
+    batches = [rng.standard_normal((4, 3, 32, 32), dtype=np.float32) for _ in range(2)]
+    dynamic = quantize_onnx(fp32, tmp_path / "d.onnx", mode="dynamic")
+    static = quantize_onnx(fp32, tmp_path / "s.onnx", mode="static", calib_batches=batches)
+    ops = op_counts(tmp_path / "d.onnx")
+    assert ops.get("QAttention") == 1 and "Attention" not in ops
+    assert op_counts(tmp_path / "s.onnx").get("Attention") == 1
+    for result in (dynamic, static):
+        assert result.excluded and not any(name.endswith("/Attention") for name in result.excluded)
+        assert any("/lepe/" in name for name in result.excluded)  # a rala core, kept fp32
+        x = np.concatenate(batches)
+        logits = [_ort_logits(f, torch.from_numpy(x)).ravel() for f in (fp32, result.path)]
+        assert np.corrcoef(*logits)[0, 1] > 0.9, result.mode
 
 
 def test_verification_fails_loudly_on_a_wrong_file(tmp_path):
@@ -143,6 +212,12 @@ def test_cli_export_with_int8_on_images(tmp_path, capsys, tiny_dir):
     assert out.is_file() and (tmp_path / "tiny.fp32.onnx").is_file()
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["int8"] == "static" and report["agreement_total"] == 8 and report["fp32_nodes"] > 0
+    # static INT8 has no quantised ONNX Runtime Attention: its fp32 file is in the plain form; dynamic keeps it
+    assert _meta(tmp_path / "tiny.fp32.onnx")["mixa.softmax_form"] == "plain"
+    code, stdout, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--output", str(tmp_path / "d.onnx"),
+                                "--int8", "dynamic")
+    assert code == 0 and "1 Attention (ONNX Runtime)" in stdout, stderr
+    assert _meta(tmp_path / "d.fp32.onnx")["mixa.softmax_form"] == "ort"
     # an existing output is refused without --overwrite
     code, _, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--output", str(out))
     assert code == 2 and "--overwrite" in stderr
@@ -155,6 +230,7 @@ def test_cli_export_with_int8_on_images(tmp_path, capsys, tiny_dir):
     (["{tiny}", "--int8", "static"], 2, "needs --calib-data"),
     (["{tiny}", "--calib-data", "x"], 2, "only with --int8"),
     (["{tiny}", "--int8", "--calib-data", "no/such/images"], 2, "directory not found"),
+    (["{tiny}", "--softmax-form", "ort", "--exporter", "dynamo"], 2, "needs the torchscript exporter"),
 ])
 def test_cli_export_bad_input(tmp_path, capsys, tiny_dir, args, code, message):
     args = [a.replace("{tiny}", str(tiny_dir)) for a in args]
@@ -215,6 +291,8 @@ def test_int8_of_a_trained_model_agrees_with_fp32(mode, tmp_path):
     fp32, int8 = tmp_path / "t.onnx", tmp_path / "t.int8.onnx"
     export_onnx(teacher, fp32, (3, 32, 32), dynamic_batch=True)
     quantize_onnx(fp32, int8, mode=mode, calib_batches=batches[:2] if mode == "static" else None)
+    # softmax layers as ONNX Runtime's Attention: dynamic INT8 runs them as QAttention
+    assert {"dynamic": "QAttention", "static": "Attention"}[mode] in {n.op_type for n in onnx.load(str(int8)).graph.node}
     same, total = agreement(fp32, int8, batches)
     assert total == 300 and same / total >= 0.99, (mode, same)
 

@@ -28,6 +28,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                    help=".onnx: torch exporter (default torchscript: fast, every kind and family; dynamo: slower, "
                         "needed for a --dynamic-batch Swin that --int8 can pre-process)")
+    p.add_argument("--softmax-form", choices=("auto", "plain", "fused", "ort"), default="auto",
+                   help="how softmax attention layers are written: auto (default: the form the runtime runs "
+                        "fastest, ort for .onnx, plain for .pte), plain (matmul + softmax in standard ONNX ops: "
+                        "for a runtime other than ONNX Runtime), fused (torch's SDPA), ort (.onnx only: ONNX "
+                        "Runtime's com.microsoft Attention operator, one kernel per ViT layer)")
     p.add_argument("--rtol", type=float, default=1e-4,
                    help="verification tolerance: max |runtime - torch| <= RTOL * max(1, max |logits|)")
     p.add_argument("--int8", nargs="?", const="auto", choices=("auto", "dynamic", "static"), default=None,
@@ -76,13 +81,14 @@ def run(args) -> int:
     report = export(model, output, img_size=args.img_size, int8=mode, calib=args.calib_data,
                     calib_images=args.calib_images, check_images=args.num_images, int8_weights=args.int8_weights,
                     keep_fp32=args.int8_keep_fp32, dynamic_batch=args.dynamic_batch, opset=args.opset,
-                    exporter=args.exporter, rtol=args.rtol, label=label)
+                    exporter=args.exporter, rtol=args.rtol, label=label, softmax_form=args.softmax_form)
     size = "x".join(map(str, report["input_size"]))
     if report["format"] == "onnx":
         ops = report["op_counts"]
         print(f"wrote {report['fp32_path']} (opset {report['opset']}, input 1x{size}"
               f"{', dynamic batch' if args.dynamic_batch else ''}, {report['nodes']} nodes, "
-              f"{ops.get('MatMul', 0)} MatMul, {ops.get('Gemm', 0)} Gemm)")
+              f"{ops.get('MatMul', 0)} MatMul, {ops.get('Gemm', 0)} Gemm"
+              f"{', %d Attention (ONNX Runtime)' % ops['Attention'] if ops.get('Attention') else ''})")
     else:
         print(f"wrote {report['fp32_path']} (ExecuTorch, XNNPACK, input 1x{size})")
         _print_delegation(report["delegation"])

@@ -15,6 +15,7 @@ from ..conversion import calibration_batches
 from ..data import eval_loader
 from ..errors import UsageError
 from .executorch import agreement_pte, export_pte
+from .lowering import runtime_softmax_form
 from .onnx import DEFAULT_OPSET, export_onnx
 from .quantize import agreement, quantize_onnx
 from .targets import at_resolution, trained_size
@@ -60,7 +61,7 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
            int8: Optional[str] = None, calib: CalibSource = None, calib_images: int = 64,
            check_images: int = 500, int8_weights: str = "auto", keep_fp32: str = "cores",
            dynamic_batch: bool = False, opset: Optional[int] = None, exporter: str = "torchscript",
-           rtol: float = 1e-4, label: Optional[str] = None) -> Dict[str, Any]:
+           rtol: float = 1e-4, label: Optional[str] = None, softmax_form: Optional[str] = None) -> Dict[str, Any]:
     """Export ``model`` to ``output`` (.onnx or .pte), verified against PyTorch; returns a report dict.
 
     img_size: square input resolution (default the model's; another one resizes it as timm does).
@@ -71,6 +72,8 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
     calib: an ImageFolder directory or a list of (B, 3, H, W) float32 arrays, ``calib_images`` of them
         used for calibration.
     int8_weights / keep_fp32: ONNX INT8 policy, see ``mixa.export.quantize``.
+    softmax_form: how softmax layers are written ('plain', 'fused', 'ort' for .onnx only; default the form
+        the runtime runs fastest in the precision asked for), see ``mixa.export.lowering``.
     """
     output = Path(output)
     fmt = output.suffix
@@ -87,6 +90,7 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
             raise UsageError("--dynamic-batch / --exporter / --opset apply to .onnx outputs only")
     if int8 == "static" and calib is None:
         raise UsageError("static INT8 needs calibration images (--calib-data DIR)")
+    softmax_form = runtime_softmax_form("onnx" if fmt == ".onnx" else "executorch", softmax_form, int8, exporter)
 
     model = at_resolution(model, img_size)
     size = trained_size(model)
@@ -97,7 +101,7 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
 
     if fmt == ".onnx":
         result = export_onnx(model, fp32_path, input_size, opset=opset or DEFAULT_OPSET,
-                             dynamic_batch=dynamic_batch, exporter=exporter, rtol=rtol,
+                             dynamic_batch=dynamic_batch, exporter=exporter, rtol=rtol, softmax=softmax_form,
                              metadata={"mixa.source": label or type(model).__name__})
         report.update(fp32_path=str(fp32_path), opset=result.opset, nodes=sum(result.op_counts.values()),
                       op_counts=result.op_counts, max_abs_diff=result.max_abs_diff, tolerance=result.tolerance)
@@ -107,11 +111,12 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
             report.update(int8_path=str(output), int8_weights=q.weights, keep_fp32=q.keep_fp32,
                           fp32_nodes=len(q.excluded))
     else:
-        result = export_pte(model, fp32_path, input_size)
+        result = export_pte(model, fp32_path, input_size, softmax=softmax_form)
         report.update(fp32_path=str(fp32_path), max_abs_diff=result.max_abs_diff, tolerance=result.tolerance,
                       delegation=_delegation(result.delegation, model))
         if int8:
-            quantized = export_pte(model, output, input_size, int8=True, calib_batches=calib_batches)
+            quantized = export_pte(model, output, input_size, int8=True, calib_batches=calib_batches,
+                                   softmax=softmax_form)
             report.update(int8_path=str(output), int8_delegation=_delegation(quantized.delegation, model))
 
     if int8:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
-from .lowering import best_softmax_form, layer_norm_forms, linear_core_forms, projection_forms, softmax_form
+from .lowering import layer_norm_forms, linear_core_forms, projection_forms, runtime_softmax_form, softmax_form
 from .delegation import DelegationReport, delegation_report, keep_views_delegable
 from .quantize import LAYER_CHILDREN
 
@@ -154,7 +154,7 @@ def _export_forms(model, softmax: Optional[str] = None, keep_views: bool = True)
     cores = linear_core_forms(model, "executorch") if keep_views else contextlib.nullcontext()
     norms = layer_norm_forms(model, "executorch") if keep_views else contextlib.nullcontext([])
     projections = projection_forms(model, "executorch") if keep_views else contextlib.nullcontext()
-    with softmax_form(model, softmax or best_softmax_form("executorch")), cores, norms as averaged, projections:
+    with softmax_form(model, runtime_softmax_form("executorch", softmax)), cores, norms as averaged, projections:
         yield {type(m) for m in averaged}
 
 

@@ -9,8 +9,14 @@ timm's attention layers (ViT ``Attention``, Swin ``WindowAttention``, and every 
 - ExecuTorch / XNNPACK: the SDPA op is decomposed on the way to the edge dialect into a chain with a
   boolean-mask branch (``mul``, ``logical_not``, ``eq``, ``any``, ``where``...) that XNNPACK does not take, so
   part of every softmax layer runs in ExecuTorch's portable kernels; the plain chain is one delegated
-  subgraph. Measured on DeiT-T/14 @224 (benchmarks/edge/softmax_forms.md): plain is much faster.
-- ONNX Runtime: both export to MatMul / Softmax / MatMul; see ``BEST_SOFTMAX_FORM`` for the measured pick.
+  subgraph. Measured on DeiT-T/14 @224: plain is 1.5-2x faster.
+- ONNX Runtime: both export to MatMul / Softmax / MatMul. ONNX Runtime also has an operator of its own,
+  ``com.microsoft.Attention`` (``mixa.export.ort_attention``), which computes a ViT layer's qkv projection
+  and softmax attention in one kernel: the ``ort`` form, which only the TorchScript exporter writes and only
+  ONNX Runtime runs.
+
+``BEST_SOFTMAX_FORM`` has the measured pick per runtime (benchmarks/edge/README.md: "the original lowered as
+well as the students" for plain against fused, "ONNX Runtime's Attention operator" for ``ort``).
 
 The original and the kept softmax layers of every student get the same treatment, so a student is always
 compared with an original lowered as well as it can be.
@@ -44,14 +50,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from ..errors import UsageError
 
-SOFTMAX_FORMS = ("plain", "fused")
-# Measured per runtime, fp32, DeiT-T/14 @224, 1 thread (benchmarks/bench_edge_softmax.py ->
-# benchmarks/edge/softmax_forms.md).
-BEST_SOFTMAX_FORM = {"executorch": "plain", "onnx": "plain"}
+SOFTMAX_FORMS = ("plain", "fused", "ort")
+# Measured per runtime, DeiT-T/14 @224, 1 thread (benchmarks/edge/README.md; the module docstring).
+BEST_SOFTMAX_FORM = {"executorch": "plain", "onnx": "ort"}
+# ONNX Runtime's static (QDQ) INT8 has no quantised form of its Attention operator: the node stays fp32 with
+# its qkv projection, and the original ran 0.5-1.2% slower than in the plain form, whose projection is int8
+# (benchmarks/edge/ort_softmax_forms.py). Dynamic INT8 makes the node a QAttention and keeps the gain.
+BEST_STATIC_INT8_ONNX_FORM = "plain"
 
 
 def _switchable(model: Any):
@@ -60,24 +69,50 @@ def _switchable(model: Any):
 
 @contextlib.contextmanager
 def softmax_form(model: Any, form: str) -> Iterator[Any]:
-    """``model`` with every timm softmax attention layer in ``form`` ('plain' or 'fused') for the duration
-    of the block (restored afterwards)."""
+    """``model`` with every timm softmax attention layer in ``form`` ('plain', 'fused' or 'ort') for the
+    duration of the block (restored afterwards). 'ort' switches the ViT layers ``_plain_vit_attention``
+    finds to ONNX Runtime's operator; the others (Swin's windows) are plain."""
     if form not in SOFTMAX_FORMS:
         raise UsageError(f"softmax form must be one of {', '.join(SOFTMAX_FORMS)}; got {form!r}")
     layers = _switchable(model)
     before = [m.fused_attn for m in layers]
     for m in layers:
         m.fused_attn = form == "fused"
+    switches = []
+    if form == "ort":
+        from .ort_attention import ort_attention_forward
+
+        switches = [(m, {}, {"forward": ort_attention_forward}) for m in _plain_vit_attention(model)]
     try:
-        yield model
+        with _switched(switches):
+            yield model
     finally:
         for m, fused in zip(layers, before):
             m.fused_attn = fused
 
 
-def best_softmax_form(runtime: str) -> str:
-    """The measured best form for 'executorch' or 'onnx'."""
+def best_softmax_form(runtime: str, int8: Optional[str] = None) -> str:
+    """The measured best form for 'executorch' or 'onnx', for fp32 (``int8`` None) or an INT8 mode."""
+    if runtime == "onnx" and int8 == "static":
+        return BEST_STATIC_INT8_ONNX_FORM
     return BEST_SOFTMAX_FORM[runtime]
+
+
+def runtime_softmax_form(runtime: str, form: Optional[str] = None, int8: Optional[str] = None,
+                         exporter: str = "torchscript") -> str:
+    """``form`` checked against what ``runtime`` runs and ``exporter`` writes ('ort': ONNX Runtime only, by
+    the TorchScript exporter); None or 'auto' is ``best_softmax_form(runtime, int8)``, or 'plain' where that
+    is 'ort' and the exporter cannot write it."""
+    if form in (None, "auto"):
+        best = best_softmax_form(runtime, int8)
+        return "plain" if best == "ort" and exporter != "torchscript" else best
+    allowed = SOFTMAX_FORMS if runtime == "onnx" else tuple(f for f in SOFTMAX_FORMS if f != "ort")
+    if form not in allowed:
+        raise UsageError(f"softmax form for {'.onnx' if runtime == 'onnx' else '.pte'} must be one of "
+                         f"{', '.join(allowed)}; got {form!r}")
+    if form == "ort" and exporter != "torchscript":
+        raise UsageError("softmax form 'ort' (ONNX Runtime's Attention operator) needs the torchscript exporter")
+    return form
 
 
 # Per runtime: core (by name, in its own module, mixa.attention.functional) -> the form exported instead.
@@ -171,16 +206,22 @@ SPLIT_PROJECTION_RUNTIMES = ("executorch",)
 _SPLIT = tuple(f"_mixa_{part}_{kind}" for part in "qkv" for kind in ("weight", "bias"))  # non-persistent buffers
 
 
-def _split_projection_layers(model: Any) -> list:
-    """timm ViT ``Attention`` layers whose q and k go straight into the product (no q/k norm, no output gate:
-    softmax's scale can then ride on q's weights) and every mixa ``MixAttention`` (its own norms and feature
-    maps act on the heads it is given)."""
+def _plain_vit_attention(model: Any) -> list:
+    """timm ViT ``Attention`` layers whose q and k go straight into the product (no q/k norm, no output gate):
+    softmax's scale can then ride on q's weights, or the layer be one ONNX Runtime ``Attention`` node."""
     from timm.models.vision_transformer import Attention
 
+    return [m for m in model.modules()
+            if type(m) is Attention and _qk_unnormed(m) and getattr(m, "gate", None) is None]
+
+
+def _split_projection_layers(model: Any) -> list:
+    """``_plain_vit_attention``'s layers and every mixa ``MixAttention`` (its own norms and feature maps act on
+    the heads it is given)."""
     from ..attention.modules import MixAttention
 
-    return [m for m in model.modules() if isinstance(m, MixAttention)
-            or (type(m) is Attention and _qk_unnormed(m) and getattr(m, "gate", None) is None)]
+    vit = {id(m) for m in _plain_vit_attention(model)}
+    return [m for m in model.modules() if isinstance(m, MixAttention) or id(m) in vit]
 
 
 def _split(module: Any) -> list:

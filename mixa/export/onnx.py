@@ -28,7 +28,7 @@ from torch import nn
 from ..attention import MixAttention
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
-from .lowering import best_softmax_form, linear_core_forms, softmax_form
+from .lowering import linear_core_forms, runtime_softmax_form, softmax_form
 from ..macs import count_macs, count_params
 from ..models.attention_layers import attention_layers, layer_kind
 
@@ -197,23 +197,26 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
                 softmax: Optional[str] = None) -> ExportResult:
     """Write ``model`` (fp32, CPU, eval) to ``path`` as ONNX with input ``input`` (B, C, H, W) and output
     ``logits``; verify it (see ``verify_onnx``) before it replaces ``path``: a failed export leaves no file.
-    Softmax layers are exported in ``softmax`` form ('plain' / 'fused'; default the one ONNX Runtime runs
-    best, see ``mixa.export.lowering``), linear cores in the form ONNX Runtime runs best (same maths).
+    Softmax layers are exported in ``softmax`` form ('plain' / 'fused' / 'ort'; default the one ONNX Runtime
+    runs best, see ``mixa.export.lowering``; the dynamo exporter cannot write 'ort' and takes 'plain'),
+    linear cores in the form ONNX Runtime runs best (same maths).
     """
-    with softmax_form(model, softmax or best_softmax_form("onnx")), linear_core_forms(model, "onnx"):
-        return _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, metadata)
-
-
-def _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, metadata) -> ExportResult:
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
     if not 7 <= opset <= 23:
         raise UsageError(f"--opset must be in 7..23; got {opset}")
+    form = runtime_softmax_form("onnx", softmax, exporter=exporter)
     input_size = tuple(int(s) for s in input_size)
     model = model.to("cpu", torch.float32).eval()
+    # Counted as the model is (a switched layer's projection is no longer a module call the count can see).
     meta = {"mixa.params": count_params(model), "mixa.macs": count_macs(model, input_size),
-            "mixa.input_size": "x".join(map(str, input_size)),
+            "mixa.input_size": "x".join(map(str, input_size)), "mixa.softmax_form": form,
             "mixa.attention_scopes": json.dumps(attention_scopes(model)), **(metadata or {})}
+    with softmax_form(model, form), linear_core_forms(model, "onnx"):
+        return _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, meta)
+
+
+def _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, meta) -> ExportResult:
     # Traced at batch 2 when the batch is dynamic (torch.export specialises a dimension of size 1).
     example = torch.randn(2 if dynamic_batch else 1, *input_size)
     path = Path(path)

@@ -24,6 +24,10 @@ What stays fp32 (``keep_fp32``):
     is fp32 here, so a QuantizeLinear/DequantizeLinear pair there would only round (ONNX Runtime then runs
     the layer as a QGemm with fp32 output). Measured on DeiT-T/14 keep-6 rala: the rala layers' qkv output
     otherwise got a second pair after its head transpose (ONNX Runtime's transpose optimiser).
+  * ONNX Runtime's ``Attention`` operator (a ViT softmax layer exported in the ``ort`` form,
+    ``mixa.export.ort_attention``) holds the layer's qkv projection and its core: dynamic INT8 makes it a
+    ``QAttention`` (the projection in int8, the softmax attention in fp32, as above); static QDQ INT8 has no
+    quantised form of it, so the node stays fp32, projection included.
 - ``"none"``: ONNX Runtime's defaults (everything it can quantise).
 
 Static mode gives every node its own copy of each constant it reads first (``own_constants``):
@@ -62,6 +66,7 @@ QUANT_MODES = ("dynamic", "static")
 WEIGHT_TYPES = ("auto", "u8", "s8")
 KEEP_FP32 = ("cores", "none")
 LAYER_OPS = ["MatMul", "Gemm", "Conv"]
+ORT_ATTENTION = "Attention"  # ONNX Runtime's operator: a projection (a layer) with its core; dynamic INT8 only
 # Layers whose outputs stay fp32 in layers-only static INT8 (a Conv's: ONNX Runtime has no QLinearConv with an
 # fp32 output, and the patch embedding's Conv would then run in fp32).
 LAYER_OUTPUTS_FP32 = ["MatMul", "Gemm"]
@@ -127,12 +132,15 @@ def attention_scopes(path: os.PathLike | str) -> dict:
 
 
 def core_nodes(path: os.PathLike | str, scopes: Optional[dict] = None) -> List[str]:
-    """Names of the nodes of ``path`` that belong to an attention core (see the module docstring)."""
+    """Names of the nodes of ``path`` that belong to an attention core (see the module docstring; ONNX
+    Runtime's Attention nodes hold a projection too and are left to the quantizer)."""
     import onnx
 
     scopes = attention_scopes(path) if scopes is None else scopes
     names = []
     for node in onnx.load(str(path), load_external_data=False).graph.node:
+        if node.op_type == ORT_ATTENTION:
+            continue
         for scope in scopes:
             if node.name.startswith(scope) and not node.name[len(scope):].startswith(_LAYER_SCOPES):
                 names.append(node.name)
@@ -208,7 +216,8 @@ def quantize_onnx(fp32_path: os.PathLike | str, int8_path: os.PathLike | str, mo
         try:
             if mode == "dynamic":
                 quantize_dynamic(str(prepared), str(tmp), weight_type=weight_type, per_channel=True,
-                                 nodes_to_exclude=excluded, op_types_to_quantize=op_types)
+                                 nodes_to_exclude=excluded,
+                                 op_types_to_quantize=op_types and op_types + [ORT_ATTENTION])
             else:
                 reader = _feeds(prepared, calib_batches)
                 quantize_static(str(prepared), str(tmp), reader, quant_format=QuantFormat.QDQ,

@@ -1,0 +1,125 @@
+"""ONNX Runtime's Attention operator against plain matmul + softmax, for the original and its keep-6 students.
+
+Issue 20 asks for every softmax layer in the form the runtime runs best, measured against the best original.
+ONNX Runtime has an operator of its own for a ViT softmax layer (``com.microsoft.Attention``: qkv projection,
+heads and softmax attention in one kernel; mixa's ``ort`` form, ``mixa.export.ort_attention``). This times
+DeiT-T/14 @224 -- the original and keep-6 relu, stella, rala (gate identity) -- with their softmax layers in
+each form (``plain``, ``ort``), fp32 and INT8 (dynamic, static; ``mixa.export.quantize_onnx`` as ``mixa
+export`` makes them), all round-robin in one process: 1 thread, batch 1, thread CPU time.
+
+Ratios are medians over rounds of per-round ratios: "ort / plain" = the plain program's time over the ort
+one's (> 1: the operator is faster); "vs original" = the original's time over the student's, both in the same
+form and precision.
+
+    python benchmarks/edge/ort_softmax_forms.py --work /tmp/ort_forms --runs 3 --output benchmarks/edge
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FORMS = ("plain", "ort")
+PRECISIONS = ("fp32", "dynamic", "static")
+STUDENTS = ("keep6 relu", "keep6 stella", "keep6 rala gate=identity")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
+    p.add_argument("--rounds", type=int, default=150)
+    p.add_argument("--runs", type=int, default=1, help="timings, each a fresh round-robin in this process")
+    p.add_argument("--output", default=None, metavar="DIR", help="write ort_softmax_forms[_TAG].{json,md} there")
+    p.add_argument("--tag", default=None)
+    args = p.parse_args()
+    warnings.simplefilter("ignore")
+    import torch
+
+    from bench_edge import OrtRunner, variants
+    from mixa.export import export_onnx, quantize_onnx
+    from mixa.macs import count_macs
+    from mixa.models import create_model
+    from mixa.profile.records import environment
+    from mixa.profile.timing import paired_speedup, round_robin
+
+    torch.manual_seed(0)
+    original = create_model("deit_tiny_patch16_224", pretrained=False, patch_size=14).eval()
+    models = [(label, m) for label, m in variants(original, 6, False, "identity")
+              if label == "original" or label in STUDENTS]
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((1, 3, 224, 224), dtype=np.float32) for _ in range(4)]
+    programs, macs = [], {}
+    for label, model in models:
+        macs[label] = count_macs(model, (3, 224, 224))
+        for form in FORMS:
+            stem = f"{label.replace(' ', '_')}.{form}"
+            fp32 = work / f"{stem}.fp32.onnx"
+            if not fp32.is_file():
+                export_onnx(model, fp32, (3, 224, 224), softmax=form)
+            for precision in PRECISIONS:
+                path = fp32 if precision == "fp32" else work / f"{stem}.{precision}.onnx"
+                if not path.is_file():
+                    quantize_onnx(fp32, path, mode=precision, calib_batches=calib)
+                programs.append((label, form, precision, path))
+            print(f"  {label} ({form}): {fp32}", file=sys.stderr, flush=True)
+    env = environment()
+    header = (f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ONNX Runtime "
+              f"{env['versions']['onnxruntime']}, 1 thread, batch 1, thread CPU time, {args.rounds} rounds "
+              f"round-robin in one process; command: python {' '.join(sys.argv)}")
+    print(header, flush=True)
+    if len({path for *_, path in programs}) != len(programs):
+        raise SystemExit("two programs share a file")
+    runners = [OrtRunner(path, 1, 224) for *_, path in programs]
+    index = {(label, form, precision): i for i, (label, form, precision, _) in enumerate(programs)}
+    records = []
+    for run in range(1, args.runs + 1):
+        times = round_robin(runners, warmup=3, rounds=args.rounds, clock="cpu")
+        load = os.getloadavg()[0]
+        for label, _ in models:
+            for precision in PRECISIONS:
+                t = {form: times[index[(label, form, precision)]] for form in FORMS}
+                base = {form: times[index[("original", form, precision)]] for form in FORMS}
+                records.append({
+                    "run": run, "model": label, "precision": precision, "mac_ratio": macs["original"] / macs[label],
+                    "median_ms": {form: statistics.median(t[form]) * 1e3 for form in FORMS},
+                    "ort_over_plain": paired_speedup(t["plain"], t["ort"]),
+                    "vs_original": {form: paired_speedup(base[form], t[form]) for form in FORMS},
+                    "ort_vs_plain_original": paired_speedup(base["plain"], t["ort"])})
+        print(f"run {run}: {args.rounds} rounds, 1-minute load average {load:.2f}", file=sys.stderr, flush=True)
+    table = markdown(records)
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / ("ort_softmax_forms" + (f"_{args.tag}" if args.tag else ""))
+        stem.with_suffix(".json").write_text(json.dumps({"command": " ".join(sys.argv), "environment": env,
+                                                         "rounds": args.rounds, "records": records}, indent=1))
+        stem.with_suffix(".md").write_text(header + "\n\n" + table + "\n")
+        print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    return 0
+
+
+def markdown(records) -> str:
+    lines = ["| run | model | precision | MAC ratio | plain ms | ort ms | ort / plain | vs original, plain | "
+             "vs original, ort | ort vs plain original |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['run']} | {r['model']} | {r['precision']} | {r['mac_ratio']:.3f} | "
+                     f"{r['median_ms']['plain']:.2f} | {r['median_ms']['ort']:.2f} | {r['ort_over_plain']:.3f} | "
+                     f"{r['vs_original']['plain']:.3f} | {r['vs_original']['ort']:.3f} | "
+                     f"{r['ort_vs_plain_original']:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
