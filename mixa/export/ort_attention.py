@@ -15,8 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-ORT_ATTENTION_OP = "Attention"
-ORT_DOMAIN = "com.microsoft"
+from .quantize import ORT_ATTENTION, ORT_DOMAIN
 
 
 class OrtAttention(torch.autograd.Function):
@@ -32,7 +31,7 @@ class OrtAttention(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, weight, bias, num_heads: int, scale: float):
-        y = g.op(f"{ORT_DOMAIN}::{ORT_ATTENTION_OP}", x, weight, bias, num_heads_i=num_heads, scale_f=scale)
+        y = g.op(f"{ORT_DOMAIN}::{ORT_ATTENTION}", x, weight, bias, num_heads_i=num_heads, scale_f=scale)
         y.setType(x.type())  # (B, N, C) like its input: the exporter cannot infer a contrib operator's shape
         return y
 

@@ -66,7 +66,8 @@ QUANT_MODES = ("dynamic", "static")
 WEIGHT_TYPES = ("auto", "u8", "s8")
 KEEP_FP32 = ("cores", "none")
 LAYER_OPS = ["MatMul", "Gemm", "Conv"]
-ORT_ATTENTION = "Attention"  # ONNX Runtime's operator: a projection (a layer) with its core; dynamic INT8 only
+# ONNX Runtime's attention operator (mixa.export.ort_attention writes it): a projection (a layer) with its core.
+ORT_DOMAIN, ORT_ATTENTION = "com.microsoft", "Attention"
 # Layers whose outputs stay fp32 in layers-only static INT8 (a Conv's: ONNX Runtime has no QLinearConv with an
 # fp32 output, and the patch embedding's Conv would then run in fp32).
 LAYER_OUTPUTS_FP32 = ["MatMul", "Gemm"]
@@ -139,7 +140,7 @@ def core_nodes(path: os.PathLike | str, scopes: Optional[dict] = None) -> List[s
     scopes = attention_scopes(path) if scopes is None else scopes
     names = []
     for node in onnx.load(str(path), load_external_data=False).graph.node:
-        if node.op_type == ORT_ATTENTION:
+        if (node.domain, node.op_type) == (ORT_DOMAIN, ORT_ATTENTION):
             continue
         for scope in scopes:
             if node.name.startswith(scope) and not node.name[len(scope):].startswith(_LAYER_SCOPES):
