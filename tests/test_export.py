@@ -217,6 +217,7 @@ def test_cli_export_with_int8_on_images(tmp_path, capsys, tiny_dir):
     code, stdout, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--output", str(tmp_path / "d.onnx"),
                                 "--int8", "dynamic")
     assert code == 0 and "1 Attention (ONNX Runtime)" in stdout, stderr
+    assert "1 softmax layers as QAttention" in stdout
     assert _meta(tmp_path / "d.fp32.onnx")["mixa.softmax_form"] == "ort"
     # an existing output is refused without --overwrite
     code, _, stderr = _cli(capsys, "export", "--model", str(tiny_dir), "--output", str(out))

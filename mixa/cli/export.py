@@ -95,8 +95,12 @@ def run(args) -> int:
     print(f"verified: max |{report['format']} runtime - torch| = {report['max_abs_diff']:.3g} "
           f"(tolerance {report['tolerance']:.3g})")
     if mode:
-        extra = f", {report['int8_weights']} weights, {report['fp32_nodes']} attention-core nodes kept fp32" \
-            if report["format"] == "onnx" else ""
+        extra = ""
+        if report["format"] == "onnx":
+            extra = f", {report['int8_weights']} weights, {report['fp32_nodes']} attention-core nodes kept fp32"
+            if report["qattention_layers"]:
+                extra += (f", {report['qattention_layers']} softmax layers as QAttention (int8 projection, "
+                          f"fp32 attention)")
         print(f"wrote {report['int8_path']} (INT8 {mode}{extra})")
         if "int8_delegation" in report:
             _print_delegation(report["int8_delegation"])

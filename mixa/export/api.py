@@ -16,7 +16,7 @@ from ..data import eval_loader
 from ..errors import UsageError
 from .executorch import agreement_pte, export_pte
 from .lowering import runtime_softmax_form
-from .onnx import DEFAULT_OPSET, export_onnx
+from .onnx import DEFAULT_OPSET, export_onnx, op_counts
 from .quantize import agreement, quantize_onnx
 from .targets import at_resolution, trained_size
 
@@ -109,7 +109,7 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
             q = quantize_onnx(fp32_path, output, mode=int8, calib_batches=calib_batches, weights=int8_weights,
                               keep_fp32=keep_fp32)
             report.update(int8_path=str(output), int8_weights=q.weights, keep_fp32=q.keep_fp32,
-                          fp32_nodes=len(q.excluded))
+                          fp32_nodes=len(q.excluded), qattention_layers=op_counts(output).get("QAttention", 0))
     else:
         result = export_pte(model, fp32_path, input_size, softmax=softmax_form)
         report.update(fp32_path=str(fp32_path), max_abs_diff=result.max_abs_diff, tolerance=result.tolerance,
