@@ -33,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mixa  # noqa: E402
 from mixa.export import export_onnx, quantize_onnx  # noqa: E402
-from mixa.export.lowering import best_softmax_form  # noqa: E402
 from mixa.export.targets import at_resolution  # noqa: E402
 from mixa.io import atomic_path  # noqa: E402
 from mixa.macs import count_macs  # noqa: E402
@@ -148,9 +147,7 @@ def main() -> int:
     p.add_argument("--previous-export", action="store_true",
                    help="also time every variant as mixa exported it before issue 20 (timm's fused SDPA in "
                         "softmax layers, no delegation rewrites, ONNX Runtime static INT8 as quantised before "
-                        "issue 20: rows 'VARIANT (previous export)'), and the "
-                        "original in the other softmax form in ONNX Runtime (row 'original (fused)' / "
-                        "'original (plain)')")
+                        "issue 20): rows 'VARIANT (previous export)'")
     p.add_argument("--files", default=None, metavar="DIR",
                    help="keep the exported programs in DIR and reuse those already there (repeat a timing "
                         "without lowering again; empty DIR after changing mixa's export)")
@@ -202,9 +199,8 @@ def main() -> int:
                     fp32 = work / f"{stem}.onnx"
                     files = []
                     if use_ort:
-                        # the "previous export" of the original in ORT: the other softmax form
-                        form = None if not previous else \
-                            ("fused" if best_softmax_form("onnx") == "plain" else "plain")
+                        # the "previous export" in ORT: timm's fused SDPA, as mixa exported it before issue 20
+                        form = "fused" if previous else None
                         kept(fp32, lambda path: export_onnx(sized, path, (3, res, res), softmax=form))
                         files.append(("ort", "fp32", fp32))
                         onnx_files[vlabel] = fp32
