@@ -38,6 +38,9 @@ __all__ = [
     "stella_attention_tokens_last",
     "rala_attention_tokens_last",
     "rala_attention_token_axis_mean",
+    "relu_linear_attention_one_image",
+    "stella_attention_one_image",
+    "rala_attention_one_image",
     "hedgehog_features",
     "feature_linear_attention",
     "hedgehog_attention",
@@ -315,6 +318,56 @@ def rala_attention_tokens_last(q_t: Tensor, k: Tensor, v_t: Tensor, eps: float =
     den = _mm(_mm(p, k), q_t)                                                     # (B, H, 1, N)
     weighted = k * p.reshape(b, h, n, 1)                                          # p_j kappa(k_j)
     return _saturating_cast(_mm(_mm(v_t, weighted), q_t) / (den + eps), dtype)
+
+
+# One-image forms: q, k, v as one image's projection emits them, (N, H, d) -- tokens first, no batch axis --,
+# the result as (H, dv, N), which is the (C, N) transpose of the layer's output: the projection after it
+# reads it transposed. Every head transpose is written as a permute straight into a product, and ONNX
+# Runtime folds each into the product's flags (FusedMatMul's transA/transBatch, Gemm's transA), so a layer
+# runs no Transpose node at all; the batched (B, H, N, d) layout runs four per layer, which cost about 10%
+# of a k = 0 student at 257 tokens (benchmarks/edge/ort_one_image.py). The kernel is applied before the
+# permutes: an elementwise op between a Transpose and its product stops the fold. The forms mixa exports to
+# ONNX at a static batch of 1 (mixa.export.lowering.one_image_forms); the same maths as the batched cores.
+
+
+def _token_major_heads(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """(N, H, d) -> its (H, N, d) and (H, d, N) views, for the products' two sides."""
+    return x.permute(1, 0, 2), x.permute(1, 2, 0)
+
+
+def relu_linear_attention_one_image(q: Tensor, k: Tensor, v: Tensor, eps: float = RELU_EPS) -> Tensor:
+    """``relu_linear_attention``, one image (above): O^T = (V^T K) Q^T / (k_sum Q^T + eps) per head."""
+    dtype = v.dtype
+    n, h, d = q.shape
+    q, k, v = F.relu(_wide(q)), F.relu(_wide(k)), _wide(v)
+    q_t = q.permute(1, 2, 0)                                               # (H, d, N)
+    vk = _mm(v.permute(1, 2, 0), k.permute(1, 0, 2))                      # (H, dv, d) = (K^T V)^T
+    k_sum = k.sum(dim=0).reshape(h, 1, d)                                   # (H, 1, d)
+    return _saturating_cast(_mm(vk, q_t) / (_mm(k_sum, q_t) + eps), dtype)
+
+
+def stella_attention_one_image(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """``stella_attention``, one image (above)."""
+    dtype = v.dtype
+    n, h, d = q.shape
+    q, k, v = F.relu(_wide(q)), F.relu(_wide(k)), _wide(v)
+    vk = _mm(v.permute(1, 2, 0), k.permute(1, 0, 2)) / (n * d ** 0.5)     # (H, dv, d)
+    return _saturating_cast(_mm(vk, q.permute(1, 2, 0)), dtype)
+
+
+def rala_attention_one_image(q: Tensor, k: Tensor, v: Tensor, eps: float = RALA_EPS) -> Tensor:
+    """``rala_attention`` without RoPE, one image (above). p_j kappa(k_j) scales k's rows in its own (N, H, d)
+    layout, so p is turned once into an (N, H, 1) column: a Transpose of N H numbers."""
+    dtype = v.dtype
+    n, h, d = q.shape
+    q, k, v = elu_plus_one(_wide(q)), elu_plus_one(_wide(k)), _wide(v)
+    q_t = q.permute(1, 2, 0)                                               # (H, d, N)
+    q_global = q.mean(dim=0).reshape(h, 1, d)                              # (H, 1, d)
+    p = torch.softmax(_mm(q_global, k.permute(1, 2, 0)) * d ** -0.5, dim=-1)  # (H, 1, N)
+    den = _mm(_mm(p, k.permute(1, 0, 2)), q_t)                             # (H, 1, N)
+    weighted = k * p.reshape(h, n).t().reshape(n, h, 1)                     # p_j kappa(k_j), (N, H, d)
+    vk = _mm(v.permute(1, 2, 0), weighted.permute(1, 0, 2))                # (H, dv, d)
+    return _saturating_cast(_mm(vk, q_t) / (den + eps), dtype)
 
 
 def hedgehog_features(x: Tensor, weight: Tensor) -> Tensor:

@@ -260,6 +260,49 @@ def _split_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: An
     return module._finish(y_t.permute(0, 3, 1, 2).reshape(b, n, c), x)
 
 
+# Runtimes whose single-image graphs run replaced layers in the one-image form (the module docstring), and
+# each kind's one-image core (mixa.attention.functional).
+ONE_IMAGE_RUNTIMES = ("onnx",)
+ONE_IMAGE_CORES = {"relu": "relu_linear_attention_one_image", "stella": "stella_attention_one_image",
+                   "rala": "rala_attention_one_image"}
+
+
+def _one_image_ready(module: Any) -> bool:
+    """A replaced layer whose q and k go straight into a core that has a one-image form."""
+    return module.kind in ONE_IMAGE_CORES and module.feature_map is None and _qk_unnormed(module)
+
+
+def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: Any = None,
+                                is_causal: bool = False) -> Any:
+    """``MixAttention.forward`` while it is switched: one image's q, k, v straight from the fused projection
+    as (N, H, d) into the one-image core; its (H, d, N) result is the transposed (N, C) input of the output
+    projection. Masked calls and batches of several images (Swin's windows) take the module's own forward."""
+    from ..attention import functional as AF
+
+    if attn_mask is not None or mask is not None or is_causal or x.shape[0] != 1:
+        return type(module).forward(module, x, attn_mask=attn_mask, mask=mask, is_causal=is_causal)
+    _, n, c = x.shape
+    heads = module.num_heads
+    q, k, v = module.qkv(x.reshape(n, c)).reshape(n, 3 * heads, module.head_dim).split(heads, dim=1)
+    y_t = getattr(AF, ONE_IMAGE_CORES[module.kind])(q, k, v)
+    if module.lepe is not None:
+        y_t = y_t + module._lepe_tokens_last(v.permute(1, 2, 0).unsqueeze(0)).squeeze(0)
+    return module._finish(y_t.reshape(c, n).t(), x).reshape(1, n, c)
+
+
+@contextlib.contextmanager
+def one_image_forms(model: Any, runtime: str, dynamic_batch: bool = False) -> Iterator[list]:
+    """``model`` with every replaced layer that has a one-image core (``ONE_IMAGE_CORES``) computing a batch
+    of one image in that form, where ``runtime`` is in ``ONE_IMAGE_RUNTIMES`` and the graph is traced for a
+    static batch of 1 (``dynamic_batch`` False), for the duration of the block; yields the switched layers."""
+    from ..attention.modules import MixAttention
+
+    layers = [] if dynamic_batch or runtime not in ONE_IMAGE_RUNTIMES else \
+        [m for m in model.modules() if isinstance(m, MixAttention) and _one_image_ready(m)]
+    with _switched([(m, {}, {"forward": _one_image_linear_attention}) for m in layers]):
+        yield layers
+
+
 def _split_heads(module: Any, x: Any) -> tuple:
     """``MixAttention._heads`` while it is switched: q, k, v as (B, heads, N, d)."""
     from ..layers.heads import project_heads

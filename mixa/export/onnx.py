@@ -28,7 +28,7 @@ from torch import nn
 from ..attention import MixAttention
 from ..errors import MixaError, UsageError
 from ..io import atomic_path
-from .lowering import linear_core_forms, runtime_softmax_form, softmax_form
+from .lowering import linear_core_forms, one_image_forms, runtime_softmax_form, softmax_form
 from ..macs import count_macs, count_params
 from ..models.attention_layers import attention_layers, layer_kind
 
@@ -199,7 +199,7 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     ``logits``; verify it (see ``verify_onnx``) before it replaces ``path``: a failed export leaves no file.
     Softmax layers are exported in ``softmax`` form ('plain' / 'fused' / 'ort'; default the one ONNX Runtime
     runs best, see ``mixa.export.lowering``; the dynamo exporter cannot write 'ort' and takes 'plain'),
-    linear cores in the form ONNX Runtime runs best (same maths).
+    linear cores in the form ONNX Runtime runs best (same maths; at a static batch of 1 the one-image form).
     """
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
@@ -212,7 +212,7 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     meta = {"mixa.params": count_params(model), "mixa.macs": count_macs(model, input_size),
             "mixa.input_size": "x".join(map(str, input_size)), "mixa.softmax_form": form,
             "mixa.attention_scopes": json.dumps(attention_scopes(model)), **(metadata or {})}
-    with softmax_form(model, form), linear_core_forms(model, "onnx"):
+    with softmax_form(model, form), linear_core_forms(model, "onnx"), one_image_forms(model, "onnx", dynamic_batch):
         return _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, meta)
 
 

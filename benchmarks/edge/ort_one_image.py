@@ -1,0 +1,164 @@
+"""The one-image form of replaced layers against the batched form, in ONNX Runtime.
+
+At a static batch of 1, ``mixa export`` writes each relu / stella / rala layer in its one-image form
+(``mixa.export.lowering.one_image_forms``): q, k, v stay in the (N, H, d) layout the projection emits, every
+head transpose is a permute straight into a product, and ONNX Runtime folds them all into its FusedMatMul /
+Gemm flags. The batched form (B, H, N, d) -- what mixa wrote before, and still writes for a dynamic batch --
+leaves four Transpose nodes per layer. This times both forms of every student, against the original at its
+best (softmax layers as ONNX Runtime's Attention operator; the plain form under static INT8), fp32 and INT8
+(dynamic, static; ``mixa.export.quantize_onnx`` as ``mixa export`` makes them), all round-robin in one
+process: 1 thread, batch 1, thread CPU time.
+
+Two tasks: ``deit`` (random-init DeiT-T/14 @224, 257 tokens, width 192, 3 heads) and ``proxy`` (the packaged
+extremes teacher: 257 tokens, width 64, 2 heads). Students: k = 0 and keep-k of each kind, ``--select
+uniform``, their new parameters (gate, LePE) given small random values as a trained student's would have.
+
+Ratios are medians over rounds of per-round ratios: "one-image / batched" = the batched program's time over
+the one-image one's (> 1: the new form is faster); "vs original" = the original's time over the student's.
+
+    PYTHONPATH=. python benchmarks/edge/ort_one_image.py --task proxy --work /tmp/one_image_proxy --runs 3 \\
+        --output benchmarks/edge
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import warnings
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks" / "proxy"))
+
+FORMS = ("batched", "one-image")
+PRECISIONS = ("fp32", "dynamic", "static")
+KINDS = ("relu", "stella", "rala")
+
+
+def build(task: str, keeps):
+    """(input size, [(label, model)]): the original first, then every kind at every keep."""
+    import torch
+
+    import mixa
+    from bench_latency import perturb_new_parameters
+    from mixa.models import create_model
+
+    torch.manual_seed(0)
+    if task == "deit":
+        original = create_model("deit_tiny_patch16_224", pretrained=False, patch_size=14).eval()
+    else:
+        original = mixa.load(REPO / "mixa" / "assets" / "extremes_teacher").eval()
+    size = tuple(original.pretrained_cfg["input_size"])
+    models = [("original", original)]
+    for keep in keeps:
+        for kind in KINDS:
+            student = mixa.convert(original, keep=keep, attn=kind, select="uniform", progress=False).eval()
+            perturb_new_parameters(student, 0)
+            models.append((f"k={keep} {kind}", student))
+    return size, models
+
+
+def export(model, path: Path, size, form: str, precision: str, calib) -> None:
+    """``model`` as ``mixa export`` writes it at batch 1 (``form`` 'one-image'), or with the replaced layers
+    batched; the softmax layers in the form ONNX Runtime runs best in ``precision``."""
+    from mixa.export import export_onnx, quantize_onnx
+    from mixa.export import lowering
+
+    fp32 = path.with_suffix(".fp32.onnx")
+    int8 = None if precision == "fp32" else precision
+    if not fp32.is_file():
+        runtimes = lowering.ONE_IMAGE_RUNTIMES if form == "one-image" else ()
+        with mock.patch.object(lowering, "ONE_IMAGE_RUNTIMES", runtimes):
+            export_onnx(model, fp32, size, softmax=lowering.best_softmax_form("onnx", int8))
+    if int8 and not path.is_file():
+        quantize_onnx(fp32, path, mode=int8, calib_batches=calib)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--task", choices=("deit", "proxy"), default="proxy")
+    p.add_argument("--keeps", default="0,6", help="comma-separated keep values")
+    p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
+    p.add_argument("--rounds", type=int, default=150)
+    p.add_argument("--runs", type=int, default=1, help="timings, each a fresh round-robin in this process")
+    p.add_argument("--output", default=None, metavar="DIR", help="write ort_one_image_TASK[_TAG].{json,md} there")
+    p.add_argument("--tag", default=None)
+    args = p.parse_args()
+    warnings.simplefilter("ignore")
+
+    from bench_edge import OrtRunner
+    from mixa.macs import count_macs
+    from mixa.profile.records import environment
+    from mixa.profile.timing import paired_speedup, round_robin
+
+    size, models = build(args.task, [int(k) for k in args.keeps.split(",")])
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((1, *size), dtype=np.float32) for _ in range(4)]
+    programs, macs = [], {}
+    for label, model in models:
+        macs[label] = count_macs(model, size)
+        for form in FORMS[:1] if label == "original" else FORMS:
+            for precision in PRECISIONS:
+                path = work / f"{label.replace(' ', '_').replace('=', '')}.{form}.{precision}.onnx"
+                export(model, path, size, form, precision, calib)
+                programs.append((label, form, precision, path.with_suffix(".fp32.onnx") if precision == "fp32"
+                                 else path))
+        print(f"  exported {label}", file=sys.stderr, flush=True)
+    env = environment()
+    header = (f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ONNX Runtime "
+              f"{env['versions']['onnxruntime']}, 1 thread, batch 1, thread CPU time, {args.rounds} rounds "
+              f"round-robin in one process; task {args.task}; command: python {' '.join(sys.argv)}")
+    print(header, flush=True)
+    runners = [OrtRunner(path, 1, size[-1]) for *_, path in programs]
+    index = {(label, form, precision): i for i, (label, form, precision, _) in enumerate(programs)}
+    records = []
+    for run in range(1, args.runs + 1):
+        times = round_robin(runners, warmup=3, rounds=args.rounds, clock="cpu")
+        load = os.getloadavg()[0]
+        for label, _ in models[1:]:
+            for precision in PRECISIONS:
+                t = {form: times[index[(label, form, precision)]] for form in FORMS}
+                base = times[index[("original", "batched", precision)]]
+                records.append({
+                    "run": run, "model": label, "precision": precision,
+                    "mac_ratio": macs["original"] / macs[label],
+                    "original_ms": statistics.median(base) * 1e3,
+                    "median_ms": {form: statistics.median(t[form]) * 1e3 for form in FORMS},
+                    "one_image_over_batched": paired_speedup(t["batched"], t["one-image"]),
+                    "vs_original": {form: paired_speedup(base, t[form]) for form in FORMS}})
+        print(f"run {run}: {args.rounds} rounds, 1-minute load average {load:.2f}", file=sys.stderr, flush=True)
+    table = markdown(records)
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = out / (f"ort_one_image_{args.task}" + (f"_{args.tag}" if args.tag else ""))
+        stem.with_suffix(".json").write_text(json.dumps({"command": " ".join(sys.argv), "environment": env,
+                                                         "rounds": args.rounds, "records": records}, indent=1))
+        stem.with_suffix(".md").write_text(header + "\n\n" + table + "\n")
+        print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    return 0
+
+
+def markdown(records) -> str:
+    lines = ["| run | model | precision | MAC ratio | original ms | batched ms | one-image ms | one-image / batched "
+             "| vs original, batched | vs original, one-image |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in records:
+        lines.append(f"| {r['run']} | {r['model']} | {r['precision']} | {r['mac_ratio']:.3f} | "
+                     f"{r['original_ms']:.2f} | {r['median_ms']['batched']:.2f} | {r['median_ms']['one-image']:.2f} | "
+                     f"{r['one_image_over_batched']:.3f} | {r['vs_original']['batched']:.3f} | "
+                     f"{r['vs_original']['one-image']:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
