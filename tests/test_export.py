@@ -137,6 +137,62 @@ def test_int8_of_the_ort_form_quantises_the_projection_in_the_attention_node(tmp
         assert np.corrcoef(*logits)[0, 1] > 0.9, result.mode
 
 
+def _attention_transposes(path, tmp_path) -> int:
+    """Transpose nodes in the attention layers of the graph ONNX Runtime runs (its optimised model)."""
+    optimised = tmp_path / f"{Path(path).stem}.optimised.onnx"
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(optimised)
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return sum(n.op_type == "Transpose" and "/attn/" in n.output[0] for n in onnx.load(str(optimised)).graph.node)
+
+
+@pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
+def test_replaced_layers_of_one_image_run_without_head_transposes(tmp_path, kind):
+    """At a static batch of 1 the replaced layers export in their one-image form: ONNX Runtime folds every
+    head transpose of relu and stella into the products (rala keeps the few its LePE and token weights need),
+    where the batched form -- still the one of a dynamic batch -- runs some in every layer.
+    Both files give the model's own logits; the model is left as it was."""
+    model = tiny_model("vit", kind, keep=0)  # two layers, both replaced
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    one, batched = tmp_path / "one.onnx", tmp_path / "batched.onnx"
+    export_onnx(model, one, (3, 32, 32))
+    export_onnx(model, batched, (3, 32, 32), dynamic_batch=True)
+    for path in (one, batched):
+        np.testing.assert_allclose(_ort_logits(path, x), expected, atol=1e-4, rtol=1e-4)
+    folded, unfolded = _attention_transposes(one, tmp_path), _attention_transposes(batched, tmp_path)
+    assert folded < unfolded and (folded == 0 or kind == "rala")
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
+def test_one_image_forms_take_one_image_only(tmp_path):
+    """Swin's windows are a batch: with several windows an image keeps the batched form (head transposes
+    left), with one window (the whole 7 x 7 token grid) it takes the one-image form (none left); either way the
+    file gives the model's own logits."""
+    for img_size, one_image in ((56, False), (28, True)):
+        torch.manual_seed(0)
+        name, kwargs = TINY["swin"]
+        model = mixa.convert(create_model(name, pretrained=False, **{**kwargs, "img_size": img_size}), keep=0,
+                             attn="relu", progress=False).eval()
+        x = torch.randn(1, 3, img_size, img_size)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        path = tmp_path / f"swin{img_size}.onnx"
+        export_onnx(model, path, (3, img_size, img_size))
+        np.testing.assert_allclose(_ort_logits(path, x), expected, atol=1e-4, rtol=1e-4)
+        assert (_attention_transposes(path, tmp_path) == 0) == one_image
+
+
+def test_dynamo_exports_a_vit_student_at_batch_1(tmp_path):
+    """The dynamo exporter writes its own opset (18) by default: converted down to 17, the q / k / v split kept
+    opset 18's Split attribute and ONNX Runtime refused the file."""
+    model = tiny_model("vit", "relu", keep=0)
+    result = export_onnx(model, tmp_path / "d.onnx", (3, 32, 32), exporter="dynamo")
+    assert result.opset == 18 and result.max_abs_diff <= result.tolerance
+
+
 def test_verification_fails_loudly_on_a_wrong_file(tmp_path):
     path = tmp_path / "a.onnx"
     export_onnx(tiny_model("vit", "stella"), path, (3, 32, 32))
@@ -232,6 +288,7 @@ def test_cli_export_with_int8_on_images(tmp_path, capsys, tiny_dir):
     (["{tiny}", "--calib-data", "x"], 2, "only with --int8"),
     (["{tiny}", "--int8", "--calib-data", "no/such/images"], 2, "directory not found"),
     (["{tiny}", "--softmax-form", "ort", "--exporter", "dynamo"], 2, "needs the torchscript exporter"),
+    (["{tiny}", "--exporter", "dynamo", "--opset", "17"], 2, "writes opset 18 or later"),
 ])
 def test_cli_export_bad_input(tmp_path, capsys, tiny_dir, args, code, message):
     args = [a.replace("{tiny}", str(tiny_dir)) for a in args]

@@ -165,3 +165,21 @@ def test_tokens_last_forms_are_the_cores_transposed(kind):
                         "rala": "rala_attention"}[kind] + "_tokens_last")
     got = core(q.transpose(-2, -1), k, v.transpose(-2, -1))
     assert got.shape == (2, 3, d, n) and close_in_fp32(got.transpose(-2, -1), want)
+
+
+@pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
+def test_one_image_forms_are_the_cores_for_one_image(kind):
+    """The forms exported to ONNX at batch 1 (q, k, v of one image as (N, H, d), the result as (H, d, N))
+    against the formulas written out with N x N products in fp64."""
+    q, k, v = (t[:1] for t in qkv(6))
+    n, d = k.shape[-2], k.shape[-1]
+    if kind == "rala":
+        want = reference_rala(q, k, v)
+    else:
+        scores = F.relu(q.double()) @ F.relu(k.double()).transpose(-2, -1)
+        want = (scores @ v.double()) / (scores.sum(-1, keepdim=True) + AF.RELU_EPS) if kind == "relu" \
+            else scores @ v.double() / (n * math.sqrt(d))
+    core = getattr(AF, {"relu": "relu_linear_attention", "stella": "stella_attention",
+                        "rala": "rala_attention"}[kind] + "_one_image")
+    got = core(*(t[0].transpose(0, 1) for t in (q, k, v)))
+    assert got.shape == (3, d, n) and close_in_fp32(got.transpose(-2, -1), want[0])

@@ -65,20 +65,24 @@ def build(task: str, keeps):
     return size, models
 
 
-def export(model, path: Path, size, form: str, precision: str, calib) -> None:
+def export(model, work: Path, stem: str, size, form: str, precision: str, calib) -> Path:
     """``model`` as ``mixa export`` writes it at batch 1 (``form`` 'one-image'), or with the replaced layers
-    batched; the softmax layers in the form ONNX Runtime runs best in ``precision``."""
-    from mixa.export import export_onnx, quantize_onnx
-    from mixa.export import lowering
+    batched; the softmax layers in the form ONNX Runtime runs best in ``precision``. Returns the file."""
+    from mixa.export import export_onnx, lowering, quantize_onnx
 
-    fp32 = path.with_suffix(".fp32.onnx")
     int8 = None if precision == "fp32" else precision
+    softmax = lowering.best_softmax_form("onnx", int8)
+    fp32 = work / f"{stem}.{form}.{softmax}.onnx"
     if not fp32.is_file():
         runtimes = lowering.ONE_IMAGE_RUNTIMES if form == "one-image" else ()
         with mock.patch.object(lowering, "ONE_IMAGE_RUNTIMES", runtimes):
-            export_onnx(model, fp32, size, softmax=lowering.best_softmax_form("onnx", int8))
-    if int8 and not path.is_file():
+            export_onnx(model, fp32, size, softmax=softmax)
+    if int8 is None:
+        return fp32
+    path = work / f"{stem}.{form}.{precision}.onnx"
+    if not path.is_file():
         quantize_onnx(fp32, path, mode=int8, calib_batches=calib)
+    return path
 
 
 def main() -> int:
@@ -108,10 +112,8 @@ def main() -> int:
         macs[label] = count_macs(model, size)
         for form in FORMS[:1] if label == "original" else FORMS:
             for precision in PRECISIONS:
-                path = work / f"{label.replace(' ', '_').replace('=', '')}.{form}.{precision}.onnx"
-                export(model, path, size, form, precision, calib)
-                programs.append((label, form, precision, path.with_suffix(".fp32.onnx") if precision == "fp32"
-                                 else path))
+                path = export(model, work, label.replace(" ", "_").replace("=", ""), size, form, precision, calib)
+                programs.append((label, form, precision, path))
         print(f"  exported {label}", file=sys.stderr, flush=True)
     env = environment()
     header = (f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ONNX Runtime "

@@ -323,22 +323,18 @@ def rala_attention_tokens_last(q_t: Tensor, k: Tensor, v_t: Tensor, eps: float =
 # One-image forms: q, k, v as one image's projection emits them, (N, H, d) -- tokens first, no batch axis --,
 # the result as (H, dv, N), which is the (C, N) transpose of the layer's output: the projection after it
 # reads it transposed. Every head transpose is written as a permute straight into a product, and ONNX
-# Runtime folds each into the product's flags (FusedMatMul's transA/transBatch, Gemm's transA), so a layer
-# runs no Transpose node at all; the batched (B, H, N, d) layout runs four per layer, which cost about 10%
-# of a k = 0 student at 257 tokens (benchmarks/edge/ort_one_image.py). The kernel is applied before the
-# permutes: an elementwise op between a Transpose and its product stops the fold. The forms mixa exports to
-# ONNX at a static batch of 1 (mixa.export.lowering.one_image_forms); the same maths as the batched cores.
-
-
-def _token_major_heads(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """(N, H, d) -> its (H, N, d) and (H, d, N) views, for the products' two sides."""
-    return x.permute(1, 0, 2), x.permute(1, 2, 0)
+# Runtime folds each into the product's flags (FusedMatMul's transA/transBatch, Gemm's transA), so a relu or
+# stella layer runs no Transpose node at all; the batched (B, H, N, d) layout runs up to four per layer, about
+# 9% of a k = 0 relu student at 257 tokens and width 64 (benchmarks/edge/ort_one_image.py). The kernel is
+# applied before the permutes: an elementwise op between a Transpose and its product stops the fold. The
+# forms mixa exports to ONNX at a static batch of 1 (mixa.export.lowering.one_image_forms); the same maths as
+# the batched cores.
 
 
 def relu_linear_attention_one_image(q: Tensor, k: Tensor, v: Tensor, eps: float = RELU_EPS) -> Tensor:
     """``relu_linear_attention``, one image (above): O^T = (V^T K) Q^T / (k_sum Q^T + eps) per head."""
     dtype = v.dtype
-    n, h, d = q.shape
+    _, h, d = q.shape
     q, k, v = F.relu(_wide(q)), F.relu(_wide(k)), _wide(v)
     q_t = q.permute(1, 2, 0)                                               # (H, d, N)
     vk = _mm(v.permute(1, 2, 0), k.permute(1, 0, 2))                      # (H, dv, d) = (K^T V)^T
@@ -349,7 +345,7 @@ def relu_linear_attention_one_image(q: Tensor, k: Tensor, v: Tensor, eps: float 
 def stella_attention_one_image(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """``stella_attention``, one image (above)."""
     dtype = v.dtype
-    n, h, d = q.shape
+    n, d = q.shape[0], q.shape[-1]
     q, k, v = F.relu(_wide(q)), F.relu(_wide(k)), _wide(v)
     vk = _mm(v.permute(1, 2, 0), k.permute(1, 0, 2)) / (n * d ** 0.5)     # (H, dv, d)
     return _saturating_cast(_mm(vk, q.permute(1, 2, 0)), dtype)

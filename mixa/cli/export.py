@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--img-size", type=int, default=None, metavar="PX",
                    help="square input resolution (default: the model's trained size); another size resamples "
                         "position embeddings (ViT/DeiT) or scales windows (Swin) as timm does")
-    p.add_argument("--opset", type=int, default=None, help=".onnx: ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=None, help=".onnx: ONNX opset (default 17; 18 with --exporter dynamo)")
     p.add_argument("--dynamic-batch", action="store_true", help=".onnx: make the batch dimension dynamic")
     p.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
                    help=".onnx: torch exporter (default torchscript: fast, every kind and family; dynamo: slower, "

@@ -16,7 +16,7 @@ from ..data import eval_loader
 from ..errors import UsageError
 from .executorch import agreement_pte, export_pte
 from .lowering import runtime_softmax_form
-from .onnx import DEFAULT_OPSET, export_onnx, op_counts
+from .onnx import export_onnx, op_counts
 from .quantize import agreement, quantize_onnx
 from .targets import at_resolution, trained_size
 
@@ -100,7 +100,7 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
     calib_batches = _batches(calib, model, input_size, calib_images) if int8 == "static" else None
 
     if fmt == ".onnx":
-        result = export_onnx(model, fp32_path, input_size, opset=opset or DEFAULT_OPSET,
+        result = export_onnx(model, fp32_path, input_size, opset=opset,
                              dynamic_batch=dynamic_batch, exporter=exporter, rtol=rtol, softmax=softmax_form,
                              metadata={"mixa.source": label or type(model).__name__})
         report.update(fp32_path=str(fp32_path), opset=result.opset, nodes=sum(result.op_counts.values()),

@@ -33,6 +33,9 @@ from ..macs import count_macs, count_params
 from ..models.attention_layers import attention_layers, layer_kind
 
 DEFAULT_OPSET = 17  # onnxruntime >= 1.14 covers it fully; LayerNormalization is a single node from 17 on
+# The dynamo exporter writes opset 18 natively; converted down to 17, a tensor split into q, k, v kept
+# opset 18's Split attribute and ONNX Runtime refused the file: lower opsets are refused with it.
+DYNAMO_DEFAULT_OPSET = 18
 EXPORTERS = ("torchscript", "dynamo")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 # |ORT - torch| <= RTOL * max(1, max |torch output|): fp32 kernels differ in summation order only.
@@ -192,7 +195,7 @@ def verify_onnx(path: os.PathLike | str, model: nn.Module, input_size: Sequence[
 
 
 def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[int] = (3, 224, 224), *,
-                opset: int = DEFAULT_OPSET, dynamic_batch: bool = False, exporter: str = "torchscript",
+                opset: Optional[int] = None, dynamic_batch: bool = False, exporter: str = "torchscript",
                 verify: bool = True, rtol: float = DEFAULT_RTOL, metadata: Optional[Dict[str, str]] = None,
                 softmax: Optional[str] = None) -> ExportResult:
     """Write ``model`` (fp32, CPU, eval) to ``path`` as ONNX with input ``input`` (B, C, H, W) and output
@@ -203,8 +206,13 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     """
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
+    if opset is None:
+        opset = DYNAMO_DEFAULT_OPSET if exporter == "dynamo" else DEFAULT_OPSET
     if not 7 <= opset <= 23:
         raise UsageError(f"--opset must be in 7..23; got {opset}")
+    if exporter == "dynamo" and opset < DYNAMO_DEFAULT_OPSET:
+        raise UsageError(f"--exporter dynamo writes opset {DYNAMO_DEFAULT_OPSET} or later (torch's conversion to an "
+                         f"older opset can leave nodes ONNX Runtime refuses); got --opset {opset}")
     form = runtime_softmax_form("onnx", softmax, exporter=exporter)
     input_size = tuple(int(s) for s in input_size)
     model = model.to("cpu", torch.float32).eval()
