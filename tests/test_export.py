@@ -137,20 +137,20 @@ def test_int8_of_the_ort_form_quantises_the_projection_in_the_attention_node(tmp
         assert np.corrcoef(*logits)[0, 1] > 0.9, result.mode
 
 
-def _attention_transposes(path, tmp_path) -> int:
-    """Transpose nodes in the attention layers of the graph ONNX Runtime runs (its optimised model)."""
+def _attention_ops(path, tmp_path, op_type) -> int:
+    """``op_type`` nodes in the attention layers of the graph ONNX Runtime runs (its optimised model)."""
     optimised = tmp_path / f"{Path(path).stem}.optimised.onnx"
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(optimised)
     ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return sum(n.op_type == "Transpose" and "/attn/" in n.output[0] for n in onnx.load(str(optimised)).graph.node)
+    return sum(n.op_type == op_type and "/attn/" in n.output[0] for n in onnx.load(str(optimised)).graph.node)
 
 
 @pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
 def test_replaced_layers_of_one_image_run_without_head_transposes(tmp_path, kind):
-    """At a static batch of 1 the replaced layers export in their one-image form: ONNX Runtime folds every
-    head transpose of relu and stella into the products (rala keeps the few its LePE and token weights need),
+    """At a static batch of 1 the replaced layers export in their one-image form (q, k, v from three
+    projections, no Split): ONNX Runtime folds every head transpose of relu and stella into the products (rala keeps the few its LePE and token weights need),
     where the batched form -- still the one of a dynamic batch -- runs some in every layer.
     Both files give the model's own logits; the model is left as it was."""
     model = tiny_model("vit", kind, keep=0)  # two layers, both replaced
@@ -162,8 +162,10 @@ def test_replaced_layers_of_one_image_run_without_head_transposes(tmp_path, kind
     export_onnx(model, batched, (3, 32, 32), dynamic_batch=True)
     for path in (one, batched):
         np.testing.assert_allclose(_ort_logits(path, x), expected, atol=1e-4, rtol=1e-4)
-    folded, unfolded = _attention_transposes(one, tmp_path), _attention_transposes(batched, tmp_path)
+    folded, unfolded = _attention_ops(one, tmp_path, "Transpose"), _attention_ops(batched, tmp_path, "Transpose")
     assert folded < unfolded and (folded == 0 or kind == "rala")
+    # q, k, v from three projections: nothing copies one (N, 3C) output apart
+    assert _attention_ops(one, tmp_path, "Split") == 0 < _attention_ops(batched, tmp_path, "Split")
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 
@@ -182,7 +184,7 @@ def test_one_image_forms_take_one_image_only(tmp_path):
         path = tmp_path / f"swin{img_size}.onnx"
         export_onnx(model, path, (3, img_size, img_size))
         np.testing.assert_allclose(_ort_logits(path, x), expected, atol=1e-4, rtol=1e-4)
-        assert (_attention_transposes(path, tmp_path) == 0) == one_image
+        assert (_attention_ops(path, tmp_path, "Transpose") == 0) == one_image
 
 
 def test_dynamo_exports_a_vit_student_at_batch_1(tmp_path):

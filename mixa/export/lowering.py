@@ -47,9 +47,10 @@ benchmarks/edge/rala_forms_s3.md.
 
 One image (``one_image_forms``): ONNX graphs traced for a static batch of 1 (``mixa export`` without
 ``--dynamic-batch``) compute every relu / stella / rala layer in its one-image form
-(``mixa.attention.functional.*_one_image``, the same maths): q, k and v stay in the (N, H, d) layout the fused
-projection emits, each head transpose is a permute straight into a product, and the result comes out as the
-(C, N) transpose of the layer's output, which the output projection reads transposed. ONNX Runtime folds
+(``mixa.attention.functional.*_one_image``, the same maths): q, k and v come from three projections (the fused
+one's thirds: no Split copying its output apart) in the (N, H, d) layout a projection emits, each head
+transpose is a permute straight into a product, and the result comes out as the (C, N) transpose of the
+layer's output, which the output projection reads transposed. ONNX Runtime folds
 every one of those permutes into its FusedMatMul / Gemm flags, where the batched (B, H, N, d) layout left up
 to four Transpose nodes a layer. On the proxy task (width 64) k = 0 students ran 4-10% faster, keep-6 ones
 1-6%, in fp32 and INT8; at DeiT-T/14 (width 192) -0.6% to +4.4% by row (benchmarks/edge/ort_one_image.py).
@@ -285,16 +286,19 @@ def _one_image_ready(module: Any) -> bool:
 
 def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: Any = None,
                                 is_causal: bool = False) -> Any:
-    """``MixAttention.forward`` while it is switched: one image's q, k, v straight from the fused projection
-    as (N, H, d) into the one-image core; its (H, d, N) result is the transposed (N, C) input of the output
-    projection. Masked calls and batches of several images (Swin's windows) take the module's own forward."""
+    """``MixAttention.forward`` while it is switched: one image's q, k, v, each from its own part of the
+    projection, as (N, H, d) into the one-image core; its (H, d, N) result is the transposed (N, C) input of
+    the output projection. Masked calls and batches of several images (Swin's windows) take the module's own
+    forward."""
+    from torch.nn import functional as F
+
     from ..attention import functional as AF
 
     if attn_mask is not None or mask is not None or is_causal or x.shape[0] != 1:
         return type(module).forward(module, x, attn_mask=attn_mask, mask=mask, is_causal=is_causal)
     _, n, c = x.shape
-    heads = module.num_heads
-    q, k, v = module.qkv(x.reshape(n, c)).reshape(n, 3 * heads, module.head_dim).split(heads, dim=1)
+    tokens = x.reshape(n, c)
+    q, k, v = (F.linear(tokens, w, b).reshape(n, module.num_heads, module.head_dim) for w, b in _split(module))
     y_t = getattr(AF, ONE_IMAGE_CORES[module.kind])(q, k, v)
     if module.lepe is not None:
         y_t = y_t + module._lepe_tokens_last(v.permute(1, 2, 0).unsqueeze(0)).squeeze(0)
@@ -305,12 +309,20 @@ def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask
 def one_image_forms(model: Any, runtime: str, dynamic_batch: bool = False) -> Iterator[list]:
     """``model`` with every replaced layer that has a one-image core (``ONE_IMAGE_CORES``) computing a batch
     of one image in that form, where ``runtime`` is in ``ONE_IMAGE_RUNTIMES`` and the graph is traced for a
-    static batch of 1 (``dynamic_batch`` False), for the duration of the block; yields the switched layers."""
+    static batch of 1 (``dynamic_batch`` False), for the duration of the block; yields the switched layers.
+    Their fused qkv projection is computed as three (``mixa.layers.heads.split_qkv``, weights taken when the
+    block starts): no Split copies the (N, 3C) output apart."""
     from ..attention.modules import MixAttention
+    from ..layers.heads import split_qkv
 
     layers = [] if dynamic_batch or runtime not in ONE_IMAGE_RUNTIMES else \
         [m for m in model.modules() if isinstance(m, MixAttention) and _one_image_ready(m)]
-    with _switched([(m, {}, {"forward": _one_image_linear_attention}) for m in layers]):
+    switches = []
+    for m in layers:
+        parts = split_qkv(m.qkv.weight, m.qkv.bias)
+        switches.append((m, dict(zip(_SPLIT, (t for part in parts for t in part))),
+                         {"forward": _one_image_linear_attention}))
+    with _switched(switches):
         yield layers
 
 
