@@ -150,8 +150,9 @@ def _attention_ops(path, tmp_path, op_type) -> int:
 @pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
 def test_replaced_layers_of_one_image_run_without_head_transposes(tmp_path, kind):
     """At a static batch of 1 the replaced layers export in their one-image form (q, k, v from three
-    projections, no Split): ONNX Runtime folds every head transpose of relu and stella into the products (rala keeps the few its LePE and token weights need),
-    where the batched form -- still the one of a dynamic batch -- runs some in every layer.
+    projections, no Split): ONNX Runtime folds every head transpose of relu and stella into the products
+    (rala keeps the few its LePE and token weights need), where the batched form -- still the one of a
+    dynamic batch -- runs some in every layer.
     Both files give the model's own logits; the model is left as it was."""
     model = tiny_model("vit", kind, keep=0)  # two layers, both replaced
     x = torch.randn(1, 3, 32, 32)
@@ -164,8 +165,14 @@ def test_replaced_layers_of_one_image_run_without_head_transposes(tmp_path, kind
         np.testing.assert_allclose(_ort_logits(path, x), expected, atol=1e-4, rtol=1e-4)
     folded, unfolded = _attention_ops(one, tmp_path, "Transpose"), _attention_ops(batched, tmp_path, "Transpose")
     assert folded < unfolded and (folded == 0 or kind == "rala")
-    # q, k, v from three projections: nothing copies one (N, 3C) output apart
+    # q, k, v from three projections: nothing copies one (N, 3C) output apart; a file for static INT8 keeps the
+    # fused projection (its QDQ form ran faster), cut apart by one Split a layer, and still no transposes
     assert _attention_ops(one, tmp_path, "Split") == 0 < _attention_ops(batched, tmp_path, "Split")
+    for_static = tmp_path / "static.onnx"
+    export_onnx(model, for_static, (3, 32, 32), int8="static")
+    np.testing.assert_allclose(_ort_logits(for_static, x), expected, atol=1e-4, rtol=1e-4)
+    assert _attention_ops(for_static, tmp_path, "Split") == 2
+    assert _attention_ops(for_static, tmp_path, "Transpose") == folded
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 

@@ -66,17 +66,16 @@ def build(task: str, keeps):
 
 
 def export(model, work: Path, stem: str, size, form: str, precision: str, calib) -> Path:
-    """``model`` as ``mixa export`` writes it at batch 1 (``form`` 'one-image'), or with the replaced layers
-    batched; the softmax layers in the form ONNX Runtime runs best in ``precision``. Returns the file."""
+    """``model`` as ``mixa export`` writes it at batch 1 for ``precision`` (``form`` 'one-image'), or with the
+    replaced layers batched (everything else as mixa writes it for that precision). Returns the file."""
     from mixa.export import export_onnx, lowering, quantize_onnx
 
     int8 = None if precision == "fp32" else precision
-    softmax = lowering.best_softmax_form("onnx", int8)
-    fp32 = work / f"{stem}.{form}.{softmax}.onnx"
+    fp32 = work / f"{stem}.{form}.for-{precision}.onnx"
     if not fp32.is_file():
         runtimes = lowering.ONE_IMAGE_RUNTIMES if form == "one-image" else ()
         with mock.patch.object(lowering, "ONE_IMAGE_RUNTIMES", runtimes):
-            export_onnx(model, fp32, size, softmax=softmax)
+            export_onnx(model, fp32, size, int8=int8)
     if int8 is None:
         return fp32
     path = work / f"{stem}.{form}.{precision}.onnx"

@@ -101,7 +101,7 @@ def export(model: nn.Module, output: os.PathLike | str, *, img_size: Optional[in
 
     if fmt == ".onnx":
         result = export_onnx(model, fp32_path, input_size, opset=opset,
-                             dynamic_batch=dynamic_batch, exporter=exporter, rtol=rtol, softmax=softmax_form,
+                             dynamic_batch=dynamic_batch, exporter=exporter, rtol=rtol, softmax=softmax_form, int8=int8,
                              metadata={"mixa.source": label or type(model).__name__})
         report.update(fp32_path=str(fp32_path), opset=result.opset, nodes=sum(result.op_counts.values()),
                       op_counts=result.op_counts, max_abs_diff=result.max_abs_diff, tolerance=result.tolerance)

@@ -48,7 +48,8 @@ benchmarks/edge/rala_forms_s3.md.
 One image (``one_image_forms``): ONNX graphs traced for a static batch of 1 (``mixa export`` without
 ``--dynamic-batch``) compute every relu / stella / rala layer in its one-image form
 (``mixa.attention.functional.*_one_image``, the same maths): q, k and v come from three projections (the fused
-one's thirds: no Split copying its output apart) in the (N, H, d) layout a projection emits, each head
+one's thirds: no Split copying its output apart; static INT8 keeps the fused one, whose QDQ form ran faster)
+in the (N, H, d) layout a projection emits, each head
 transpose is a permute straight into a product, and the result comes out as the (C, N) transpose of the
 layer's output, which the output projection reads transposed. ONNX Runtime folds
 every one of those permutes into its FusedMatMul / Gemm flags, where the batched (B, H, N, d) layout left up
@@ -275,6 +276,10 @@ def _split_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: An
 # Runtimes whose single-image graphs run replaced layers in the one-image form (the module docstring), and
 # each kind's one-image core (mixa.attention.functional).
 ONE_IMAGE_RUNTIMES = ("onnx",)
+# INT8 modes whose one-image layers keep the fused qkv projection (cut apart by one Split): static QDQ ran
+# three projections 2% slower (keep-6 stella at DeiT-T/14, benchmarks/edge/ort_one_image.py), fp32 and
+# dynamic INT8 0-2% faster.
+ONE_IMAGE_FUSED_PROJECTION_INT8 = ("static",)
 ONE_IMAGE_CORES = {"relu": "relu_linear_attention_one_image", "stella": "stella_attention_one_image",
                    "rala": "rala_attention_one_image"}
 
@@ -286,8 +291,8 @@ def _one_image_ready(module: Any) -> bool:
 
 def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: Any = None,
                                 is_causal: bool = False) -> Any:
-    """``MixAttention.forward`` while it is switched: one image's q, k, v, each from its own part of the
-    projection, as (N, H, d) into the one-image core; its (H, d, N) result is the transposed (N, C) input of
+    """``MixAttention.forward`` while it is switched: one image's q, k, v as (N, H, d), from three projections
+    (or the fused one, split) into the one-image core; its (H, d, N) result is the transposed (N, C) input of
     the output projection. Masked calls and batches of several images (Swin's windows) take the module's own
     forward."""
     from torch.nn import functional as F
@@ -297,8 +302,11 @@ def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask
     if attn_mask is not None or mask is not None or is_causal or x.shape[0] != 1:
         return type(module).forward(module, x, attn_mask=attn_mask, mask=mask, is_causal=is_causal)
     _, n, c = x.shape
-    tokens = x.reshape(n, c)
-    q, k, v = (F.linear(tokens, w, b).reshape(n, module.num_heads, module.head_dim) for w, b in _split(module))
+    tokens, heads, d = x.reshape(n, c), module.num_heads, module.head_dim
+    if _SPLIT[0] in module._buffers:
+        q, k, v = (F.linear(tokens, w, b).reshape(n, heads, d) for w, b in _split(module))
+    else:
+        q, k, v = module.qkv(tokens).reshape(n, 3 * heads, d).split(heads, dim=1)
     y_t = getattr(AF, ONE_IMAGE_CORES[module.kind])(q, k, v)
     if module.lepe is not None:
         y_t = y_t + module._lepe_tokens_last(v.permute(1, 2, 0).unsqueeze(0)).squeeze(0)
@@ -306,20 +314,23 @@ def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask
 
 
 @contextlib.contextmanager
-def one_image_forms(model: Any, runtime: str, dynamic_batch: bool = False) -> Iterator[list]:
+def one_image_forms(model: Any, runtime: str, dynamic_batch: bool = False,
+                    int8: Optional[str] = None) -> Iterator[list]:
     """``model`` with every replaced layer that has a one-image core (``ONE_IMAGE_CORES``) computing a batch
     of one image in that form, where ``runtime`` is in ``ONE_IMAGE_RUNTIMES`` and the graph is traced for a
     static batch of 1 (``dynamic_batch`` False), for the duration of the block; yields the switched layers.
     Their fused qkv projection is computed as three (``mixa.layers.heads.split_qkv``, weights taken when the
-    block starts): no Split copies the (N, 3C) output apart."""
+    block starts: no Split copies the (N, 3C) output apart), unless the graph is to be quantised in an
+    ``int8`` mode of ``ONE_IMAGE_FUSED_PROJECTION_INT8``."""
     from ..attention.modules import MixAttention
     from ..layers.heads import split_qkv
 
     layers = [] if dynamic_batch or runtime not in ONE_IMAGE_RUNTIMES else \
         [m for m in model.modules() if isinstance(m, MixAttention) and _one_image_ready(m)]
+    split = int8 not in ONE_IMAGE_FUSED_PROJECTION_INT8
     switches = []
     for m in layers:
-        parts = split_qkv(m.qkv.weight, m.qkv.bias)
+        parts = split_qkv(m.qkv.weight, m.qkv.bias) if split else []
         switches.append((m, dict(zip(_SPLIT, (t for part in parts for t in part))),
                          {"forward": _one_image_linear_attention}))
     with _switched(switches):

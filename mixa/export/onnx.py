@@ -197,12 +197,14 @@ def verify_onnx(path: os.PathLike | str, model: nn.Module, input_size: Sequence[
 def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[int] = (3, 224, 224), *,
                 opset: Optional[int] = None, dynamic_batch: bool = False, exporter: str = "torchscript",
                 verify: bool = True, rtol: float = DEFAULT_RTOL, metadata: Optional[Dict[str, str]] = None,
-                softmax: Optional[str] = None) -> ExportResult:
+                softmax: Optional[str] = None, int8: Optional[str] = None) -> ExportResult:
     """Write ``model`` (fp32, CPU, eval) to ``path`` as ONNX with input ``input`` (B, C, H, W) and output
     ``logits``; verify it (see ``verify_onnx``) before it replaces ``path``: a failed export leaves no file.
     Softmax layers are exported in ``softmax`` form ('plain' / 'fused' / 'ort'; default the one ONNX Runtime
     runs best, see ``mixa.export.lowering``; the dynamo exporter cannot write 'ort' and takes 'plain'),
     linear cores in the form ONNX Runtime runs best (same maths; at a static batch of 1 the one-image form).
+    ``int8``: the INT8 mode the file will be quantised in ('dynamic' / 'static'; None: it stays fp32), for the
+    forms that precision runs best (see ``mixa.export.lowering``).
     """
     if exporter not in EXPORTERS:
         raise UsageError(f"unknown exporter {exporter!r}; choose from {', '.join(EXPORTERS)}")
@@ -213,14 +215,15 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
     if exporter == "dynamo" and opset < DYNAMO_DEFAULT_OPSET:
         raise UsageError(f"--exporter dynamo writes opset {DYNAMO_DEFAULT_OPSET} or later (torch's conversion to an "
                          f"older opset can leave nodes ONNX Runtime refuses); got --opset {opset}")
-    form = runtime_softmax_form("onnx", softmax, exporter=exporter)
+    form = runtime_softmax_form("onnx", softmax, int8, exporter)
     input_size = tuple(int(s) for s in input_size)
     model = model.to("cpu", torch.float32).eval()
     # Counted as the model is (a switched layer's projection is no longer a module call the count can see).
     meta = {"mixa.params": count_params(model), "mixa.macs": count_macs(model, input_size),
             "mixa.input_size": "x".join(map(str, input_size)), "mixa.softmax_form": form,
             "mixa.attention_scopes": json.dumps(attention_scopes(model)), **(metadata or {})}
-    with softmax_form(model, form), linear_core_forms(model, "onnx"), one_image_forms(model, "onnx", dynamic_batch):
+    with softmax_form(model, form), linear_core_forms(model, "onnx"), \
+            one_image_forms(model, "onnx", dynamic_batch, int8):
         return _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, meta)
 
 
