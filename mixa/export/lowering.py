@@ -53,8 +53,8 @@ in the (N, H, d) layout a projection emits, each head
 transpose is a permute straight into a product, and the result comes out as the (C, N) transpose of the
 layer's output, which the output projection reads transposed. ONNX Runtime folds
 every one of those permutes into its FusedMatMul / Gemm flags, where the batched (B, H, N, d) layout left up
-to four Transpose nodes a layer. On the proxy task (width 64) k = 0 students ran 4-10% faster, keep-6 ones
-1-6%, in fp32 and INT8; at DeiT-T/14 (width 192) -0.6% to +4.4% by row (benchmarks/edge/ort_one_image.py).
+to four Transpose nodes a layer. On the proxy task (width 64) k = 0 students ran 5-12% faster, keep-6 ones
+2-5%, in fp32 and INT8; DeiT-T/14's (width 192) keep-6 ones 0-3% (benchmarks/edge/ort_one_image.py).
 A dynamic batch keeps the batched form (the fold needs the heads, not the images, in front), and so do masked
 calls and Swin's windows wherever an image has several of them (a batch of windows).
 """
@@ -277,8 +277,8 @@ def _split_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: An
 # each kind's one-image core (mixa.attention.functional).
 ONE_IMAGE_RUNTIMES = ("onnx",)
 # INT8 modes whose one-image layers keep the fused qkv projection (cut apart by one Split): static QDQ ran
-# three projections 2% slower (keep-6 stella at DeiT-T/14, benchmarks/edge/ort_one_image.py), fp32 and
-# dynamic INT8 0-2% faster.
+# three projections 2% slower (keep-6 stella at DeiT-T/14: benchmarks/edge/ort_one_image_deit_keep6_three_qkv.md),
+# fp32 and dynamic INT8 0-2% faster.
 ONE_IMAGE_FUSED_PROJECTION_INT8 = ("static",)
 ONE_IMAGE_CORES = {"relu": "relu_linear_attention_one_image", "stella": "stella_attention_one_image",
                    "rala": "rala_attention_one_image"}
