@@ -149,37 +149,35 @@ def test_linear_core_forms_export_rala_with_the_token_axis_mean_to_onnx():
     assert [m._linear_core for m in rala] == [AF.rala_attention]
 
 
+CORES = {"relu": "relu_linear_attention", "stella": "stella_attention", "rala": "rala_attention"}
+
+
+def reference(kind, q, k, v):
+    """The kind's attention written out with N x N products in fp64."""
+    if kind == "rala":
+        return reference_rala(q, k, v)
+    n, d = k.shape[-2], k.shape[-1]
+    scores = F.relu(q.double()) @ F.relu(k.double()).transpose(-2, -1)
+    if kind == "relu":
+        return (scores @ v.double()) / (scores.sum(-1, keepdim=True) + AF.RELU_EPS)
+    return scores @ v.double() / (n * math.sqrt(d))
+
+
 @pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
 def test_tokens_last_forms_are_the_cores_transposed(kind):
     """The forms exported to ExecuTorch (q and v given as (B, H, d, N), the result the same way) against the
-    formulas written out with N x N products in fp64."""
+    formulas written out."""
     q, k, v = qkv(5)
     n, d = k.shape[-2], k.shape[-1]
-    if kind == "rala":
-        want = reference_rala(q, k, v)
-    else:
-        scores = F.relu(q.double()) @ F.relu(k.double()).transpose(-2, -1)
-        want = (scores @ v.double()) / (scores.sum(-1, keepdim=True) + AF.RELU_EPS) if kind == "relu" \
-            else scores @ v.double() / (n * math.sqrt(d))
-    core = getattr(AF, {"relu": "relu_linear_attention", "stella": "stella_attention",
-                        "rala": "rala_attention"}[kind] + "_tokens_last")
-    got = core(q.transpose(-2, -1), k, v.transpose(-2, -1))
-    assert got.shape == (2, 3, d, n) and close_in_fp32(got.transpose(-2, -1), want)
+    got = getattr(AF, CORES[kind] + "_tokens_last")(q.transpose(-2, -1), k, v.transpose(-2, -1))
+    assert got.shape == (2, 3, d, n) and close_in_fp32(got.transpose(-2, -1), reference(kind, q, k, v))
 
 
 @pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
 def test_one_image_forms_are_the_cores_for_one_image(kind):
     """The forms exported to ONNX at batch 1 (q, k, v of one image as (N, H, d), the result as (H, d, N))
-    against the formulas written out with N x N products in fp64."""
+    against the formulas written out."""
     q, k, v = (t[:1] for t in qkv(6))
     n, d = k.shape[-2], k.shape[-1]
-    if kind == "rala":
-        want = reference_rala(q, k, v)
-    else:
-        scores = F.relu(q.double()) @ F.relu(k.double()).transpose(-2, -1)
-        want = (scores @ v.double()) / (scores.sum(-1, keepdim=True) + AF.RELU_EPS) if kind == "relu" \
-            else scores @ v.double() / (n * math.sqrt(d))
-    core = getattr(AF, {"relu": "relu_linear_attention", "stella": "stella_attention",
-                        "rala": "rala_attention"}[kind] + "_one_image")
-    got = core(*(t[0].transpose(0, 1) for t in (q, k, v)))
-    assert got.shape == (3, d, n) and close_in_fp32(got.transpose(-2, -1), want[0])
+    got = getattr(AF, CORES[kind] + "_one_image")(*(t[0].transpose(0, 1) for t in (q, k, v)))
+    assert got.shape == (3, d, n) and close_in_fp32(got.transpose(-2, -1), reference(kind, q, k, v)[0])

@@ -22,7 +22,6 @@ the one-image one's (> 1: the new form is faster); "vs original" = the original'
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -97,6 +96,7 @@ def main() -> int:
     warnings.simplefilter("ignore")
 
     from bench_edge import OrtRunner
+    from side_by_side import ort_header, write_results
     from mixa.macs import count_macs
     from mixa.profile.records import environment
     from mixa.profile.timing import paired_speedup, round_robin
@@ -115,9 +115,7 @@ def main() -> int:
                 programs.append((label, form, precision, path))
         print(f"  exported {label}", file=sys.stderr, flush=True)
     env = environment()
-    header = (f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ONNX Runtime "
-              f"{env['versions']['onnxruntime']}, 1 thread, batch 1, thread CPU time, {args.rounds} rounds "
-              f"round-robin in one process; task {args.task}; command: python {' '.join(sys.argv)}")
+    header = ort_header(env, args.rounds, f"task {args.task}")
     print(header, flush=True)
     runners = [OrtRunner(path, 1, size[-1]) for *_, path in programs]
     index = {(label, form, precision): i for i, (label, form, precision, _) in enumerate(programs)}
@@ -139,14 +137,7 @@ def main() -> int:
         print(f"run {run}: {args.rounds} rounds, 1-minute load average {load:.2f}", file=sys.stderr, flush=True)
     table = markdown(records)
     print(table)
-    if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / (f"ort_one_image_{args.task}" + (f"_{args.tag}" if args.tag else ""))
-        stem.with_suffix(".json").write_text(json.dumps({"command": " ".join(sys.argv), "environment": env,
-                                                         "rounds": args.rounds, "records": records}, indent=1))
-        stem.with_suffix(".md").write_text(header + "\n\n" + table + "\n")
-        print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    write_results(args.output, f"ort_one_image_{args.task}", args.tag, env, args.rounds, records, header, table)
     return 0
 
 

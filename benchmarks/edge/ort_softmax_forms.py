@@ -16,7 +16,6 @@ form and precision.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -45,6 +44,7 @@ def main() -> int:
     import torch
 
     from bench_edge import OrtRunner, variants
+    from side_by_side import ort_header, write_results
     from mixa.export import export_onnx, quantize_onnx
     from mixa.macs import count_macs
     from mixa.models import create_model
@@ -74,9 +74,7 @@ def main() -> int:
                 programs.append((label, form, precision, path))
             print(f"  {label} ({form}): {fp32}", file=sys.stderr, flush=True)
     env = environment()
-    header = (f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ONNX Runtime "
-              f"{env['versions']['onnxruntime']}, 1 thread, batch 1, thread CPU time, {args.rounds} rounds "
-              f"round-robin in one process; command: python {' '.join(sys.argv)}")
+    header = ort_header(env, args.rounds)
     print(header, flush=True)
     if len({path for *_, path in programs}) != len(programs):
         raise SystemExit("two programs share a file")
@@ -99,14 +97,7 @@ def main() -> int:
         print(f"run {run}: {args.rounds} rounds, 1-minute load average {load:.2f}", file=sys.stderr, flush=True)
     table = markdown(records)
     print(table)
-    if args.output:
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        stem = out / ("ort_softmax_forms" + (f"_{args.tag}" if args.tag else ""))
-        stem.with_suffix(".json").write_text(json.dumps({"command": " ".join(sys.argv), "environment": env,
-                                                         "rounds": args.rounds, "records": records}, indent=1))
-        stem.with_suffix(".md").write_text(header + "\n\n" + table + "\n")
-        print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
+    write_results(args.output, "ort_softmax_forms", args.tag, env, args.rounds, records, header, table)
     return 0
 
 

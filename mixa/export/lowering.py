@@ -47,16 +47,15 @@ benchmarks/edge/rala_forms_s3.md.
 
 One image (``one_image_forms``): ONNX graphs traced for a static batch of 1 (``mixa export`` without
 ``--dynamic-batch``) compute every relu / stella / rala layer in its one-image form
-(``mixa.attention.functional.*_one_image``, the same maths): q, k and v come from three projections (the fused
-one's thirds: no Split copying its output apart; static INT8 keeps the fused one, whose QDQ form ran faster)
-in the (N, H, d) layout a projection emits, each head
-transpose is a permute straight into a product, and the result comes out as the (C, N) transpose of the
-layer's output, which the output projection reads transposed. ONNX Runtime folds
-every one of those permutes into its FusedMatMul / Gemm flags, where the batched (B, H, N, d) layout left up
-to four Transpose nodes a layer. On the proxy task (width 64) k = 0 students ran 5-12% faster, keep-6 ones
-2-5%, in fp32 and INT8; DeiT-T/14's (width 192) keep-6 ones 0-3% (benchmarks/edge/ort_one_image.py).
-A dynamic batch keeps the batched form (the fold needs the heads, not the images, in front), and so do masked
-calls and Swin's windows wherever an image has several of them (a batch of windows).
+(``mixa.attention.functional.*_one_image``, the same maths). q, k and v come from three projections (the fused
+one's thirds: no Split copies its output apart; a file for static INT8 keeps the fused one, whose QDQ form ran
+faster) in the (N, H, d) layout a projection emits; each head transpose is a permute straight into a product;
+the result comes out as the (C, N) transpose of the layer's output, which the output projection reads
+transposed. ONNX Runtime folds every one of those permutes into its FusedMatMul / Gemm flags, where the
+batched (B, H, N, d) layout left a Split and up to four Transpose nodes a layer. On the proxy task (width 64)
+k = 0 students ran 5-12% faster, keep-6 ones 2-5%, in fp32 and INT8; DeiT-T/14's (width 192) keep-6 ones 0-3%
+(benchmarks/edge/ort_one_image.py). A dynamic batch keeps the batched form (the fold needs the heads, not the
+images, in front), and so do masked calls and Swin's windows wherever an image has several of them.
 """
 from __future__ import annotations
 
@@ -295,22 +294,33 @@ def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask
     (or the fused one, split) into the one-image core; its (H, d, N) result is the transposed (N, C) input of
     the output projection. Masked calls and batches of several images (Swin's windows) take the module's own
     forward."""
-    from torch.nn import functional as F
-
     from ..attention import functional as AF
 
     if attn_mask is not None or mask is not None or is_causal or x.shape[0] != 1:
         return type(module).forward(module, x, attn_mask=attn_mask, mask=mask, is_causal=is_causal)
     _, n, c = x.shape
-    tokens, heads, d = x.reshape(n, c), module.num_heads, module.head_dim
-    if _SPLIT[0] in module._buffers:
-        q, k, v = (F.linear(tokens, w, b).reshape(n, heads, d) for w, b in _split(module))
+    heads, d = module.num_heads, module.head_dim
+    projected = module.qkv(x.reshape(n, c))
+    if isinstance(projected, tuple):  # the projection switched to three (``_three_projections``)
+        q, k, v = (part.reshape(n, heads, d) for part in projected)
     else:
-        q, k, v = module.qkv(tokens).reshape(n, 3 * heads, d).split(heads, dim=1)
+        q, k, v = projected.reshape(n, 3 * heads, d).split(heads, dim=1)
     y_t = getattr(AF, ONE_IMAGE_CORES[module.kind])(q, k, v)
     if module.lepe is not None:
         y_t = y_t + module._lepe_tokens_last(v.permute(1, 2, 0).unsqueeze(0)).squeeze(0)
     return module._finish(y_t.reshape(c, n).t(), x).reshape(1, n, c)
+
+
+def _three_projections(linear: Any, x: Any) -> Any:
+    """A fused qkv ``nn.Linear``'s forward while it is switched: for one image's (N, C) tokens (the one-image
+    form's call) q, k, v by three products; for a batch (B, N, C) -- the layer's own forward, which Swin's
+    windows and masked calls take -- the fused product as before. Run as the linear's own call, the three stay
+    in its name scope, where INT8 quantisation finds a layer (``mixa.export.quantize``)."""
+    from torch.nn import functional as F
+
+    if x.dim() != 2:
+        return F.linear(x, linear.weight, linear.bias)
+    return tuple(F.linear(x, w, b) for w, b in _split(linear))
 
 
 @contextlib.contextmanager
@@ -327,12 +337,12 @@ def one_image_forms(model: Any, runtime: str, dynamic_batch: bool = False,
 
     layers = [] if dynamic_batch or runtime not in ONE_IMAGE_RUNTIMES else \
         [m for m in model.modules() if isinstance(m, MixAttention) and _one_image_ready(m)]
-    split = int8 not in ONE_IMAGE_FUSED_PROJECTION_INT8
-    switches = []
-    for m in layers:
-        parts = split_qkv(m.qkv.weight, m.qkv.bias) if split else []
-        switches.append((m, dict(zip(_SPLIT, (t for part in parts for t in part))),
-                         {"forward": _one_image_linear_attention}))
+    switches = [(m, {}, {"forward": _one_image_linear_attention}) for m in layers]
+    if int8 not in ONE_IMAGE_FUSED_PROJECTION_INT8:
+        for m in layers:
+            parts = split_qkv(m.qkv.weight, m.qkv.bias)
+            switches.append((m.qkv, dict(zip(_SPLIT, (t for part in parts for t in part))),
+                             {"forward": _three_projections}))
     with _switched(switches):
         yield layers
 
