@@ -166,7 +166,7 @@ def test_replaced_layers_of_one_image_run_without_head_transposes(tmp_path, kind
     folded, unfolded = _attention_ops(one, tmp_path, "Transpose"), _attention_ops(batched, tmp_path, "Transpose")
     assert folded < unfolded and (folded == 0 or kind == "rala")
     # q, k, v from three projections: nothing copies one (N, 3C) output apart; a file for static INT8 keeps the
-    # fused projection (its QDQ form ran faster), cut apart by one Split a layer, and still no transposes
+    # fused projection (the form measured there), cut apart by one Split a layer, and still no transposes
     assert _attention_ops(one, tmp_path, "Split") == 0 < _attention_ops(batched, tmp_path, "Split")
     for_static = tmp_path / "static.onnx"
     export_onnx(model, for_static, (3, 32, 32), int8="static")

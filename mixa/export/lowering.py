@@ -48,12 +48,12 @@ benchmarks/edge/rala_forms_s3.md.
 One image (``one_image_forms``): ONNX graphs traced for a static batch of 1 (``mixa export`` without
 ``--dynamic-batch``) compute every relu / stella / rala layer in its one-image form
 (``mixa.attention.functional.*_one_image``, the same maths). q, k and v come from three projections (the fused
-one's thirds: no Split copies its output apart; a file for static INT8 keeps the fused one, whose QDQ form ran
-faster) in the (N, H, d) layout a projection emits; each head transpose is a permute straight into a product;
+one's thirds: no Split copies its output apart; a file for static INT8 keeps the fused one, the form measured
+there) in the (N, H, d) layout a projection emits; each head transpose is a permute straight into a product;
 the result comes out as the (C, N) transpose of the layer's output, which the output projection reads
 transposed. ONNX Runtime folds every one of those permutes into its FusedMatMul / Gemm flags, where the
 batched (B, H, N, d) layout left a Split and up to four Transpose nodes a layer. On the proxy task (width 64)
-k = 0 students ran 5-12% faster, keep-6 ones 2-5%, in fp32 and INT8; DeiT-T/14's (width 192) keep-6 ones 0-3%
+k = 0 students ran 5-11% faster, keep-6 ones 1-5%, in fp32 and INT8; DeiT-T/14's (width 192) keep-6 ones -0.7% to +3.1%
 (benchmarks/edge/ort_one_image.py). A dynamic batch keeps the batched form (the fold needs the heads, not the
 images, in front), and so do masked calls and Swin's windows wherever an image has several of them.
 """
@@ -275,9 +275,10 @@ def _split_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: An
 # Runtimes whose single-image graphs run replaced layers in the one-image form (the module docstring), and
 # each kind's one-image core (mixa.attention.functional).
 ONE_IMAGE_RUNTIMES = ("onnx",)
-# INT8 modes whose one-image layers keep the fused qkv projection (cut apart by one Split): static QDQ ran
-# three projections 2% slower (keep-6 stella at DeiT-T/14: benchmarks/edge/ort_one_image_deit_keep6_three_qkv.md),
-# fp32 and dynamic INT8 0-2% faster.
+# INT8 modes whose one-image layers keep the fused qkv projection (cut apart by one Split), the form measured
+# there (benchmarks/edge/README.md, "Fifteenth session"). Three projections ran keep-6 stella 2% slower in
+# static QDQ at DeiT-T/14, but in that run a bug, since fixed, kept them fp32 (they were taken for core nodes):
+# three quantised projections are not measured in static INT8 yet.
 ONE_IMAGE_FUSED_PROJECTION_INT8 = ("static",)
 ONE_IMAGE_CORES = {"relu": "relu_linear_attention_one_image", "stella": "stella_attention_one_image",
                    "rala": "rala_attention_one_image"}
