@@ -69,6 +69,7 @@ def main() -> int:
     from mixa.profile.ort import input_for, session
     from mixa.profile.records import environment
     from mixa.profile.timing import paired_speedup, round_robin
+    from side_by_side import ort_header
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -81,9 +82,7 @@ def main() -> int:
     result = export_onnx(model, work / "ort.onnx", (3, 224, 224), softmax="plain")
     print(f"operator form: {result.op_counts.get('Attention')} Attention nodes, max |ORT - torch| "
           f"{result.max_abs_diff:.2g}", file=sys.stderr)
-    env = environment()
-    print(f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ONNX Runtime "
-          f"{env['versions']['onnxruntime']}, 1 thread, batch 1, thread CPU time, {args.rounds} rounds")
+    print(ort_header(environment(), args.rounds, "Swin-T @224 fp32"))
     sessions = [session(work / f"{form}.onnx", 1) for form in ("plain", "ort")]
     feeds = [input_for(s, 1, None)[0] for s in sessions]
     calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
