@@ -236,6 +236,33 @@ def test_int8_keeps_attention_cores_fp32(tmp_path, mode):
     assert kept_ops & {"MatMulInteger", "DynamicQuantizeLinear", "QuantizeLinear"}  # the layers are INT8
 
 
+@pytest.mark.parametrize("kind", ["relu", "rala"])
+def test_dynamic_int8_quantises_every_projection_of_one_image_layers(tmp_path, kind):
+    """A one-image layer's output projection reads its input transposed (a Gemm with transA, relu's; rala's
+    gate comes between), which ONNX Runtime's dynamic quantiser would leave fp32. quantize_onnx gives that
+    Gemm its transpose as a node of its own: the same logits in fp32, and every qkv and proj product of every
+    layer INT8."""
+    import onnxruntime as ort
+
+    from mixa.export.quantize import untransposed_gemms
+
+    model = mixa.convert(deep_model("vit"), keep=0, attn=kind, progress=False)
+    fp32 = tmp_path / "m.onnx"
+    export_onnx(model, fp32, (3, 32, 32), int8="dynamic")
+    transposed_a = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Gemm"
+                    and any(a.name == "transA" and a.i for a in n.attribute)]
+    assert len(transposed_a) == (4 if kind == "relu" else 0)
+    assert untransposed_gemms(fp32, tmp_path / "u.onnx") == len(transposed_a)
+    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32), dtype=np.float32)
+    logits = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+              for p in (fp32, tmp_path / "u.onnx")]
+    np.testing.assert_allclose(logits[1], logits[0], rtol=1e-5, atol=1e-5)
+    graph = onnx.load(str(quantize_onnx(fp32, tmp_path / "m.int8.onnx", mode="dynamic").path)).graph
+    layers = [n for n in graph.node if "/attn/qkv/" in n.name or "/attn/proj/" in n.name]
+    assert not [n.name for n in layers if n.op_type in ("MatMul", "Gemm")]
+    assert sum(n.op_type == "MatMulInteger" for n in layers) == 4 * (3 + 1)  # three projections and proj
+
+
 def _activation_pairs_by_layer(path, scopes):
     """{attention scope: QuantizeLinear nodes of activations that a node of that layer produces or (through
     the DequantizeLinear) reads}, counted on the ONNX graph: a QuantizeLinear of an activation reads a tensor

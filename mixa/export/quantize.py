@@ -44,6 +44,12 @@ weights against 100% with u8). ``"auto"`` picks by ``int8_weights_for_this_cpu``
 
 Both modes first run ONNX Runtime's ``quant_pre_process`` (shape inference + graph optimisation), which its
 documentation recommends.
+
+Dynamic mode quantises a Gemm only as a MatMul, which ONNX Runtime's quantiser makes of a Gemm whose first
+input is not transposed; a Gemm with ``transA`` (the output projection of a one-image layer,
+``mixa.export.lowering.one_image_forms``, reads its input transposed) would stay fp32. Such a Gemm first gets
+its transpose as a node of its own (``untransposed_gemms``): a 20 us Transpose and a 250 us INT8 product
+instead of a 320 us fp32 one per layer at DeiT-T/14.
 """
 from __future__ import annotations
 
@@ -180,6 +186,36 @@ def own_constants(src: os.PathLike | str, dst: os.PathLike | str) -> int:
     return copies
 
 
+def untransposed_gemms(src: os.PathLike | str, dst: os.PathLike | str) -> int:
+    """Write ``src`` to ``dst`` with every Gemm's ``transA`` made a Transpose node of its own (named after the
+    Gemm, so it stays in the Gemm's name scope); the number of Gemms changed."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    names = {o for n in graph.node for o in n.output} | {v.name for v in graph.input} | \
+        {t.name for t in graph.initializer}
+    nodes, changed = [], 0
+    for node in graph.node:
+        trans_a = next((a for a in node.attribute if a.name == "transA"), None)
+        if node.op_type == "Gemm" and trans_a is not None and trans_a.i:
+            transposed = f"{node.input[0]}_transposed"
+            while transposed in names:
+                transposed += "_"
+            names.add(transposed)
+            nodes.append(helper.make_node("Transpose", [node.input[0]], [transposed], name=f"{node.name}_transpose_a",
+                                          perm=[1, 0]))
+            node.input[0] = transposed
+            trans_a.i = 0
+            changed += 1
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(dst))
+    return changed
+
+
 def quantize_onnx(fp32_path: os.PathLike | str, int8_path: os.PathLike | str, mode: str = "dynamic",
                   calib_batches: Optional[List[np.ndarray]] = None, weights: str = "auto",
                   keep_fp32: str = "cores") -> QuantizeResult:
@@ -212,6 +248,8 @@ def quantize_onnx(fp32_path: os.PathLike | str, int8_path: os.PathLike | str, mo
         if mode == "static":
             own_constants(prepared, Path(work) / "own.onnx")
             prepared = Path(work) / "own.onnx"
+        elif untransposed_gemms(prepared, Path(work) / "untransposed.onnx"):
+            prepared = Path(work) / "untransposed.onnx"
         excluded = core_nodes(prepared, scopes) if keep_fp32 == "cores" else []
         op_types = LAYER_OPS if keep_fp32 == "cores" else None
         try:
