@@ -187,6 +187,14 @@ class MixAttention(nn.Module):
         x = self._lepe_grid(v_t[..., p:])
         return F.pad(x, [p, 0]) if p > 0 else x
 
+    def _lepe_one_image(self, v_t: Tensor) -> Tensor:
+        """``_lepe`` of one image's v given as (heads, d, N), result in that layout (the one-image cores'). The
+        prefix tokens' zeros are a (heads, d, prefix) constant concatenated in front: with one image there is
+        no batch to size it by, and ONNX Runtime runs the Concat faster than a Pad (benchmarks/edge/README.md)."""
+        p = self.num_prefix_tokens
+        x = self._lepe_grid(v_t[..., p:].unsqueeze(0)).squeeze(0)
+        return torch.cat([x.new_zeros(x.shape[0], x.shape[1], p), x], dim=-1) if p > 0 else x
+
     def _key_mask_from(self, attn_mask: Tensor, b: int, n: int) -> Tensor:
         """A key-padding mask broadcastable to (B, 1, 1, N) -> (B, 1, N) participation weights."""
         if attn_mask.dim() != 4 or attn_mask.shape[-2] != 1:

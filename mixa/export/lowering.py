@@ -275,11 +275,6 @@ def _split_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: An
 # Runtimes whose single-image graphs run replaced layers in the one-image form (the module docstring), and
 # each kind's one-image core (mixa.attention.functional).
 ONE_IMAGE_RUNTIMES = ("onnx",)
-# INT8 modes whose one-image layers keep the fused qkv projection (cut apart by one Split), the form measured
-# there (benchmarks/edge/README.md, "Fifteenth session"). Three projections ran keep-6 stella 2% slower in
-# static QDQ at DeiT-T/14, but in that run a bug, since fixed, kept them fp32 (they were taken for core nodes):
-# three quantised projections are not measured in static INT8 yet.
-ONE_IMAGE_FUSED_PROJECTION_INT8 = ("static",)
 ONE_IMAGE_CORES = {"relu": "relu_linear_attention_one_image", "stella": "stella_attention_one_image",
                    "rala": "rala_attention_one_image"}
 
@@ -292,23 +287,19 @@ def _one_image_ready(module: Any) -> bool:
 def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: Any = None,
                                 is_causal: bool = False) -> Any:
     """``MixAttention.forward`` while it is switched: one image's q, k, v as (N, H, d), from three projections
-    (or the fused one, split) into the one-image core; its (H, d, N) result is the transposed (N, C) input of
-    the output projection. Masked calls and batches of several images (Swin's windows) take the module's own
-    forward."""
+    (its qkv linear switched too, ``_three_projections``) into the one-image core; its (H, d, N) result is the
+    transposed (N, C) input of the output projection. Masked calls and batches of several images (Swin's
+    windows) take the module's own forward."""
     from ..attention import functional as AF
 
     if attn_mask is not None or mask is not None or is_causal or x.shape[0] != 1:
         return type(module).forward(module, x, attn_mask=attn_mask, mask=mask, is_causal=is_causal)
     _, n, c = x.shape
     heads, d = module.num_heads, module.head_dim
-    projected = module.qkv(x.reshape(n, c))
-    if isinstance(projected, tuple):  # the projection switched to three (``_three_projections``)
-        q, k, v = (part.reshape(n, heads, d) for part in projected)
-    else:
-        q, k, v = projected.reshape(n, 3 * heads, d).split(heads, dim=1)
+    q, k, v = (part.reshape(n, heads, d) for part in module.qkv(x.reshape(n, c)))
     y_t = getattr(AF, ONE_IMAGE_CORES[module.kind])(q, k, v)
     if module.lepe is not None:
-        y_t = y_t + module._lepe_tokens_last(v.permute(1, 2, 0).unsqueeze(0)).squeeze(0)
+        y_t = y_t + module._lepe_one_image(v.permute(1, 2, 0))
     return module._finish(y_t.reshape(c, n).t(), x).reshape(1, n, c)
 
 
@@ -325,25 +316,23 @@ def _three_projections(linear: Any, x: Any) -> Any:
 
 
 @contextlib.contextmanager
-def one_image_forms(model: Any, runtime: str, dynamic_batch: bool = False,
-                    int8: Optional[str] = None) -> Iterator[list]:
+def one_image_forms(model: Any, runtime: str, dynamic_batch: bool = False) -> Iterator[list]:
     """``model`` with every replaced layer that has a one-image core (``ONE_IMAGE_CORES``) computing a batch
     of one image in that form, where ``runtime`` is in ``ONE_IMAGE_RUNTIMES`` and the graph is traced for a
     static batch of 1 (``dynamic_batch`` False), for the duration of the block; yields the switched layers.
     Their fused qkv projection is computed as three (``mixa.layers.heads.split_qkv``, weights taken when the
-    block starts: no Split copies the (N, 3C) output apart), unless the graph is to be quantised in an
-    ``int8`` mode of ``ONE_IMAGE_FUSED_PROJECTION_INT8``."""
+    block starts): no Split copies the (N, 3C) output apart. Measured in every precision, INT8 included
+    (benchmarks/edge/README.md, "Sixteenth session")."""
     from ..attention.modules import MixAttention
     from ..layers.heads import split_qkv
 
     layers = [] if dynamic_batch or runtime not in ONE_IMAGE_RUNTIMES else \
         [m for m in model.modules() if isinstance(m, MixAttention) and _one_image_ready(m)]
     switches = [(m, {}, {"forward": _one_image_linear_attention}) for m in layers]
-    if int8 not in ONE_IMAGE_FUSED_PROJECTION_INT8:
-        for m in layers:
-            parts = split_qkv(m.qkv.weight, m.qkv.bias)
-            switches.append((m.qkv, dict(zip(_SPLIT, (t for part in parts for t in part))),
-                             {"forward": _three_projections}))
+    for m in layers:
+        parts = split_qkv(m.qkv.weight, m.qkv.bias)
+        switches.append((m.qkv, dict(zip(_SPLIT, (t for part in parts for t in part))),
+                         {"forward": _three_projections}))
     with _switched(switches):
         yield layers
 
