@@ -147,12 +147,12 @@ def _attention_ops(path, tmp_path, op_type) -> int:
     return sum(n.op_type == op_type and "/attn/" in n.output[0] for n in onnx.load(str(optimised)).graph.node)
 
 
-@pytest.mark.parametrize("kind", ["relu", "stella", "rala"])
+@pytest.mark.parametrize("kind", ["relu", "stella", "rala", "hedgehog"])
 def test_replaced_layers_of_one_image_run_without_head_transposes(tmp_path, kind):
     """At a static batch of 1 the replaced layers export in their one-image form (q, k, v from three
-    projections, no Split): ONNX Runtime folds every head transpose of relu and stella into the products
-    (rala keeps the few its LePE and token weights need), where the batched form -- still the one of a
-    dynamic batch -- runs some in every layer.
+    projections, no Split): ONNX Runtime folds every head transpose of relu, stella and hedgehog into the
+    products (rala keeps the few its LePE and token weights need), where the batched form -- still the one of
+    a dynamic batch -- runs some in every layer.
     Both files give the model's own logits; the model is left as it was."""
     model = tiny_model("vit", kind, keep=0)  # two layers, both replaced
     x = torch.randn(1, 3, 32, 32)

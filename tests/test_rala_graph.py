@@ -152,6 +152,18 @@ def test_linear_core_forms_export_rala_with_the_token_axis_mean_to_onnx():
 CORES = {"relu": "relu_linear_attention", "stella": "stella_attention", "rala": "rala_attention"}
 
 
+def test_one_image_feature_form_is_the_feature_core_for_one_image():
+    """The hedgehog kind's one-image core (features as (H, N, f), v as (N, H, d), the result as (H, d, N))
+    against normalised linear attention written out with N x N products in fp64."""
+    q, k, v = (t[0] for t in qkv(7))
+    weight_q, weight_k = (torch.randn(3, 8, 8, generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    fq, fk = AF.hedgehog_features(q, weight_q), AF.hedgehog_features(k, weight_k)
+    scores = fq.double() @ fk.double().transpose(-2, -1)
+    want = scores @ v.double() / (scores.sum(-1, keepdim=True) + AF.HEDGEHOG_EPS)
+    got = AF.feature_linear_attention_one_image(fq, fk, v.transpose(0, 1))
+    assert got.shape == (3, 8, 17) and close_in_fp32(got.transpose(-2, -1), want)
+
+
 def reference(kind, q, k, v):
     """The kind's attention written out with N x N products in fp64."""
     if kind == "rala":

@@ -1,6 +1,6 @@
 """The one-image form of replaced layers against the batched form, in ONNX Runtime.
 
-At a static batch of 1, ``mixa export`` writes each relu / stella / rala layer in its one-image form
+At a static batch of 1, ``mixa export`` writes each relu / stella / rala / hedgehog layer in its one-image form
 (``mixa.export.lowering.one_image_forms``): q, k, v stay in the (N, H, d) layout the projection emits, every
 head transpose is a permute straight into a product, and ONNX Runtime folds them all into its FusedMatMul /
 Gemm flags. The batched form (B, H, N, d) -- what mixa wrote before, and still writes for a dynamic batch --
@@ -38,11 +38,11 @@ sys.path.insert(0, str(REPO / "benchmarks" / "proxy"))
 
 FORMS = ("batched", "one-image")
 PRECISIONS = ("fp32", "dynamic", "static")
-KINDS = ("relu", "stella", "rala")
+KINDS = ("relu", "stella", "rala", "hedgehog")
 
 
-def build(task: str, keeps):
-    """(input size, [(label, model)]): the original first, then every kind at every keep."""
+def build(task: str, keeps, kinds=KINDS):
+    """(input size, [(label, model)]): the original first, then every kind of ``kinds`` at every keep."""
     import torch
 
     import mixa
@@ -57,7 +57,7 @@ def build(task: str, keeps):
     size = tuple(original.pretrained_cfg["input_size"])
     models = [("original", original)]
     for keep in keeps:
-        for kind in KINDS:
+        for kind in kinds:
             student = mixa.convert(original, keep=keep, attn=kind, select="uniform", progress=False).eval()
             perturb_new_parameters(student, 0)
             models.append((f"k={keep} {kind}", student))
@@ -92,7 +92,11 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=1, help="timings, each a fresh round-robin in this process")
     p.add_argument("--output", default=None, metavar="DIR", help="write ort_one_image_TASK[_TAG].{json,md} there")
     p.add_argument("--tag", default=None)
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
     args = p.parse_args()
+    kinds = args.kinds.split(",")
+    if not set(kinds) <= set(KINDS):
+        p.error(f"--kinds: choose from {', '.join(KINDS)}")
     warnings.simplefilter("ignore")
 
     from bench_edge import OrtRunner
@@ -101,7 +105,7 @@ def main() -> int:
     from mixa.profile.records import environment
     from mixa.profile.timing import paired_speedup, round_robin
 
-    size, models = build(args.task, [int(k) for k in args.keeps.split(",")])
+    size, models = build(args.task, [int(k) for k in args.keeps.split(",")], kinds)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

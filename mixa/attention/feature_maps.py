@@ -31,7 +31,8 @@ class HedgehogFeatureMap(nn.Module):
                 weight.copy_(torch.eye(weight.shape[-1]).expand_as(weight))
 
     def forward(self, q: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
-        """(B, H, N, d) queries and keys -> their (B, H, N, 2d) features, in at least fp32."""
+        """(B, H, N, d) queries and keys -> their (B, H, N, 2d) features, in at least fp32 (one image's
+        (H, N, d) -> (H, N, 2d) alike)."""
         return AF.hedgehog_features(q, self.weight_q), AF.hedgehog_features(k, self.weight_k)
 
     def extra_repr(self) -> str:

@@ -41,6 +41,7 @@ __all__ = [
     "relu_linear_attention_one_image",
     "stella_attention_one_image",
     "rala_attention_one_image",
+    "feature_linear_attention_one_image",
     "hedgehog_features",
     "feature_linear_attention",
     "hedgehog_attention",
@@ -367,9 +368,22 @@ def rala_attention_one_image(q: Tensor, k: Tensor, v: Tensor, eps: float = RALA_
     return _saturating_cast(_mm(vk, q_t) / (den + eps), dtype)
 
 
+def feature_linear_attention_one_image(q: Tensor, k: Tensor, v: Tensor, eps: float = HEDGEHOG_EPS) -> Tensor:
+    """``feature_linear_attention``, one image (above), on features already computed as (H, N, features) --
+    a learnable map's products take q, k in the (N, H, d) layout as a permute, which ONNX Runtime folds --
+    and v as (N, H, dv): O^T = (V^T phi(K)) phi(Q)^T / (k_sum phi(Q)^T + eps) per head, as (H, dv, N)."""
+    dtype = v.dtype
+    q, k, v = _wide(q), _wide(k), _wide(v)
+    q_t = q.transpose(-2, -1)                                              # (H, features, N)
+    vk = _mm(v.permute(1, 2, 0), k)                                        # (H, dv, features)
+    k_sum = k.sum(dim=1, keepdim=True)                                     # (H, 1, features)
+    return _saturating_cast(_mm(vk, q_t) / (_mm(k_sum, q_t) + eps), dtype)
+
+
 def hedgehog_features(x: Tensor, weight: Tensor) -> Tensor:
     """Hedgehog's feature map (ICLR 2024), per head: phi(x) = [softmax(x W), softmax(-x W)] over the feature
-    axis, in at least fp32. x (B, H, N, d), weight (H, d, m) -> (B, H, N, 2m). Every feature is positive and
+    axis, in at least fp32. x (B, H, N, d) or one image's (H, N, d), weight (H, d, m) -> (B, H, N, 2m) or
+    (H, N, 2m). Every feature is positive and
     each half sums to 1: phi keeps softmax's spiky, monotonic shape (a large q.k stays large)."""
     z = _mm(_wide(x), _wide(weight))
     return torch.cat([torch.softmax(z, dim=-1), torch.softmax(-z, dim=-1)], dim=-1)

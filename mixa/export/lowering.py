@@ -46,10 +46,10 @@ Runtime (about 1% faster there); rala's global query as a mean over the token ax
 benchmarks/edge/rala_forms_s3.md.
 
 One image (``one_image_forms``): ONNX graphs traced for a static batch of 1 (``mixa export`` without
-``--dynamic-batch``) compute every relu / stella / rala layer in its one-image form
+``--dynamic-batch``) compute every relu / stella / rala / hedgehog layer in its one-image form
 (``mixa.attention.functional.*_one_image``, the same maths). q, k and v come from three projections (the fused
-one's thirds: no Split copies its output apart; a file for static INT8 keeps the fused one, the form measured
-there) in the (N, H, d) layout a projection emits; each head transpose is a permute straight into a product;
+one's thirds: no Split copies its output apart; measured faster in fp32 and both INT8 modes) in the (N, H, d)
+layout a projection emits; each head transpose is a permute straight into a product;
 the result comes out as the (C, N) transpose of the layer's output, which the output projection reads
 transposed. ONNX Runtime folds every one of those permutes into its FusedMatMul / Gemm flags, where the
 batched (B, H, N, d) layout left a Split and up to four Transpose nodes a layer. On the proxy task (width 64)
@@ -273,15 +273,16 @@ def _split_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: An
 
 
 # Runtimes whose single-image graphs run replaced layers in the one-image form (the module docstring), and
-# each kind's one-image core (mixa.attention.functional).
+# each kind's one-image core (mixa.attention.functional); a kind with a learnable feature map (hedgehog) gets
+# the features of q and k, computed from them as permutes.
 ONE_IMAGE_RUNTIMES = ("onnx",)
 ONE_IMAGE_CORES = {"relu": "relu_linear_attention_one_image", "stella": "stella_attention_one_image",
-                   "rala": "rala_attention_one_image"}
+                   "rala": "rala_attention_one_image", "hedgehog": "feature_linear_attention_one_image"}
 
 
 def _one_image_ready(module: Any) -> bool:
-    """A replaced layer whose q and k go straight into a core that has a one-image form."""
-    return module.kind in ONE_IMAGE_CORES and module.feature_map is None and _qk_unnormed(module)
+    """A replaced layer whose q and k go straight into a core (or its feature map) that has a one-image form."""
+    return module.kind in ONE_IMAGE_CORES and _qk_unnormed(module)
 
 
 def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: Any = None,
@@ -297,6 +298,8 @@ def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask
     _, n, c = x.shape
     heads, d = module.num_heads, module.head_dim
     q, k, v = (part.reshape(n, heads, d) for part in module.qkv(x.reshape(n, c)))
+    if module.feature_map is not None:  # (H, N, features); each permute rides on the map's product
+        q, k = module.feature_map(q.permute(1, 0, 2), k.permute(1, 0, 2))
     y_t = getattr(AF, ONE_IMAGE_CORES[module.kind])(q, k, v)
     if module.lepe is not None:
         y_t = y_t + module._lepe_one_image(v.permute(1, 2, 0))
