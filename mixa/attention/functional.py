@@ -383,8 +383,8 @@ def feature_linear_attention_one_image(q: Tensor, k: Tensor, v: Tensor, eps: flo
 def hedgehog_features(x: Tensor, weight: Tensor) -> Tensor:
     """Hedgehog's feature map (ICLR 2024), per head: phi(x) = [softmax(x W), softmax(-x W)] over the feature
     axis, in at least fp32. x (B, H, N, d) or one image's (H, N, d), weight (H, d, m) -> (B, H, N, 2m) or
-    (H, N, 2m). Every feature is positive and
-    each half sums to 1: phi keeps softmax's spiky, monotonic shape (a large q.k stays large)."""
+    (H, N, 2m). Every feature is positive and each half sums to 1: phi keeps softmax's spiky, monotonic shape
+    (a large q.k stays large)."""
     z = _mm(_wide(x), _wide(weight))
     return torch.cat([torch.softmax(z, dim=-1), torch.softmax(-z, dim=-1)], dim=-1)
 
