@@ -49,11 +49,11 @@ One image (``one_image_forms``): ONNX graphs traced for a static batch of 1 (``m
 ``--dynamic-batch``) compute every relu / stella / rala / hedgehog layer in its one-image form
 (``mixa.attention.functional.*_one_image``, the same maths). q, k and v come from three projections (the fused
 one's thirds: no Split copies its output apart; measured faster in fp32 and both INT8 modes) in the (N, H, d)
-layout a projection emits; each head transpose is a permute straight into a product;
-the result comes out as the (C, N) transpose of the layer's output, which the output projection reads
-transposed. ONNX Runtime folds every one of those permutes into its FusedMatMul / Gemm flags, where the
-batched (B, H, N, d) layout left a Split and up to four Transpose nodes a layer. On the proxy task (width 64)
-k = 0 students ran 5-11% faster, keep-6 ones 1-5%, in fp32 and INT8; DeiT-T/14's (width 192) keep-6 ones -0.7% to +3.1%
+layout a projection emits; each head transpose is a permute straight into a product; the result comes out as
+the (C, N) transpose of the layer's output, which the output projection reads transposed. ONNX Runtime folds
+every one of those permutes into its FusedMatMul / Gemm flags, where the batched (B, H, N, d) layout left a
+Split and up to four Transpose nodes a layer. On the proxy task (width 64) k = 0 students ran 5-11% faster,
+keep-6 ones 1-5%, in fp32 and INT8; DeiT-T/14's (width 192) keep-6 ones -0.7% to +3.1%
 (benchmarks/edge/ort_one_image.py). A dynamic batch keeps the batched form (the fold needs the heads, not the
 images, in front), and so do masked calls and Swin's windows wherever an image has several of them.
 """

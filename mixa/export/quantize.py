@@ -155,6 +155,20 @@ def core_nodes(path: os.PathLike | str, scopes: Optional[dict] = None) -> List[s
     return names
 
 
+def _tensor_names(graph) -> set:
+    """Every tensor name an ONNX graph holds: its inputs, initializers and node outputs."""
+    return {v.name for v in graph.input} | {t.name for t in graph.initializer} | \
+        {o for n in graph.node for o in n.output}
+
+
+def _free_name(name: str, taken: set) -> str:
+    """``name``, with underscores appended until no name in ``taken`` is it; added to ``taken``."""
+    while name in taken:
+        name += "_"
+    taken.add(name)
+    return name
+
+
 def own_constants(src: os.PathLike | str, dst: os.PathLike | str) -> int:
     """Write ``src`` to ``dst`` with one copy of each initializer per node reading it (see the module
     docstring); the number of copies made."""
@@ -163,7 +177,7 @@ def own_constants(src: os.PathLike | str, dst: os.PathLike | str) -> int:
     model = onnx.load(str(src))
     graph = model.graph
     by_name = {t.name: t for t in graph.initializer}
-    names = set(by_name) | {v.name for v in graph.input} | {o for n in graph.node for o in n.output}
+    names = _tensor_names(graph)
     reads = {}
     copies = 0
     for node in graph.node:
@@ -173,10 +187,7 @@ def own_constants(src: os.PathLike | str, dst: os.PathLike | str) -> int:
             reads[name] = reads.get(name, 0) + 1
             if reads[name] == 1:  # the first reader keeps the original
                 continue
-            copy_name = f"{name}.own{reads[name]}"
-            while copy_name in names:
-                copy_name += "_"
-            names.add(copy_name)
+            copy_name = _free_name(f"{name}.own{reads[name]}", names)
             copy = graph.initializer.add()
             copy.CopyFrom(by_name[name])
             copy.name = copy_name
@@ -194,16 +205,12 @@ def untransposed_gemms(src: os.PathLike | str, dst: os.PathLike | str) -> int:
 
     model = onnx.load(str(src))
     graph = model.graph
-    names = {o for n in graph.node for o in n.output} | {v.name for v in graph.input} | \
-        {t.name for t in graph.initializer}
+    names = _tensor_names(graph)
     nodes, changed = [], 0
     for node in graph.node:
         trans_a = next((a for a in node.attribute if a.name == "transA"), None)
         if node.op_type == "Gemm" and trans_a is not None and trans_a.i:
-            transposed = f"{node.input[0]}_transposed"
-            while transposed in names:
-                transposed += "_"
-            names.add(transposed)
+            transposed = _free_name(f"{node.input[0]}_transposed", names)
             nodes.append(helper.make_node("Transpose", [node.input[0]], [transposed], name=f"{node.name}_transpose_a",
                                           perm=[1, 0]))
             node.input[0] = transposed
