@@ -136,36 +136,47 @@ def test_auto_transfer_steps_follow_the_converted_students_agreement():
     near, short = AFTER_TRANSFER_AUTO["full_lr_disagreement"], TRANSFER_AUTO["short_disagreement"]
     kd = TRANSFER_AUTO["kd_disagreement"]
     assert (near, short, kd, TRANSFER_AUTO["short_steps"]) == (5.0, 15.0, 50.0, 4)
+    assert (TRANSFER_AUTO["between_batch"], TRANSFER_AUTO["between_epochs"]) == (8, 1.0)
     # the proxy: 800 images at batch 64, KD for 3 epochs of 12 steps (2304 images); the long transfer is 100
-    # steps, 6400 images: dearer than the run's KD
+    # steps, 6400 images: dearer than the run's KD; the between transfer, one pass at batch 8, 800 images, is not
     proxy = dict(train_images=800, batch_size=64, kd_images=3 * 12 * 64)
-    cases = [(100.0, "near", 0), (100.0 - near + 0.01, "near", 0),      # near the teacher: no transfer
-             (100.0 - near, "short", 4), (100.0 - short + 0.01, "short", 4),  # closer than `short`: 4 steps
-             (100.0 - short, "kd", 0), (100.0 - kd + 0.01, "kd", 0),    # between: KD alone
-             (100.0 - kd, "long", 100), (14.8, "long", 100), (None, "long", 100)]  # farther: the long transfer
-    for agreement, tier, steps in cases:
-        assert auto_transfer(agreement=agreement, **proxy) == (tier, steps), agreement
-        assert transfer_tier(agreement, transfer_dearer=True) == tier
-    # between, with a run whose KD processes at least the long transfer's images: the long transfer
-    assert auto_transfer(800, 64, agreement=70.0, kd_images=6400) == ("long", 100)
-    assert auto_transfer(800, 64, agreement=70.0, kd_images=6399) == ("kd", 0)
-    assert auto_transfer(1_281_167, 512, agreement=70.0, kd_images=30 * 1_281_167) == ("long", 2000)  # ImageNet
+    cases = [(100.0, "near", 0, 64), (100.0 - near + 0.01, "near", 0, 64),           # near the teacher: none
+             (100.0 - near, "short", 4, 64), (100.0 - short + 0.01, "short", 4, 64),  # closer than `short`: 4 steps
+             (100.0 - short, "between", 100, 8), (100.0 - kd + 0.01, "between", 100, 8),  # between: one pass at 8
+             (100.0 - kd, "long", 100, 64), (14.8, "long", 100, 64), (None, "long", 100, 64)]  # farther: the long one
+    for agreement, tier, steps, batch in cases:
+        assert auto_transfer(agreement=agreement, **proxy) == (tier, steps, batch), agreement
+        assert transfer_tier(agreement, long_dearer=True, between_dearer=False) == tier
+    # between, in a run whose KD processes at least the long transfer's images: the long transfer (probed)
+    assert auto_transfer(800, 64, agreement=70.0, kd_images=6400) == ("long", 100, 64)
+    assert auto_transfer(800, 64, agreement=70.0, kd_images=6399) == ("between", 100, 8)
+    # ... fewer than the between transfer's: plain KD
+    assert auto_transfer(800, 64, agreement=70.0, kd_images=800) == ("between", 100, 8)
+    assert auto_transfer(800, 64, agreement=70.0, kd_images=799) == ("kd", 0, 64)
+    assert transfer_tier(30.0, long_dearer=True, between_dearer=True) == "long"  # far: whatever the run's length
+    assert auto_transfer(1_281_167, 512, agreement=70.0, kd_images=30 * 1_281_167) == ("long", 2000, 512)  # ImageNet
     assert auto_transfer_steps(800, 64, agreement=70.0) == 100  # KD images not given: as many as it takes
+    # a transfer batch the user gives replaces both tiers' (the between transfer is still one pass)
+    assert auto_transfer(800, 64, agreement=70.0, kd_images=2304, transfer_batch_size=4) == ("between", 200, 4)
+    assert auto_transfer(800, 64, agreement=30.0, transfer_batch_size=4) == ("long", 800, 4)
 
 
 def test_a_student_between_short_and_far_gets_plain_kd_when_the_transfer_costs_more(world, tmp_path, monkeypatch):  # noqa: F811
     """The "kd" tier of transfer_steps auto: no RUN/transfer, not the stage (the recipe's lr, no converted
     RUN/best), bit for bit the run with the transfer stage off; run.json says which tier and why. The same
-    student in a run long enough for the long transfer gets it."""
+    student in a run long enough for the between transfer gets it, at its batch."""
     monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 0.0)
     monkeypatch.setitem(TRANSFER_AUTO, "short_disagreement", 0.0)
     monkeypatch.setitem(TRANSFER_AUTO, "kd_disagreement", 101.0)  # every student is between
+    monkeypatch.setitem(TRANSFER_AUTO, "between_batch", 2)
     run = tmp_path / "kd"
     result = distill(world / "student", world / "data", run, transfer_steps="auto", **STAGE)
     info = json.loads((run / "run.json").read_text())
     auto = info["transfer_steps_auto"]
-    # 32 images at batch 8, one epoch: 32 KD images; the long transfer: min_steps (100) x 8
-    assert (auto["tier"], auto["steps"], auto["kd_images"], auto["long_transfer_images"]) == ("kd", 0, 32, 800)
+    # 32 images at batch 8, one epoch: 32 KD images; the long transfer: min_steps (100) x 8, the between one
+    # min_steps x 2
+    assert (auto["tier"], auto["steps"], auto["kd_images"]) == ("kd", 0, 32)
+    assert (auto["long_transfer_images"], auto["between_transfer_images"]) == (800, 200)
     assert info["settings"]["transfer_steps"] == 0 and not info["settings"]["stage_from_converted"]
     assert not (run / "transfer").exists() and "after_transfer" not in info and result["best_epoch"] == 1
     assert info["lr_scaled"] == pytest.approx(load_recipe("tiny")["lr"])
@@ -173,14 +184,22 @@ def test_a_student_between_short_and_far_gets_plain_kd_when_the_transfer_costs_m
     distill(world / "student", world / "data", by_hand, transfer_steps=0, **STAGE)
     a, b = _weights(run / "last"), _weights(by_hand / "last")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    # the counter-case: a long transfer of one step (8 images) costs less than the run's KD: it runs
-    monkeypatch.setitem(TRANSFER_AUTO, "epochs", 0.25)
+    # the counter-case: the between transfer, one pass in 16 steps of 2 images (32 images), costs no more than
+    # the run's KD (the long one, 16 steps of 8, would): it runs, at its own batch, not probed, and is the
+    # transfer given by hand at that batch
     monkeypatch.setitem(TRANSFER_AUTO, "min_steps", 1)
     cheap = tmp_path / "cheap"
     distill(world / "student", world / "data", cheap, transfer_steps="auto", stop_after=0, **STAGE)
-    auto = json.loads((cheap / "run.json").read_text())["transfer_steps_auto"]
-    assert (auto["tier"], auto["steps"], auto["long_transfer_images"]) == ("long", 1, 8)
-    assert (cheap / "transfer").is_dir()
+    info = json.loads((cheap / "run.json").read_text())
+    auto = info["transfer_steps_auto"]
+    assert (auto["tier"], auto["steps"], auto["between_transfer_images"], auto["probe_steps"]) == ("between", 16, 32, 0)
+    assert auto["long_transfer_images"] == 128
+    assert info["settings"]["transfer_batch_size"] == 2
+    by_hand = tmp_path / "cheap_by_hand"
+    distill(world / "student", world / "data", by_hand, transfer_steps=16, transfer_batch_size=2, stop_after=0,
+            **STAGE)
+    a, b = _weights(cheap / "transfer" / "last"), _weights(by_hand / "transfer" / "last")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_the_long_transfer_of_a_student_between_is_probed_after_a_quarter():
@@ -328,6 +347,24 @@ def test_the_stage_after_transfer_starts_from_the_transferred_weights(world, tmp
     assert row["train_hidden"] > 0
 
 
+def test_the_transfer_stage_runs_at_its_own_batch(world, tmp_path):  # noqa: F811
+    """transfer_batch_size: distill's transfer stage is mixa transfer at that batch, bit for bit, and not the
+    one at the recipe's batch (which the comparison would also pass if the setting were ignored: checked)."""
+    from mixa.transfer import transfer
+
+    run = tmp_path / "run"
+    distill(world / "student", world / "data", run, transfer_steps=3, transfer_batch_size=2, stop_after=0, **STAGE)
+    settings = json.loads((run / "transfer" / "run.json").read_text())["settings"]
+    assert settings["batch_size"] == 2 and settings["steps"] == 3
+    seed = load_recipe("tiny")["seed"]
+    for batch, same in ((2, True), (load_recipe("tiny")["batch_size"], False)):
+        by_hand = tmp_path / f"by_hand{batch}"
+        transfer(world / "student", world / "data", by_hand, steps=3, batch_size=batch, seed=seed, workers=0,
+                 amp=load_recipe("tiny")["amp"], progress=False)
+        a, b = _weights(run / "transfer" / "last"), _weights(by_hand / "last")
+        assert all(torch.equal(a[k], b[k]) for k in a) == same
+
+
 def test_auto_lr_scale_threshold():
     full = AFTER_TRANSFER_AUTO["full_lr_disagreement"]
     assert auto_lr_scale(100.0 - full) == 1.0 and auto_lr_scale(50.0) == 1.0
@@ -432,7 +469,7 @@ def test_the_stage_after_transfer_resumes_exactly(world, tmp_path):  # noqa: F81
 @pytest.mark.parametrize("flag,value", [
     ("--transfer-steps", "-1"), ("--transfer-steps", "many"), ("--transfer-lr", "0"), ("--hidden-weight", "-1"),
     ("--hidden-weight", "nan"), ("--after-transfer-lr-scale", "0"), ("--after-transfer-lr-scale", "automatic"),
-    ("--after-transfer-hidden-weight", "x")])
+    ("--after-transfer-hidden-weight", "x"), ("--transfer-batch-size", "0"), ("--transfer-batch-size", "eight")])
 def test_bad_new_flags_are_one_line_exit_2(world, tmp_path, capsys, flag, value):  # noqa: F811
     with pytest.raises(SystemExit) as exc:
         main(["distill", "-m", str(world / "student"), "--data-dir", str(world / "data"), "--output",
@@ -444,7 +481,7 @@ def test_bad_new_flags_are_one_line_exit_2(world, tmp_path, capsys, flag, value)
 
 @pytest.mark.parametrize("text,expect", [
     ("transfer_steps: -2", "transfer_steps must be"), ("stage_from_converted: maybe", "stage_from_converted"), ("after_transfer_lr_scale: 0", "after_transfer_lr_scale"),
-    ("after_transfer_lr_scale: fast", "after_transfer_lr_scale"),
+    ("after_transfer_lr_scale: fast", "after_transfer_lr_scale"), ("transfer_batch_size: 0", "transfer_batch_size"),
     ("hidden_weight: -1", "hidden_weight must be"), ("warmup_max_fraction: 2", "warmup_max_fraction")])
 def test_bad_recipe_values_are_one_line_exit_2(world, tmp_path, capsys, text, expect):  # noqa: F811
     recipe = tmp_path / "r.yaml"

@@ -415,7 +415,7 @@ class Bench:
                 info = json.loads((run / "run.json").read_text())
                 probe = (info.get("transfer_steps_auto") or {}).get("probe") or {}
                 steps = info["settings"]["transfer_steps"] or (0 if probe.get("kept", True) else probe["steps"])
-                return steps * info["settings"]["batch_size"]
+                return steps * (info["settings"].get("transfer_batch_size") or info["settings"]["batch_size"])
 
             def first_point():  # the transferred student, once (no transfer: the converted student's point 0)
                 if (run / "run.json").is_file() and not any(p.get("stage") == "transfer" for p in state["curve"]):

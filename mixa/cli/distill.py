@@ -2,7 +2,7 @@
 import argparse
 
 from mixa.cli._common import (add_data_loading_arguments, add_model_source_arguments, auto_or_count,
-                              model_source_kwargs)
+                              model_source_kwargs, positive_int)
 
 HELP = "fine-tune a converted model with knowledge distillation from its original (CPU, GPU, torchrun)"
 
@@ -82,10 +82,14 @@ def add_arguments(p) -> None:
                    help="first N steps of layer-wise attention transfer (mixa transfer) into RUN/transfer; "
                         "auto (default), by the converted student's disagreement with the teacher on 256 "
                         "training images: under 5%% none (its KD is the stage after transfer), under 15%% 4 steps, "
-                        "under 50%% none (plain KD) if the long transfer would process more images than the run's "
-                        "KD, else the long transfer: 4 passes over the training images (100 to 2000 steps); none "
-                        "for a model without replaced attention; 0: off")
+                        "under 50%% the long transfer if it processes no more images than the run's KD, else the "
+                        "between transfer (one pass over the training images at batch 8) if that does, else none "
+                        "(plain KD); 50%% or more the long transfer: 4 passes over the training images (100 to "
+                        "2000 steps); none for a model without replaced attention; 0: off")
     g.add_argument("--transfer-lr", type=_positive, help="peak lr of that stage (default: mixa transfer's)")
+    g.add_argument("--transfer-batch-size", type=positive_int, metavar="N",
+                   help="global batch of that stage (default: --batch-size); a smaller one takes more steps from "
+                        "the same images (docs/transfer.md)")
     g.add_argument("--after-transfer-lr-scale", type=_auto_or_positive, metavar="auto|F",
                    help="after a transfer stage (or none, auto's near student), KD runs at lr x F; auto "
                         "(default): the recipe's lr while the student disagrees with the teacher on >= 5%% of 256 "
@@ -96,8 +100,8 @@ def add_arguments(p) -> None:
 
 OVERRIDES = ("epochs", "warmup_epochs", "batch_size", "accum_steps", "lr", "weight_decay", "clip_grad", "seed",
              "workers", "amp", "kd", "kd_weight", "kd_temperature", "smoothing", "mixup", "cutmix", "ema",
-             "save_every_steps", "hidden_weight", "transfer_steps", "transfer_lr", "after_transfer_lr_scale",
-             "after_transfer_hidden_weight")
+             "save_every_steps", "hidden_weight", "transfer_steps", "transfer_lr", "transfer_batch_size",
+             "after_transfer_lr_scale", "after_transfer_hidden_weight")
 
 
 def run(args) -> int:

@@ -60,6 +60,9 @@ DEFAULTS: Dict[str, Any] = {
     # without replaced attention layers; an integer: that many steps; 0: off.
     "transfer_steps": "auto",
     "transfer_lr": None,      # its peak lr; null: mixa.transfer's default (mixa.transfer.settings)
+    # its global batch; null: batch_size. A smaller one takes more steps from the same images, which is what a
+    # student between near and far needs (docs/transfer.md, "Seventeenth session").
+    "transfer_batch_size": None,
     # The stage after a transfer stage: KD at lr x after_transfer_lr_scale; "auto" = AFTER_TRANSFER_AUTO below,
     # from the transferred student's agreement with the teacher on training images.
     "after_transfer_lr_scale": "auto",    # a number > 0, or "auto"
@@ -75,8 +78,10 @@ DEFAULTS: Dict[str, Any] = {
 # - near (under AFTER_TRANSFER_AUTO["full_lr_disagreement"]): no transfer; its KD is the stage after transfer;
 # - under ``short_disagreement``: ``short_steps`` of transfer;
 # - under ``kd_disagreement``: the long transfer when it processes no more images than the run's KD will
-#   (ImageNet: 2000 steps against tens of epochs), else none and KD at the recipe's lr (plain KD: a student KD
-#   alone can recover does not wait for a transfer that costs more than the run itself);
+#   (ImageNet: 2000 steps against tens of epochs); in a shorter run the between transfer, ``between_epochs``
+#   passes over the training images at batch ``between_batch`` (the same step bounds), when that processes no
+#   more images than the run's KD; else none and KD at the recipe's lr (plain KD: a student KD alone can
+#   recover does not wait for a transfer that costs more than the run itself);
 # - farther: the long transfer, ``epochs`` passes over the training images, at least ``min_steps``, at most
 #   ``max_steps``.
 # Measured on the extremes proxy (batch 64; benchmarks/transfer/fine_k6, fine_k2b, far_k2_long, short):
@@ -102,7 +107,8 @@ DEFAULTS: Dict[str, Any] = {
 # agree on 97.3-99.6%; the threshold sits between the two (agreement under 94%: stop). A seed 4 run after the
 # threshold was set fell on the same sides: rala k = 0 83.6%, the others 97.3-97.7%.
 TRANSFER_AUTO = {"epochs": 4.0, "min_steps": 100, "max_steps": 2000, "short_disagreement": 15.0, "short_steps": 4,
-                 "kd_disagreement": 50.0, "probe_fraction": 0.25, "probe_disagreement": 6.0}
+                 "kd_disagreement": 50.0, "between_batch": 8, "between_epochs": 1.0, "probe_fraction": 0.25,
+                 "probe_disagreement": 6.0}
 
 # after_transfer_lr_scale "auto": the transferred student is compared with the teacher on the first
 # ``images`` training images (no augmentation). Where it still disagrees on at least ``full_lr_disagreement``
@@ -121,22 +127,34 @@ def auto_lr_scale(agreement: float) -> float:
     return 1.0 if full else AFTER_TRANSFER_AUTO["near_scale"]
 
 
-def long_transfer_steps(train_images: int, batch_size: int) -> int:
-    """The long transfer of transfer_steps "auto": TRANSFER_AUTO["epochs"] passes over the training images,
-    within [min_steps, max_steps]."""
-    steps = round(TRANSFER_AUTO["epochs"] * train_images / batch_size)
+def transfer_batch(s: Dict[str, Any]) -> int:
+    """The global batch of the transfer stage: transfer_batch_size, else the recipe's batch_size."""
+    return s["transfer_batch_size"] or s["batch_size"]
+
+
+def _passes(epochs: float, train_images: int, batch_size: int) -> int:
+    """``epochs`` passes over the training images at ``batch_size``, in steps within [min_steps, max_steps]."""
+    steps = round(epochs * train_images / batch_size)
     return int(min(TRANSFER_AUTO["max_steps"], max(TRANSFER_AUTO["min_steps"], steps)))
 
 
-def long_transfer_images(train_images: int, batch_size: int) -> int:
-    """The images the long transfer processes (what the "kd" tier weighs against the run's KD)."""
-    return long_transfer_steps(train_images, batch_size) * batch_size
+def long_transfer_steps(train_images: int, batch_size: int) -> int:
+    """The long transfer of transfer_steps "auto" (a far student's): TRANSFER_AUTO["epochs"] passes over the
+    training images at the run's batch."""
+    return _passes(TRANSFER_AUTO["epochs"], train_images, batch_size)
 
 
-def transfer_tier(agreement: Optional[float], transfer_dearer: bool) -> str:
-    """The tier of transfer_steps "auto" (near, short, kd, long) for a converted student that agrees with
-    the teacher on ``agreement`` percent of the training images compared (None: not measured, the long
-    transfer); ``transfer_dearer``: the long transfer would process more images than the run's KD."""
+def between_transfer_steps(train_images: int, batch_size: Optional[int] = None) -> int:
+    """The transfer of a student between short and far: TRANSFER_AUTO["between_epochs"] passes over the training
+    images at ``batch_size`` (default TRANSFER_AUTO["between_batch"])."""
+    return _passes(TRANSFER_AUTO["between_epochs"], train_images, batch_size or TRANSFER_AUTO["between_batch"])
+
+
+def transfer_tier(agreement: Optional[float], long_dearer: bool, between_dearer: bool) -> str:
+    """The tier of transfer_steps "auto" (near, short, long, between, kd) for a converted student that agrees
+    with the teacher on ``agreement`` percent of the training images compared (None: not measured, the long
+    transfer); ``long_dearer`` / ``between_dearer``: the long / the between transfer would process more images
+    than the run's KD."""
     if agreement is None:
         return "long"
     disagreement = 100.0 - agreement
@@ -144,21 +162,34 @@ def transfer_tier(agreement: Optional[float], transfer_dearer: bool) -> str:
         return "near"
     if disagreement < TRANSFER_AUTO["short_disagreement"]:
         return "short"
-    if disagreement < TRANSFER_AUTO["kd_disagreement"] and transfer_dearer:
-        return "kd"
-    return "long"
+    if disagreement >= TRANSFER_AUTO["kd_disagreement"] or not long_dearer:
+        return "long"
+    return "kd" if between_dearer else "between"
+
+
+def candidate_transfers(train_images: int, batch_size: int,
+                        transfer_batch_size: Optional[int] = None) -> Dict[str, Tuple[int, int]]:
+    """The long and the between transfer of transfer_steps "auto" as {name: (steps, batch)}, for a run on
+    ``train_images`` at ``batch_size``: the long one at the run's batch, the between one at
+    TRANSFER_AUTO["between_batch"]; ``transfer_batch_size`` (given by the user) replaces both batches."""
+    long_batch = transfer_batch_size or batch_size
+    between_batch = transfer_batch_size or TRANSFER_AUTO["between_batch"]
+    return {"long": (long_transfer_steps(train_images, long_batch), long_batch),
+            "between": (between_transfer_steps(train_images, between_batch), between_batch)}
 
 
 def auto_transfer(train_images: int, batch_size: int, agreement: Optional[float] = None,
-                  kd_images: Optional[int] = None) -> Tuple[str, int]:
-    """transfer_steps "auto" as (tier, steps) for a converted student trained on ``train_images`` at
-    ``batch_size`` that agrees with the teacher on ``agreement`` percent of the training images compared
-    (None: not measured, the long transfer), in a run whose KD processes ``kd_images`` (None: as many as
-    it takes)."""
-    dearer = kd_images is not None and long_transfer_images(train_images, batch_size) > kd_images
-    tier = transfer_tier(agreement, transfer_dearer=dearer)
-    long = long_transfer_steps(train_images, batch_size)
-    return tier, {"near": 0, "kd": 0, "short": int(TRANSFER_AUTO["short_steps"]), "long": long}[tier]
+                  kd_images: Optional[int] = None, transfer_batch_size: Optional[int] = None) -> Tuple[str, int, int]:
+    """transfer_steps "auto" as (tier, steps, transfer batch) for a converted student trained on
+    ``train_images`` at ``batch_size`` that agrees with the teacher on ``agreement`` percent of the training
+    images compared (None: not measured, the long transfer), in a run whose KD processes ``kd_images`` (None:
+    as many as it takes); the candidates are ``candidate_transfers``'."""
+    candidates = candidate_transfers(train_images, batch_size, transfer_batch_size)
+    dearer = {name: kd_images is not None and steps * batch > kd_images for name, (steps, batch) in candidates.items()}
+    tier = transfer_tier(agreement, long_dearer=dearer["long"], between_dearer=dearer["between"])
+    if tier in candidates:
+        return (tier, *candidates[tier])
+    return tier, int(TRANSFER_AUTO["short_steps"]) if tier == "short" else 0, candidates["long"][1]
 
 
 def probe_steps(tier: str, agreement: Optional[float], steps: int) -> int:
@@ -267,6 +298,8 @@ def validate(s: Dict[str, Any]) -> None:
     number("after_transfer_hidden_weight", 0)
     if not isinstance(s["stage_from_converted"], bool):
         raise UsageError(f"stage_from_converted must be true or false, got {s['stage_from_converted']!r}")
+    if s["transfer_batch_size"] is not None:
+        positive("transfer_batch_size")
     if s["transfer_lr"] is not None:
         number("transfer_lr", 0)
         if not float(s["transfer_lr"]) > 0:

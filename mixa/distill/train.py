@@ -26,8 +26,8 @@ from .checkpoint import (load_last_weights, load_train_state, open_run, recover_
 from .distributed import Dist, Sums
 from .evaluation import evaluate_loader
 from .precision import autocast_dtype
-from .recipes import (AFTER_TRANSFER_AUTO, auto_lr_scale, auto_transfer, load_recipe, long_transfer_images,
-                      probe_keeps, probe_steps, warmup_steps)
+from .recipes import (AFTER_TRANSFER_AUTO, auto_lr_scale, auto_transfer, candidate_transfers, load_recipe,
+                      probe_keeps, probe_steps, transfer_batch, warmup_steps)
 from .step import DistillStep
 from .teacher import ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original
 
@@ -51,7 +51,7 @@ def _transfer_stage(student, student_source, source, data_dir, run: Path, teache
     transfer(student_source, data_dir, stage, teacher=teacher, teacher_checkpoint=teacher_checkpoint,
              resume=(stage / "last").exists() or (stage / ".last.old").exists(), stop_after=stop_after,
              device=str(dist.device), progress=progress, source=source, steps=s["transfer_steps"],
-             lr=s["transfer_lr"], batch_size=s["batch_size"], seed=s["seed"], workers=s["workers"], amp=s["amp"])
+             lr=s["transfer_lr"], batch_size=transfer_batch(s), seed=s["seed"], workers=s["workers"], amp=s["amp"])
     dist.barrier()
     load_last_weights(student, stage, f"the student {student_source}")
 
@@ -158,14 +158,31 @@ def resolve_transfer_steps(s: Dict[str, Any], student, teacher, data_dir, train_
     if s["kd"] == "none" or teacher is None or not converted(student):
         return {**s, "transfer_steps": 0}, None
     measured = train_agreement(student, teacher, data_dir, s, dist)
-    tier, steps = auto_transfer(train_images, s["batch_size"], measured["agreement_top1"], kd_images)
-    s = {**s, "transfer_steps": steps}
+    candidates = candidate_transfers(train_images, s["batch_size"], s["transfer_batch_size"])
+    tier, steps, batch = auto_transfer(train_images, s["batch_size"], measured["agreement_top1"], kd_images,
+                                       s["transfer_batch_size"])
+    s = {**s, "transfer_steps": steps, **({"transfer_batch_size": batch} if steps else {})}
     if tier == "near":
         s["stage_from_converted"] = True
         if s["after_transfer_lr_scale"] == "auto":
             s["after_transfer_lr_scale"] = auto_lr_scale(measured["agreement_top1"])
-    return s, {**measured, "steps": steps, "tier": tier, "probe_steps": probe_steps(tier, measured["agreement_top1"], steps),
-               "long_transfer_images": long_transfer_images(train_images, s["batch_size"]), "kd_images": kd_images}
+    return s, {**measured, "steps": steps, "tier": tier,
+               "probe_steps": probe_steps(tier, measured["agreement_top1"], steps),
+               **{f"{name}_transfer_images": n * b for name, (n, b) in candidates.items()}, "kd_images": kd_images}
+
+
+def _auto_choice(auto: Dict[str, Any], s: Dict[str, Any], lr: float) -> str:
+    """What transfer_steps "auto" chose, in words (the run's first lines)."""
+    if auto["tier"] == "near":
+        return f"no transfer, KD at lr x {s['after_transfer_lr_scale']:g} = {lr:.3g}"
+    if auto["tier"] == "kd":
+        return (f"no transfer, KD at the recipe's lr {lr:.3g}: even the between transfer's "
+                f"{auto['between_transfer_images']} images would exceed this run's {auto['kd_images']} KD images")
+    chose = f"{auto['steps']} transfer step(s) of {s['transfer_batch_size']} images"
+    if auto["tier"] == "between":
+        chose += (f", the between transfer (the long one's {auto['long_transfer_images']} images would exceed this "
+                  f"run's {auto['kd_images']} KD images)")
+    return chose + (f", probed after {auto['probe_steps']}" if auto["probe_steps"] else "")
 
 
 def staged(s: Dict[str, Any]) -> bool:
@@ -215,8 +232,9 @@ def describe(s: Dict[str, Any], steps_per_epoch: int, warmup: int, train_images:
         lines.append(f"lr {lr:.3g} is within 10x of min_lr {s['min_lr']:.3g}: the schedule barely moves (the recipe's "
                      f"lr is for a batch of {s['lr_base_batch']}); pass --lr")
     if s["transfer_steps"]:
-        lines.append(f"first {s['transfer_steps']} step(s) of layer-wise transfer ({s['transfer_steps'] * s['batch_size']} "
-                     f"images, into RUN/transfer; --transfer-steps 0: off), then KD"
+        batch = transfer_batch(s)
+        lines.append(f"first {s['transfer_steps']} step(s) of {batch} images of layer-wise transfer "
+                     f"({s['transfer_steps'] * batch} images, into RUN/transfer; --transfer-steps 0: off), then KD"
                      + (f" matching the teacher's logits and block outputs (hidden weight "
                         f"{s['after_transfer_hidden_weight']:g})" if s["after_transfer_hidden_weight"] else ""))
     heavy = [text for text, on in (
@@ -339,12 +357,7 @@ def _run(student_source, source, data_dir, run, teacher, teacher_checkpoint, set
             "per_process_batch": per_process, "lr_scaled": lr, "steps_per_epoch": steps_per_epoch,
             **({"transfer_steps_auto": transfer_auto} if transfer_auto else {})})
     if dist.main and transfer_auto is not None:
-        tier = transfer_auto["tier"]
-        chose = (f"no transfer, KD at lr x {s['after_transfer_lr_scale']:g} = {lr:.3g}" if tier == "near" else
-                 f"no transfer, KD at the recipe's lr {lr:.3g}: the long transfer's {transfer_auto['long_transfer_images']} "
-                 f"images would exceed this run's {transfer_auto['kd_images']} KD images" if tier == "kd" else
-                 f"{transfer_auto['steps']} transfer step(s)" + (f", probed after {transfer_auto['probe_steps']}"
-                                                                 if transfer_auto["probe_steps"] else ""))
+        chose = _auto_choice(transfer_auto, s, lr)
         tqdm.write(f"mixa distill: the converted student agrees with the teacher on {transfer_auto['agreement_top1']:.1f}% "
                    f"of {transfer_auto['images']} training images: {chose} (transfer_steps auto)")
     best, best_epoch = -1.0, None  # best_epoch 0: the transferred student
