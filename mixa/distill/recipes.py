@@ -95,7 +95,12 @@ DEFAULTS: Dict[str, Any] = {
 # - at k = 6, rala and hedgehog (7%) are at 98.4 / 99.5 after a transfer planned for 4 steps (a 6-step plan:
 #   98.5 / 98.9 with half as many images again; a 3-step plan anneals before rala has moved: 97.6);
 # - transfer wrecks stella k = 6 (3%: 96.9 -> 86.5 after 3 steps), whose KD at the near lr is at 98.0-99.4
-#   after two steps (seeds 1-3).
+#   after two steps (seeds 1-3);
+# - a transfer needs steps more than images: at batch 8 one pass over the 800 training images (100 steps) takes
+#   stella / rala / hedgehog k = 2 to 98.3 / 96.6 / 99.5 (mean of seeds 1-3), past control - 1 for stella and
+#   hedgehog, where batch 64 needed 25 steps and 1600 images for 97.6 / 97.7 / 98.7 (seed 1); the between
+#   transfer then the stage reach control - 1 in 800-1056 images on the mean curves, a third to a fifth of
+#   KD alone's 2560-3584 (benchmarks/transfer/between).
 #
 # The long transfer of a student between short and far (where KD alone is the alternative) is probed: after
 # ``probe_fraction`` of its steps the partly transferred student is compared with the teacher on the same
