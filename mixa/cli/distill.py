@@ -88,8 +88,8 @@ def add_arguments(p) -> None:
                         "2000 steps); none for a model without replaced attention; 0: off")
     g.add_argument("--transfer-lr", type=_positive, help="peak lr of that stage (default: mixa transfer's)")
     g.add_argument("--transfer-batch-size", type=positive_int, metavar="N",
-                   help="global batch of that stage (default: --batch-size); a smaller one takes more steps from "
-                        "the same images (docs/transfer.md)")
+                   help="global batch of that stage (default: --batch-size, or 8 for the between transfer auto "
+                        "may choose); a smaller one takes more steps from the same images (docs/transfer.md)")
     g.add_argument("--after-transfer-lr-scale", type=_auto_or_positive, metavar="auto|F",
                    help="after a transfer stage (or none, auto's near student), KD runs at lr x F; auto "
                         "(default): the recipe's lr while the student disagrees with the teacher on >= 5%% of 256 "
