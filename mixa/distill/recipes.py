@@ -149,10 +149,10 @@ def long_transfer_steps(train_images: int, batch_size: int) -> int:
     return _passes(TRANSFER_AUTO["epochs"], train_images, batch_size)
 
 
-def between_transfer_steps(train_images: int, batch_size: Optional[int] = None) -> int:
-    """The transfer of a student between short and far: TRANSFER_AUTO["between_epochs"] passes over the training
-    images at ``batch_size`` (default TRANSFER_AUTO["between_batch"])."""
-    return _passes(TRANSFER_AUTO["between_epochs"], train_images, batch_size or TRANSFER_AUTO["between_batch"])
+def between_transfer_steps(train_images: int, batch_size: int) -> int:
+    """The between transfer of transfer_steps "auto" (a student's between short and far, in a run too short for
+    the long one): TRANSFER_AUTO["between_epochs"] passes over the training images at ``batch_size``."""
+    return _passes(TRANSFER_AUTO["between_epochs"], train_images, batch_size)
 
 
 def transfer_tier(agreement: Optional[float], long_dearer: bool, between_dearer: bool) -> str:
@@ -183,18 +183,24 @@ def candidate_transfers(train_images: int, batch_size: int,
             "between": (between_transfer_steps(train_images, between_batch), between_batch)}
 
 
-def auto_transfer(train_images: int, batch_size: int, agreement: Optional[float] = None,
-                  kd_images: Optional[int] = None, transfer_batch_size: Optional[int] = None) -> Tuple[str, int, int]:
-    """transfer_steps "auto" as (tier, steps, transfer batch) for a converted student trained on
-    ``train_images`` at ``batch_size`` that agrees with the teacher on ``agreement`` percent of the training
-    images compared (None: not measured, the long transfer), in a run whose KD processes ``kd_images`` (None:
-    as many as it takes); the candidates are ``candidate_transfers``'."""
-    candidates = candidate_transfers(train_images, batch_size, transfer_batch_size)
+def choose_transfer(candidates: Dict[str, Tuple[int, int]], agreement: Optional[float] = None,
+                    kd_images: Optional[int] = None) -> Tuple[str, int, int]:
+    """transfer_steps "auto" as (tier, steps, transfer batch) among ``candidates`` (``candidate_transfers``) for
+    a converted student that agrees with the teacher on ``agreement`` percent of the training images compared
+    (None: not measured, the long transfer), in a run whose KD processes ``kd_images`` (None: as many as it
+    takes)."""
     dearer = {name: kd_images is not None and steps * batch > kd_images for name, (steps, batch) in candidates.items()}
     tier = transfer_tier(agreement, long_dearer=dearer["long"], between_dearer=dearer["between"])
     if tier in candidates:
         return (tier, *candidates[tier])
     return tier, int(TRANSFER_AUTO["short_steps"]) if tier == "short" else 0, candidates["long"][1]
+
+
+def auto_transfer(train_images: int, batch_size: int, agreement: Optional[float] = None,
+                  kd_images: Optional[int] = None, transfer_batch_size: Optional[int] = None) -> Tuple[str, int, int]:
+    """``choose_transfer`` for a run on ``train_images`` at ``batch_size`` (and ``transfer_batch_size``, given
+    by the user)."""
+    return choose_transfer(candidate_transfers(train_images, batch_size, transfer_batch_size), agreement, kd_images)
 
 
 def probe_steps(tier: str, agreement: Optional[float], steps: int) -> int:

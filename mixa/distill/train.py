@@ -26,7 +26,7 @@ from .checkpoint import (load_last_weights, load_train_state, open_run, recover_
 from .distributed import Dist, Sums
 from .evaluation import evaluate_loader
 from .precision import autocast_dtype
-from .recipes import (AFTER_TRANSFER_AUTO, auto_lr_scale, auto_transfer, candidate_transfers, load_recipe,
+from .recipes import (AFTER_TRANSFER_AUTO, auto_lr_scale, candidate_transfers, choose_transfer, load_recipe,
                       probe_keeps, probe_steps, transfer_batch, warmup_steps)
 from .step import DistillStep
 from .teacher import ModelSource, build_teacher, check_classes, check_teacher, load_model, recorded_original
@@ -159,8 +159,7 @@ def resolve_transfer_steps(s: Dict[str, Any], student, teacher, data_dir, train_
         return {**s, "transfer_steps": 0}, None
     measured = train_agreement(student, teacher, data_dir, s, dist)
     candidates = candidate_transfers(train_images, s["batch_size"], s["transfer_batch_size"])
-    tier, steps, batch = auto_transfer(train_images, s["batch_size"], measured["agreement_top1"], kd_images,
-                                       s["transfer_batch_size"])
+    tier, steps, batch = choose_transfer(candidates, measured["agreement_top1"], kd_images)
     s = {**s, "transfer_steps": steps, **({"transfer_batch_size": batch} if steps else {})}
     if tier == "near":
         s["stage_from_converted"] = True
@@ -178,7 +177,7 @@ def _auto_choice(auto: Dict[str, Any], s: Dict[str, Any], lr: float) -> str:
     if auto["tier"] == "kd":
         return (f"no transfer, KD at the recipe's lr {lr:.3g}: even the between transfer's "
                 f"{auto['between_transfer_images']} images would exceed this run's {auto['kd_images']} KD images")
-    chose = f"{auto['steps']} transfer step(s) of {s['transfer_batch_size']} images"
+    chose = f"{auto['steps']} transfer step(s) of {transfer_batch(s)} images"
     if auto["tier"] == "between":
         chose += (f", the between transfer (the long one's {auto['long_transfer_images']} images would exceed this "
                   f"run's {auto['kd_images']} KD images)")
