@@ -133,7 +133,7 @@ def test_auto_transfer_steps_scale_with_the_data():
 
 
 def test_auto_transfer_steps_follow_the_converted_students_agreement():
-    near, short = AFTER_TRANSFER_AUTO["near_disagreement"], TRANSFER_AUTO["short_disagreement"]
+    near, short = TRANSFER_AUTO["near_disagreement"], TRANSFER_AUTO["short_disagreement"]
     kd = TRANSFER_AUTO["kd_disagreement"]
     assert (near, short, kd, TRANSFER_AUTO["short_steps"]) == (5.0, 15.0, 50.0, 4)
     assert (TRANSFER_AUTO["between_batch"], TRANSFER_AUTO["between_epochs"]) == (8, 1.0)
@@ -165,7 +165,7 @@ def test_a_student_between_short_and_far_gets_plain_kd_when_the_transfer_costs_m
     """The "kd" tier of transfer_steps auto: no RUN/transfer, not the stage (the recipe's lr, no converted
     RUN/best), bit for bit the run with the transfer stage off; run.json says which tier and why. The same
     student in a run long enough for the between transfer gets it, at its batch."""
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "near_disagreement", 0.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "near_disagreement", 0.0)
     monkeypatch.setitem(TRANSFER_AUTO, "short_disagreement", 0.0)
     monkeypatch.setitem(TRANSFER_AUTO, "kd_disagreement", 101.0)  # every student is between
     monkeypatch.setitem(TRANSFER_AUTO, "between_batch", 2)
@@ -219,7 +219,7 @@ def test_the_long_transfer_of_a_student_between_is_probed_after_a_quarter():
 def _probed(monkeypatch, keeps: bool):
     """Every student between short and far, in a run whose KD (32 images) pays for a 4-step long transfer
     (32 images), probed after 1 step; the probe keeps the transfer or stops it, whatever it measures."""
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "near_disagreement", 0.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "near_disagreement", 0.0)
     monkeypatch.setitem(TRANSFER_AUTO, "short_disagreement", 0.0)
     monkeypatch.setitem(TRANSFER_AUTO, "kd_disagreement", 101.0)
     monkeypatch.setitem(TRANSFER_AUTO, "epochs", 1.0)
@@ -290,7 +290,8 @@ def test_a_converted_student_near_the_teacher_gets_the_stage_without_transfer(wo
     """transfer_steps auto for a student near the teacher: no RUN/transfer, KD at lr x near_scale from the
     converted weights (bit for bit the run started by hand at that lr), the converted student is RUN/best
     until an epoch clearly beats it, and a stopped run resumes exactly."""
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "near_disagreement", 101.0)  # every student is near
+    monkeypatch.setitem(TRANSFER_AUTO, "near_disagreement", 101.0)  # every student is near
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)  # ... and gets the near lr
     stage = {**STAGE, "epochs": 2}
     staged = tmp_path / "staged"
     result = distill(world / "student", world / "data", staged, transfer_steps="auto", **stage)
@@ -320,7 +321,7 @@ def test_a_converted_student_near_the_teacher_gets_the_stage_without_transfer(wo
     resumed = json.loads((split / "run.json").read_text())
     assert resumed["transfer_steps_auto"] == info["transfer_steps_auto"]  # what the first call recorded stays
     # the counter-case: the same student, not near, gets the recipe's lr
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "near_disagreement", 0.0)
+    monkeypatch.setitem(TRANSFER_AUTO, "near_disagreement", 0.0)
     monkeypatch.setitem(TRANSFER_AUTO, "short_disagreement", 101.0)
     short = tmp_path / "short"
     distill(world / "student", world / "data", short, transfer_steps="auto", stop_after=0, **stage)
@@ -365,28 +366,24 @@ def test_the_transfer_stage_runs_at_its_own_batch(world, tmp_path):  # noqa: F81
         assert all(torch.equal(a[k], b[k]) for k in a) == same
 
 
-def test_auto_lr_scale_thresholds():
-    near, full = AFTER_TRANSFER_AUTO["near_disagreement"], AFTER_TRANSFER_AUTO["full_lr_disagreement"]
-    assert (near, full) == (5.0, 15.0)
-    assert (AFTER_TRANSFER_AUTO["near_scale"], AFTER_TRANSFER_AUTO["mid_scale"]) == (0.2, 0.5)
-    # far: the recipe's lr (rala k = 0 after a transfer that left it at 72.5)
-    assert auto_lr_scale(100.0 - full) == 1.0 and auto_lr_scale(50.0) == 1.0 and auto_lr_scale(0.0) == 1.0
-    # between: half of it (rala k = 0 after the between transfer, 90.2-92.6%; stella k = 0, 87.9%)
-    for agreement in (100.0 - full + 0.01, 87.9, 90.2, 92.6, 100.0 - near):
-        assert auto_lr_scale(agreement) == 0.5, agreement
-    # near: a fifth (relu k = 0 after 100 transfer steps, 97.0%)
-    assert auto_lr_scale(100.0 - near + 0.01) == 0.2 and auto_lr_scale(97.0) == 0.2 and auto_lr_scale(100.0) == 0.2
+def test_auto_lr_scale_threshold():
+    full = AFTER_TRANSFER_AUTO["full_lr_disagreement"]
+    assert full == 15.0 and AFTER_TRANSFER_AUTO["near_scale"] == 0.2
+    # far: the recipe's lr (rala k = 0 after a transfer that left it at 72.5% agreement)
+    assert auto_lr_scale(100.0 - full) == 1.0 and auto_lr_scale(72.5) == 1.0 and auto_lr_scale(0.0) == 1.0
+    # closer: a fifth of it (rala k = 0 after the between transfer, 90.2-92.6%; stella k = 0, 87.9%; relu, 97%)
+    for agreement in (100.0 - full + 0.01, 87.9, 90.2, 92.6, 97.0, 100.0):
+        assert auto_lr_scale(agreement) == 0.2, agreement
 
 
-@pytest.mark.parametrize("band", ["near", "mid"])
-def test_auto_lr_scale_is_measured_on_the_transferred_student(band, world, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("near", [True, False])
+def test_auto_lr_scale_is_measured_on_the_transferred_student(near, world, tmp_path, monkeypatch):  # noqa: F811
     """after_transfer_lr_scale "auto" (the default): the agreement run.json records is the transferred
     model's on the first training images (mixa.distill.evaluate, independently), the scale follows the
-    thresholds, and the stage is the run started by hand from the transferred model at that lr."""
-    # thresholds that put any agreement in the band, whatever the tiny student's
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "near_disagreement", 101.0 if band == "near" else 0.0)
-    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0)
-    scale = AFTER_TRANSFER_AUTO[f"{band}_scale"]
+    threshold, and the stage is the run started by hand from the transferred model at that lr."""
+    # a threshold no agreement reaches (or every one does): that branch, whatever the tiny student's agreement
+    monkeypatch.setitem(AFTER_TRANSFER_AUTO, "full_lr_disagreement", 101.0 if near else 0.0)
+    scale = AFTER_TRANSFER_AUTO["near_scale"] if near else 1.0
     monkeypatch.setitem(AFTER_TRANSFER_AUTO, "images", 16)
     staged = tmp_path / "staged"
     distill(world / "student", world / "data", staged, transfer_steps=3, **STAGE)
