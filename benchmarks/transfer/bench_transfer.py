@@ -70,11 +70,10 @@ STAGES = {
     "low-warm-kd": {"lr": 1.0e-4, "kd_weight": 1.0, "warmup_epochs": 1, "warmup_max_fraction": 0.34,
                     "warmup_lr": 1.0e-6},
     "recipe-warm": {"warmup_epochs": 1, "warmup_max_fraction": 0.34, "warmup_lr": 1.0e-6},
-    # session 18, rala k = 0 after the between transfer (90-93% agreement, so the recipe's lr): half the lr, or
-    # twice the optimiser steps per image (batch 32)
+    # eighteenth session, the stage after a transfer that left the student 5-15% from the teacher (then the
+    # recipe's lr): "mid" lr x 0.5; "recipe-b32" twice the optimiser steps per image (batch 32)
     "mid": {"lr": 2.5e-4},
     "recipe-b32": {"batch_size": 32},
-    "mid-b32": {"lr": 2.5e-4, "batch_size": 32},
     # (session 11's "drop" rows, KD at the recipe's lr dropping to lr x 0.2 once the student was near the
     # teacher, ran at commit 12b6530 with mixa distill's lr_drop_when_near, since removed: fine_k2b/ANALYSIS.md)
     "default": None,

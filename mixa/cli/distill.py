@@ -93,7 +93,7 @@ def add_arguments(p) -> None:
     g.add_argument("--after-transfer-lr-scale", type=_auto_or_positive, metavar="auto|F",
                    help="after a transfer stage (or none, auto's near student), KD runs at lr x F; auto "
                         "(default): the recipe's lr while the student disagrees with the teacher on >= 15%% of 256 "
-                        "training images, lr x 0.5 on >= 5%%, else lr x 0.2")
+                        "training images, else lr x 0.2")
     g.add_argument("--after-transfer-hidden-weight", type=_non_negative, metavar="W",
                    help="hidden-state weight of the KD after a transfer stage (default 0: logits only)")
 

@@ -1,7 +1,7 @@
 """Target 4 of issue 17 for the between transfer: images to control - 1 of `mixa distill`'s default (the
 ``tkd-auto`` rows) against KD alone, on the far k = 2 rows and rala k = 0, seeds 1-3: ``auto/`` at the
-seventeenth session's rule, ``auto_mid/`` (rala k = 0) at the eighteenth's, whose stage after a transfer that
-left the student 5-15% from the teacher runs at lr x 0.5 instead of the recipe's lr.
+seventeenth session's rule, ``auto_lr15/`` (rala k = 0) at the eighteenth's, whose stage after a transfer that
+left the student 5-15% from the teacher runs at lr x 0.2 instead of the recipe's lr.
 
 KD alone is taken from two earlier grids of the same students and data (bench_transfer.py, same seeds):
 ``fine_k2b/`` (the proxy's 3-epoch plan, points every 256 images; k = 2 rows) and ``far_k2_long/`` (a 12-epoch
@@ -31,7 +31,7 @@ def rows(path: Path, seeds=(1, 2, 3)) -> dict:
 
 def main() -> None:
     defaults = {"seventeenth session (auto/)": rows(HERE / "auto" / "results.json"),
-                "eighteenth session (auto_mid/)": rows(HERE / "auto_mid" / "results.json")}
+                "eighteenth session (auto_lr15/)": rows(HERE / "auto_lr15" / "results.json")}
     references = {"3-epoch plan (fine_k2b)": rows(HERE.parent / "fine_k2b" / "results.json"),
                   "12-epoch plan (far_k2_long)": rows(HERE.parent / "far_k2_long" / "results.json")}
     show = lambda v: "—" if v is None else str(v)  # noqa: E731
