@@ -46,9 +46,10 @@ def main() -> None:
                 kd = ref.get((kind, keep, "kd"))
                 if kd is None or kd["seeds"] != row["seeds"]:
                     continue
+                half = bench.at_most_half(kd["reach_mean_curve"], row["reach_mean_curve"])
                 print(f"| {kind} | {keep} | {version} | {label} | {', '.join(map(show, kd['reach_each']))}; "
                       f"{show(kd['reach_mean_curve'])} | {', '.join(map(show, row['reach_each']))}; "
-                      f"{show(row['reach_mean_curve'])} | {bench.at_most_half(kd['reach_mean_curve'], row['reach_mean_curve'])} |")
+                      f"{show(row['reach_mean_curve'])} | {half} |")
 
 
 if __name__ == "__main__":
