@@ -61,7 +61,7 @@ DEFAULTS: Dict[str, Any] = {
     "transfer_steps": "auto",
     "transfer_lr": None,      # its peak lr; null: mixa.transfer's default (mixa.transfer.settings)
     # its global batch; null: batch_size. A smaller one takes more steps from the same images, which is what a
-    # student between near and far needs (docs/transfer.md, "Seventeenth session").
+    # student between near and far needs (docs/transfer.md, "The batch").
     "transfer_batch_size": None,
     # The stage after a transfer stage: KD at lr x after_transfer_lr_scale; "auto" = AFTER_TRANSFER_AUTO below,
     # from the transferred student's agreement with the teacher on training images.
