@@ -166,6 +166,8 @@ def test_replaced_layers_of_one_image_run_without_head_transposes(tmp_path, kind
     folded, unfolded = _attention_ops(one, tmp_path, "Transpose"), _attention_ops(batched, tmp_path, "Transpose")
     # rala keeps two a layer: v into the LePE grid (shared with its token weighting), its output before the gate
     assert folded < unfolded and folded == (2 * 2 if kind == "rala" else 0)
+    # nor any Unsqueeze: rala's global query is a kept-dimension mean, its LePE grid one Reshape of v
+    assert _attention_ops(one, tmp_path, "Unsqueeze") == 0
     # q, k, v from three projections: nothing copies one (N, 3C) output apart
     assert _attention_ops(one, tmp_path, "Split") == 0 < _attention_ops(batched, tmp_path, "Split")
     assert not any("forward" in m.__dict__ for m in model.modules())

@@ -356,12 +356,14 @@ def rala_attention_one_image(q: Tensor, k: Tensor, v: Tensor, eps: float = RALA_
     """``rala_attention`` without RoPE, one image (above). The token weights p (an (H, 1, N) row) scale v's
     tokens in the (H, dv, N) layout, the one LePE reads v in: ONNX Runtime merges the two permutes of v into one
     Transpose, where weighting k in its (N, H, d) layout took a Transpose of p and two Reshapes more (about 45
-    us a layer with the Concat of ``MixAttention._lepe_one_image``, at DeiT-T/14 width)."""
+    us a layer with the Concat of ``MixAttention._lepe_one_image``, at DeiT-T/14 width). The global query is
+    a kept-dimension mean permuted into its product (which folds the permute), not a mean and an Unsqueeze:
+    one node fewer a layer."""
     dtype = v.dtype
     d = q.shape[-1]
     q, k, v = elu_plus_one(_wide(q)), elu_plus_one(_wide(k)), _wide(v)
     q_t = q.permute(1, 2, 0)                                               # (H, d, N)
-    q_global = q.mean(dim=0).unsqueeze(1)                                  # (H, 1, d)
+    q_global = q.mean(dim=0, keepdim=True).permute(1, 0, 2)                # (H, 1, d)
     p = torch.softmax(_mm(q_global, k.permute(1, 2, 0)) * d ** -0.5, dim=-1)  # (H, 1, N)
     den = _mm(_mm(p, k.permute(1, 0, 2)), q_t)                             # (H, 1, N)
     vk = _mm(v.permute(1, 2, 0) * p, k.permute(1, 0, 2))                   # sum_j p_j v_j kappa(k_j)^T, (H, dv, d)

@@ -192,8 +192,11 @@ class MixAttention(nn.Module):
         prefix tokens' zeros are a (heads, d, prefix) constant concatenated in front: with one image there is
         no batch to size it by, and ONNX Runtime runs the Concat faster than a Pad (benchmarks/edge/README.md)."""
         p = self.num_prefix_tokens
-        x = self._lepe_grid(v_t[..., p:].unsqueeze(0)).squeeze(0)
-        return torch.cat([x.new_zeros(x.shape[0], x.shape[1], p), x], dim=-1) if p > 0 else x
+        h, d, n = v_t.shape
+        side = _grid_side(n - p)
+        # One Reshape into the conv's (1, channels, side, side) input: an unsqueeze before it is a node more.
+        x = self.lepe(v_t[..., p:].reshape(1, h * d, side, side)).reshape(h, d, n - p)
+        return torch.cat([x.new_zeros(h, d, p), x], dim=-1) if p > 0 else x
 
     def _key_mask_from(self, attn_mask: Tensor, b: int, n: int) -> Tensor:
         """A key-padding mask broadcastable to (B, 1, 1, N) -> (B, 1, N) participation weights."""
