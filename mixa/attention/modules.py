@@ -168,10 +168,12 @@ class MixAttention(nn.Module):
         return qkv.split(self.num_heads, dim=1)
 
     def _lepe_grid(self, v_t: Tensor) -> Tensor:
-        """LePE's depth-wise conv over the token grid: (B, heads, d, grid tokens), same shape out."""
-        b, h, d, grid = v_t.shape
+        """LePE's depth-wise conv over the token grid: (B, heads, d, grid tokens) or one image's (heads, d,
+        grid tokens), same shape out. One Reshape into the conv's (images, channels, side, side) input and one
+        out: an unsqueeze for one image would be a node more in the exported graph."""
+        h, d, grid = v_t.shape[-3:]
         side = _grid_side(grid)
-        return self.lepe(v_t.reshape(b, h * d, side, side)).reshape(b, h, d, grid)
+        return self.lepe(v_t.reshape(-1, h * d, side, side)).reshape(v_t.shape)
 
     def _lepe(self, v: Tensor) -> Tensor:
         """Depth-wise conv on v over the token grid; prefix tokens get zero."""
@@ -192,11 +194,8 @@ class MixAttention(nn.Module):
         prefix tokens' zeros are a (heads, d, prefix) constant concatenated in front: with one image there is
         no batch to size it by, and ONNX Runtime runs the Concat faster than a Pad (benchmarks/edge/README.md)."""
         p = self.num_prefix_tokens
-        h, d, n = v_t.shape
-        side = _grid_side(n - p)
-        # One Reshape into the conv's (1, channels, side, side) input: an unsqueeze before it is a node more.
-        x = self.lepe(v_t[..., p:].reshape(1, h * d, side, side)).reshape(h, d, n - p)
-        return torch.cat([x.new_zeros(h, d, p), x], dim=-1) if p > 0 else x
+        x = self._lepe_grid(v_t[..., p:])
+        return torch.cat([x.new_zeros(x.shape[0], x.shape[1], p), x], dim=-1) if p > 0 else x
 
     def _key_mask_from(self, attn_mask: Tensor, b: int, n: int) -> Tensor:
         """A key-padding mask broadcastable to (B, 1, 1, N) -> (B, 1, N) participation weights."""
