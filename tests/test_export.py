@@ -173,6 +173,27 @@ def test_replaced_layers_of_one_image_run_without_head_transposes(tmp_path, kind
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 
+def test_plain_softmax_layers_of_one_image_run_one_transpose_each(tmp_path):
+    """The plain softmax form (static INT8's, or asked for) takes the one-image form at a static batch of 1 too:
+    three projections (no Split) and, after ONNX Runtime's folds, one Transpose a layer -- its output back to
+    tokens first -- where the batched form runs four. Both files give the model's own logits; the model is left
+    as it was."""
+    model = tiny_model("vit")  # two softmax layers
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    one, batched = tmp_path / "one.onnx", tmp_path / "batched.onnx"
+    export_onnx(model, one, (3, 32, 32), int8="static")
+    export_onnx(model, batched, (3, 32, 32), dynamic_batch=True, int8="static")
+    assert _meta(one)["mixa.softmax_form"] == _meta(batched)["mixa.softmax_form"] == "plain"
+    for path in (one, batched):
+        np.testing.assert_allclose(_ort_logits(path, x), expected, atol=1e-4, rtol=1e-4)
+    assert _attention_ops(one, tmp_path, "Transpose") == 2 < _attention_ops(batched, tmp_path, "Transpose")
+    assert _attention_ops(one, tmp_path, "Split") == 0 < _attention_ops(batched, tmp_path, "Split")
+    assert _attention_ops(one, tmp_path, "Softmax") == 2
+    assert not any("forward" in m.__dict__ for m in model.modules())
+
+
 def test_one_image_forms_take_one_image_only(tmp_path):
     """Swin's windows are a batch: with several windows an image keeps the batched form (head transposes
     left), with one window (the whole 7 x 7 token grid) it takes the one-image form (none left); either way the

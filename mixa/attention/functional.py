@@ -38,6 +38,7 @@ __all__ = [
     "stella_attention_tokens_last",
     "rala_attention_tokens_last",
     "rala_attention_token_axis_mean",
+    "softmax_attention_one_image",
     "relu_linear_attention_one_image",
     "stella_attention_one_image",
     "rala_attention_one_image",
@@ -330,6 +331,16 @@ def rala_attention_tokens_last(q_t: Tensor, k: Tensor, v_t: Tensor, eps: float =
 # applied before the permutes: an elementwise op between a Transpose and its product stops the fold. The
 # forms mixa exports to ONNX at a static batch of 1 (mixa.export.lowering.one_image_forms); the same maths as
 # the batched cores.
+
+
+def softmax_attention_one_image(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """timm's plain softmax chain, softmax(q k^T * scale) v, one image: q, k, v as (N, H, d), the result as
+    (N, H, dv), the (N, C) input of the output projection. Unlike the linear forms (above) it ends tokens
+    first, with one Transpose of the (H, N, dv) product: the (H, dv, N) form would fold that transpose into the
+    product only by reading the N x N probabilities transposed, and ONNX Runtime ran DeiT-T/14 4% slower so
+    (static INT8; benchmarks/edge/README.md, twentieth session)."""
+    attn = torch.softmax(q.permute(1, 0, 2) @ k.permute(1, 2, 0) * scale, dim=-1)   # (H, N, N)
+    return (attn @ v.permute(1, 0, 2)).permute(1, 0, 2)
 
 
 def relu_linear_attention_one_image(q: Tensor, k: Tensor, v: Tensor, eps: float = RELU_EPS) -> Tensor:

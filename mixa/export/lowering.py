@@ -306,6 +306,22 @@ def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask
     return module._finish(y_t.reshape(c, n).t(), x).reshape(1, n, c)
 
 
+def _one_image_softmax_attention(module: Any, x: Any, attn_mask: Any = None, is_causal: bool = False) -> Any:
+    """timm ``Attention.forward`` while it is switched (plain form): one image's q, k, v as (N, H, d), from
+    three projections (its qkv linear switched too), into ``softmax_attention_one_image``, whose (N, H, d)
+    result is the output projection's (N, C) input. Masks, causal attention, the fused form and batches of
+    several images take timm's own forward."""
+    from ..attention import functional as AF
+
+    if attn_mask is not None or is_causal or module.fused_attn or x.shape[0] != 1:
+        return type(module).forward(module, x, attn_mask=attn_mask, is_causal=is_causal)
+    _, n, c = x.shape
+    q, k, v = (part.reshape(n, module.num_heads, module.head_dim) for part in module.qkv(x.reshape(n, c)))
+    y = AF.softmax_attention_one_image(q, k, v, module.scale).reshape(n, c)
+    y = module.norm(y) if hasattr(module, "norm") else y
+    return module.proj_drop(module.proj(y)).reshape(1, n, c)
+
+
 def _three_projections(linear: Any, x: Any) -> Any:
     """A fused qkv ``nn.Linear``'s forward while it is switched: for one image's (N, C) tokens (the one-image
     form's call) q, k, v by three products; for a batch (B, N, C) -- the layer's own forward, which Swin's
@@ -319,19 +335,23 @@ def _three_projections(linear: Any, x: Any) -> Any:
 
 
 @contextlib.contextmanager
-def one_image_forms(model: Any, runtime: str, dynamic_batch: bool = False) -> Iterator[list]:
-    """``model`` with every replaced layer that has a one-image core (``ONE_IMAGE_CORES``) computing a batch
-    of one image in that form, where ``runtime`` is in ``ONE_IMAGE_RUNTIMES`` and the graph is traced for a
-    static batch of 1 (``dynamic_batch`` False), for the duration of the block; yields the switched layers.
+def one_image_forms(model: Any, runtime: str, dynamic_batch: bool, softmax: str) -> Iterator[list]:
+    """``model`` with every replaced layer that has a one-image core (``ONE_IMAGE_CORES``), and every timm ViT
+    softmax layer in the plain form (``softmax``, the form ``softmax_form`` gave them), computing a batch of one
+    image in that form, where ``runtime`` is in ``ONE_IMAGE_RUNTIMES`` and the graph is traced for a static
+    batch of 1 (``dynamic_batch`` False), for the duration of the block; yields the switched layers.
     Their fused qkv projection is computed as three (``mixa.layers.heads.split_qkv``, weights taken when the
     block starts): no Split copies the (N, 3C) output apart. Measured in every precision, INT8 included
-    (benchmarks/edge/README.md, "Sixteenth session")."""
+    (benchmarks/edge/README.md, "Sixteenth session"; softmax layers: "Twentieth session")."""
     from ..attention.modules import MixAttention
     from ..layers.heads import split_qkv
 
-    layers = [] if dynamic_batch or runtime not in ONE_IMAGE_RUNTIMES else \
-        [m for m in model.modules() if isinstance(m, MixAttention) and _one_image_ready(m)]
+    one_image = not dynamic_batch and runtime in ONE_IMAGE_RUNTIMES
+    layers = [m for m in model.modules() if one_image and isinstance(m, MixAttention) and _one_image_ready(m)]
+    softmax_layers = _plain_vit_attention(model) if one_image and softmax == "plain" else []
     switches = [(m, {}, {"forward": _one_image_linear_attention}) for m in layers]
+    switches += [(m, {}, {"forward": _one_image_softmax_attention}) for m in softmax_layers]
+    layers += softmax_layers
     for m in layers:
         parts = split_qkv(m.qkv.weight, m.qkv.bias)
         switches.append((m.qkv, dict(zip(_SPLIT, (t for part in parts for t in part))),

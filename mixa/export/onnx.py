@@ -223,7 +223,7 @@ def export_onnx(model: nn.Module, path: os.PathLike | str, input_size: Sequence[
             "mixa.input_size": "x".join(map(str, input_size)), "mixa.softmax_form": form,
             "mixa.attention_scopes": json.dumps(attention_scopes(model)), **(metadata or {})}
     with softmax_form(model, form), linear_core_forms(model, "onnx"), \
-            one_image_forms(model, "onnx", dynamic_batch):
+            one_image_forms(model, "onnx", dynamic_batch, form):
         return _export_onnx(model, path, input_size, opset, dynamic_batch, exporter, verify, rtol, meta)
 
 
