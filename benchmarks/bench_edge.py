@@ -38,7 +38,7 @@ from mixa.io import atomic_path  # noqa: E402
 from mixa.macs import count_macs  # noqa: E402
 from mixa.models import create_model  # noqa: E402
 from mixa.profile.ort import input_for, operator_times, session  # noqa: E402
-from mixa.profile.records import environment  # noqa: E402
+from mixa.profile.records import describe_cpu, environment  # noqa: E402
 from mixa.profile.timing import CLOCKS, paired_speedup, round_robin  # noqa: E402
 
 # (label, timm name, timm kwargs, resolutions, full variant set at these resolutions, INT8/ExecuTorch there)
@@ -169,7 +169,7 @@ def main() -> int:
     results = {"command": " ".join(sys.argv), "environment": env, "threads": args.threads, "keep": args.keep,
                "default_gate": default_gate, "suite": args.suite, "tag": args.tag, "clock": args.clock, "runtimes": [r for r in runtimes if r != "executorch" or use_et],
                "rows": [], "op_breakdown": []}
-    print(f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ONNX Runtime {env['versions']['onnxruntime']}, {args.threads} thread(s), batch 1",
+    print(f"CPU: {describe_cpu(env)}; ONNX Runtime {env['versions']['onnxruntime']}, {args.threads} thread(s), batch 1",
           flush=True)
     if use_et:  # before any program is loaded: the XNNPACK delegate takes the pool when it is initialised
         from mixa.export.executorch import set_threads

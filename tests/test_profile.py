@@ -261,17 +261,26 @@ def test_speedup_pairs_the_rounds_of_one_round_robin():
 
 def test_records_name_the_simd_extensions_the_cpu_reports(tmp_path):
     """The environment names the instruction-set extensions that decide the INT8 kernels (an AVX2-only EPYC
-    runs ONNX Runtime's and XNNPACK's INT8 without VNNI); read from x86 'flags' and ARM 'Features'."""
-    from mixa.profile.records import cpu_simd, environment
+    runs ONNX Runtime's and XNNPACK's INT8 without VNNI), read from x86 'flags' and ARM 'Features', and the
+    CPU's generation (x86 family / model / stepping, ARM implementer / part)."""
+    from mixa.profile.records import cpu_id, cpu_model, cpu_simd, describe_cpu, environment
 
     x86 = tmp_path / "x86"
-    x86.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 fma avx2 sha_ni vaes\n")
+    x86.write_text("processor\t: 0\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+                   "flags\t\t: fpu sse2 fma avx2 sha_ni vaes\n\nprocessor\t: 1\ncpu family\t: 25\n")
     arm = tmp_path / "arm"
-    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp i8mm\nCPU part\t: 0xd0c\n")
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes asimddp i8mm\nCPU implementer\t: 0x41\n"
+                   "CPU part\t: 0xd0c\n")
     assert cpu_simd(str(x86)) == ["avx2", "fma"]
     assert cpu_simd(str(arm)) == ["asimd", "asimddp", "i8mm"]
     assert cpu_simd(str(tmp_path / "absent")) is None
-    assert "cpu_simd" in environment()
+    # the generation, which a VM's marketing name may hide (the first processor's fields)
+    assert cpu_model(str(x86)) == "AMD EPYC" and cpu_id(str(x86)) == "family 26 model 2 stepping 1"
+    assert cpu_id(str(arm)) == "implementer 0x41 part 0xd0c" and cpu_id(str(tmp_path / "absent")) is None
+    env = {"cpu": "AMD EPYC", "cpu_id": cpu_id(str(x86)), "cpu_simd": cpu_simd(str(x86))}
+    assert describe_cpu(env) == "AMD EPYC, family 26 model 2 stepping 1 (avx2, fma)"
+    assert describe_cpu({"cpu": "Apple M2"}) == "Apple M2 (SIMD unknown)"  # an older record: no id, no SIMD
+    assert {"cpu_simd", "cpu_id"} <= set(environment())
 
 
 def test_default_rounds_stop_early_only_when_the_budget_is_spent(monkeypatch):

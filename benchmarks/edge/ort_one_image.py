@@ -5,7 +5,8 @@ At a static batch of 1, ``mixa export`` writes each relu / stella / rala / hedge
 head transpose is a permute straight into a product, and ONNX Runtime folds them all into its FusedMatMul /
 Gemm flags. The batched form (B, H, N, d) -- what mixa wrote before, and still writes for a dynamic batch --
 leaves four Transpose nodes per layer. This times both forms of every student, against the original at its
-best (softmax layers as ONNX Runtime's Attention operator; the plain form under static INT8), fp32 and INT8
+best (softmax layers as ONNX Runtime's Attention operator; under static INT8 the plain form, whose layers take
+a one-image form of their own since the twentieth session; kept layers likewise in both forms), fp32 and INT8
 (dynamic, static; ``mixa.export.quantize_onnx`` as ``mixa export`` makes them), all round-robin in one
 process: 1 thread, batch 1, thread CPU time.
 

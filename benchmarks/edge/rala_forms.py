@@ -177,7 +177,7 @@ def main() -> int:
     from mixa.attention import MixAttention
     from mixa.export.targets import at_resolution
     from mixa.models import create_model
-    from mixa.profile.records import environment
+    from mixa.profile.records import describe_cpu, environment
     from mixa.profile.timing import paired_speedup, round_robin
 
     torch.manual_seed(0)
@@ -204,7 +204,7 @@ def main() -> int:
             raise SystemExit(f"form {form} differs from the layer as mixa builds it by {diff:.3g}")
         programs.append((form, model))
     env = environment()
-    print(f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); {args.runtime}, 1 thread, "
+    print(f"CPU: {describe_cpu(env)}; {args.runtime}, 1 thread, "
           f"batch 1, thread CPU time; command: python {' '.join(sys.argv)}", flush=True)
     rng = np.random.default_rng(0)
     calls, labels = [], []

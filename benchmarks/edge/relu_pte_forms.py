@@ -120,7 +120,7 @@ def main() -> int:
     import mixa
     from mixa.export.executorch import export_pte, load_pte, run_pte, set_threads
     from mixa.models import create_model
-    from mixa.profile.records import environment
+    from mixa.profile.records import describe_cpu, environment
     from mixa.profile.timing import paired_speedup, round_robin
 
     set_threads(1)
@@ -142,7 +142,7 @@ def main() -> int:
             raise SystemExit(f"{path} differs from the model as mixa builds it by {diff:.3g}")
         print(f"  {path}: max |.pte - eager| {diff:.2g}", file=sys.stderr, flush=True)
     env = environment()
-    print(f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ExecuTorch fp32, 1 thread, "
+    print(f"CPU: {describe_cpu(env)}; ExecuTorch fp32, 1 thread, "
           f"batch 1, thread CPU time; command: python {' '.join(sys.argv)}", flush=True)
     image = [torch.randn(1, 3, 224, 224)]
     methods = [load_pte(work / f"{label}.pte") for label, _ in programs]

@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from mixa.profile.records import describe_cpu
+
 
 def ort_header(env: dict, rounds: int, what: str = "") -> str:
     """The CPU, ONNX Runtime version and timing settings of a 1-thread round-robin run, and its command."""
-    return (f"CPU: {env['cpu']} ({', '.join(env['cpu_simd'] or ['SIMD unknown'])}); ONNX Runtime "
+    return (f"CPU: {describe_cpu(env)}; ONNX Runtime "
             f"{env['versions']['onnxruntime']}, 1 thread, batch 1, thread CPU time, {rounds} rounds "
             f"round-robin in one process; {what + '; ' if what else ''}command: python {' '.join(sys.argv)}")
 

@@ -111,7 +111,7 @@ def _model_runners(args, targets, threads, batch, work, original: bool = False) 
 
 def run(args) -> int:
     from mixa.errors import MixaError, UsageError
-    from mixa.profile.records import format_table, plot, write_csv, write_json
+    from mixa.profile.records import describe_cpu, format_table, plot, write_csv, write_json
 
     files = [t for t in args.targets if t.endswith(FILE_SUFFIXES)]
     args.model_targets = [t for t in args.targets if not t.endswith(FILE_SUFFIXES)]
@@ -164,7 +164,7 @@ def run(args) -> int:
     env = records[0]["environment"] if records else {}
     if env:
         versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
-        print(f"\n{env['cpu']} ({env['cpu_count']} logical CPUs), {env['os']}; {versions}")
+        print(f"\n{describe_cpu(env)}, {env['cpu_count']} logical CPUs, {env['os']}; {versions}")
     if args.ops:
         for path in ([args.compare] if compare_file else []) + files:
             _print_operator_times(path, args.threads[0], args.repeat or DEFAULT_MIN_ROUNDS)

@@ -56,6 +56,12 @@ Split and up to four Transpose nodes a layer. On the proxy task (width 64) k = 0
 keep-6 ones 1-5%, in fp32 and INT8; DeiT-T/14's (width 192) keep-6 ones -0.7% to +3.1%
 (benchmarks/edge/ort_one_image.py). A dynamic batch keeps the batched form (the fold needs the heads, not the
 images, in front), and so do masked calls and Swin's windows wherever an image has several of them.
+timm's ViT softmax layers in the plain form (static INT8's, or asked for) take a one-image form too
+(``mixa.attention.functional.softmax_attention_one_image``): three projections, the head permutes folded, one
+Transpose a layer (its output back to tokens first) where the batched form ran a Split and four. The static
+INT8 DeiT-T/14 original ran 4.8-5.4% faster so, fp32 2.5-3.2%; ONNX Runtime's Attention operator stays 1.2-1.8%
+faster in fp32 and 0.5-0.8% in dynamic INT8, so it remains their form (benchmarks/edge/ort_softmax_forms.py,
+AMD EPYC with AVX-512, twentieth session).
 """
 from __future__ import annotations
 
@@ -71,7 +77,8 @@ SOFTMAX_FORMS = ("plain", "fused", "ort")
 BEST_SOFTMAX_FORM = {"executorch": "plain", "onnx": "ort"}
 # ONNX Runtime's static (QDQ) INT8 has no quantised form of its Attention operator: the node stays fp32 with
 # its qkv projection, and the original ran 0.5-1.2% slower than in the plain form, whose projection is int8
-# (benchmarks/edge/ort_softmax_forms.py). Dynamic INT8 makes the node a QAttention and keeps the gain.
+# (benchmarks/edge/ort_softmax_forms.py); 14-15% slower than the plain form's one-image layout at batch 1
+# (``one_image_forms``, twentieth session). Dynamic INT8 makes the node a QAttention and keeps the gain.
 BEST_STATIC_INT8_ONNX_FORM = "plain"
 
 

@@ -29,22 +29,40 @@ def latency_stats(seconds: Sequence[float]) -> Dict[str, float]:
             "p99": float(np.percentile(ms, 99)), "min": float(ms.min())}
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (Linux /proc/cpuinfo: x86 'model name', ARM 'Hardware' / 'Model'), else
-    what platform knows."""
-    fields = {}
+def _cpuinfo(path: str = "/proc/cpuinfo") -> Optional[Dict[str, str]]:
+    """The first processor's fields of Linux's /proc/cpuinfo (keys lower-case), None where it cannot be read."""
+    fields: Dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(path) as f:
             for line in f:
                 key, sep, value = line.partition(":")
                 if sep and value.strip():
                     fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
-        pass
+        return None
+    return fields
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's marketing name (Linux /proc/cpuinfo: x86 'model name', ARM 'Hardware' / 'Model'), else
+    what platform knows."""
+    fields = _cpuinfo(cpuinfo) or {}
     for key in ("model name", "cpu model", "hardware", "model"):
         if key in fields and not fields[key].isdigit():
             return fields[key]
     return platform.processor() or platform.machine()
+
+
+def cpu_id(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
+    """Which CPU generation this is, where the marketing name does not say: a VM may call both an AVX2-only
+    EPYC and AVX-512 ones just "AMD EPYC", and speed-ups on two AVX-512 ones differed by up to 7%
+    (benchmarks/edge/README.md). x86 'family F model M stepping S', ARM 'implementer I part P'; None if unknown."""
+    fields = _cpuinfo(cpuinfo) or {}
+    if "cpu family" in fields and "model" in fields:
+        return f"family {fields['cpu family']} model {fields['model']} stepping {fields.get('stepping', '?')}"
+    if "cpu implementer" in fields and "cpu part" in fields:
+        return f"implementer {fields['cpu implementer']} part {fields['cpu part']}"
+    return None
 
 
 # The instruction-set extensions that decide which INT8 / fp32 kernels ONNX Runtime and XNNPACK can pick:
@@ -55,14 +73,10 @@ SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> Optional[set]:
     """The CPU's feature flags from /proc/cpuinfo (x86 'flags', ARM 'Features'); None where it cannot tell
     (not Linux, or a VM that hides them)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if sep and key.strip().lower() in ("flags", "features"):
-                    return set(value.split())
-    except OSError:
-        pass
+    fields = _cpuinfo(cpuinfo) or {}
+    for key in ("flags", "features"):
+        if key in fields:
+            return set(fields[key].split())
     return None
 
 
@@ -71,6 +85,12 @@ def cpu_simd(cpuinfo: str = "/proc/cpuinfo") -> Optional[List[str]]:
     reports what it passes through: this is what the timed code could use, whatever the host has."""
     flags = cpu_flags(cpuinfo)
     return None if flags is None else [f for f in SIMD_FLAGS if f in flags]
+
+
+def describe_cpu(env: Dict[str, Any]) -> str:
+    """One line naming the CPU of an ``environment()`` record: name, generation (where known) and SIMD."""
+    generation = f", {env['cpu_id']}" if env.get("cpu_id") else ""
+    return f"{env['cpu']}{generation} ({', '.join(env.get('cpu_simd') or ['SIMD unknown'])})"
 
 
 def environment() -> Dict[str, Any]:
@@ -83,7 +103,8 @@ def environment() -> Dict[str, Any]:
             versions[name] = None
     if versions["mixa"] is None:  # run from a source tree, not installed
         versions["mixa"] = __version__
-    return {"cpu": cpu_model(), "cpu_simd": cpu_simd(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+    return {"cpu": cpu_model(), "cpu_id": cpu_id(), "cpu_simd": cpu_simd(), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(),
             "os": platform.platform(), "python": platform.python_version(), "versions": versions}
 
 
