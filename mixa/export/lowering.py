@@ -59,9 +59,9 @@ images, in front), and so do masked calls and Swin's windows wherever an image h
 timm's ViT softmax layers in the plain form (static INT8's, or asked for) take a one-image form too
 (``mixa.attention.functional.softmax_attention_one_image``): three projections, the head permutes folded, one
 Transpose a layer (its output back to tokens first) where the batched form ran a Split and four. The static
-INT8 DeiT-T/14 original ran 4.8-5.4% faster so, fp32 2.5-3.2%; ONNX Runtime's Attention operator stays 1.2-1.8%
-faster in fp32 and 0.5-0.8% in dynamic INT8, so it remains their form (benchmarks/edge/ort_softmax_forms.py,
-AMD EPYC with AVX-512, twentieth session).
+INT8 DeiT-T/14 original ran 4.8-5.4% faster so, fp32 2.5-3.3%; ONNX Runtime's Attention operator stays 0.6-1.8%
+faster in fp32 and 0.5-1.8% in dynamic INT8, so it remains their form (benchmarks/edge/ort_softmax_forms.py, two
+calls of three runs, AMD EPYC with AVX-512, twentieth session).
 """
 from __future__ import annotations
 
