@@ -121,5 +121,6 @@ def markdown(records) -> str:
                      f"{vs['plain-batched']:.3f} | {vs['plain']:.3f} | {vs['ort']:.3f} |")
     return "\n".join(lines)
 
+
 if __name__ == "__main__":
     sys.exit(main())

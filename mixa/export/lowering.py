@@ -77,8 +77,8 @@ SOFTMAX_FORMS = ("plain", "fused", "ort")
 BEST_SOFTMAX_FORM = {"executorch": "plain", "onnx": "ort"}
 # ONNX Runtime's static (QDQ) INT8 has no quantised form of its Attention operator: the node stays fp32 with
 # its qkv projection, and the original ran 0.5-1.2% slower than in the plain form, whose projection is int8
-# (benchmarks/edge/ort_softmax_forms.py); 14-15% slower than the plain form's one-image layout at batch 1
-# (``one_image_forms``, twentieth session). Dynamic INT8 makes the node a QAttention and keeps the gain.
+# (benchmarks/edge/ort_softmax_forms.py); at batch 1 it runs 0.85-0.86x as fast as the plain form's one-image
+# layout (``one_image_forms``, twentieth session). Dynamic INT8 makes the node a QAttention and keeps the gain.
 BEST_STATIC_INT8_ONNX_FORM = "plain"
 
 

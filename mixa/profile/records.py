@@ -104,8 +104,8 @@ def environment() -> Dict[str, Any]:
     if versions["mixa"] is None:  # run from a source tree, not installed
         versions["mixa"] = __version__
     return {"cpu": cpu_model(), "cpu_id": cpu_id(), "cpu_simd": cpu_simd(), "cpu_count": os.cpu_count(),
-            "machine": platform.machine(),
-            "os": platform.platform(), "python": platform.python_version(), "versions": versions}
+            "machine": platform.machine(), "os": platform.platform(), "python": platform.python_version(),
+            "versions": versions}
 
 
 def make_record(*, target: str, runtime: str, device: str, threads: Optional[int], batch: int, resolution: int,
