@@ -30,9 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "needed for a --dynamic-batch Swin that --int8 can pre-process)")
     p.add_argument("--softmax-form", choices=("auto", "plain", "fused", "ort"), default="auto",
                    help="how softmax attention layers are written: auto (default: the form the runtime runs "
-                        "fastest, ort for .onnx, plain for .pte), plain (matmul + softmax in standard ONNX ops: "
-                        "for a runtime other than ONNX Runtime), fused (torch's SDPA), ort (.onnx only: ONNX "
-                        "Runtime's com.microsoft Attention operator, one kernel per ViT layer)")
+                        "fastest, ort for .onnx, plain under --int8 static and for .pte), plain (matmul + softmax "
+                        "in standard ONNX ops, at batch 1 in a one-image layout: for a runtime other than ONNX "
+                        "Runtime), fused (torch's SDPA), ort (.onnx only: ONNX Runtime's com.microsoft Attention "
+                        "operator, one kernel per ViT layer)")
     p.add_argument("--rtol", type=float, default=1e-4,
                    help="verification tolerance: max |runtime - torch| <= RTOL * max(1, max |logits|)")
     p.add_argument("--int8", nargs="?", const="auto", choices=("auto", "dynamic", "static"), default=None,
