@@ -191,6 +191,9 @@ def test_plain_softmax_layers_of_one_image_run_one_transpose_each(tmp_path):
     assert _attention_ops(one, tmp_path, "Transpose") == 2 < _attention_ops(batched, tmp_path, "Transpose")
     assert _attention_ops(one, tmp_path, "Split") == 0 < _attention_ops(batched, tmp_path, "Split")
     assert _attention_ops(one, tmp_path, "Softmax") == 2
+    # fp32 at batch 1 keeps ONNX Runtime's operator: the one-image switch leaves the ort form's layers alone
+    ort_form = export_onnx(model, tmp_path / "ort.onnx", (3, 32, 32))
+    assert ort_form.op_counts.get("Attention") == 2 and "Softmax" not in ort_form.op_counts
     assert not any("forward" in m.__dict__ for m in model.modules())
 
 
