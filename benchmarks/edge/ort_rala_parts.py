@@ -1,0 +1,103 @@
+"""What rala's output gate and LePE cost in ONNX Runtime, against the original at its best.
+
+DeiT-T/14 @224 keep-6 rala (``--select uniform``) as ``mixa convert`` builds it (identity gate, LePE) and with
+``--gate none``, ``--no-lepe`` or both, their new parameters given small random values as a trained student's
+would have; exported as ``mixa export`` writes them at batch 1 (``mixa.export.quantize_onnx`` for static INT8)
+and timed round-robin in one process with the original in fp32 and static INT8 (the faster INT8 original on the
+AVX-512 EPYCs): 1 thread, batch 1, thread CPU time. "vs original" is the median over rounds of the per-round
+ratio original / student, beside the MAC ratio.
+
+    PYTHONPATH=. python benchmarks/edge/ort_rala_parts.py --work /tmp/rala_parts --runs 3 --output benchmarks/edge
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks" / "proxy"))
+sys.path.insert(0, str(REPO / "benchmarks" / "edge"))
+
+PARTS = {"rala": {}, "rala gate=none": {"gate": "none"}, "rala no-lepe": {"lepe": False},
+         "rala gate=none no-lepe": {"gate": "none", "lepe": False}}
+PRECISIONS = ("fp32", "static")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
+    p.add_argument("--rounds", type=int, default=150)
+    p.add_argument("--runs", type=int, default=1, help="timings, each a fresh round-robin in this process")
+    p.add_argument("--output", default=None, metavar="DIR", help="write ort_rala_parts[_TAG].{json,md} there")
+    p.add_argument("--tag", default=None)
+    args = p.parse_args()
+    warnings.simplefilter("ignore")
+    import torch
+
+    import mixa
+    from bench_edge import OrtRunner
+    from bench_latency import perturb_new_parameters
+    from ort_one_image import export
+    from side_by_side import ort_header, write_results
+    from mixa.macs import count_macs
+    from mixa.models import create_model
+    from mixa.profile.records import environment
+    from mixa.profile.timing import paired_speedup, round_robin
+
+    torch.manual_seed(0)
+    original = create_model("deit_tiny_patch16_224", pretrained=False, patch_size=14).eval()
+    size = tuple(original.pretrained_cfg["input_size"])
+    models = [("original", original)]
+    for label, options in PARTS.items():
+        student = mixa.convert(original, keep=6, attn="rala", select="uniform", progress=False,
+                               attn_options=options).eval()
+        perturb_new_parameters(student, 0)
+        models.append((label, student))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    calib = [rng.standard_normal((1, *size), dtype=np.float32) for _ in range(4)]
+    programs, macs = [], {}
+    for label, model in models:
+        macs[label] = count_macs(model, size)
+        stem = label.replace(" ", "_").replace("=", "")
+        programs += [(label, precision, export(model, work, stem, size, "one-image", precision, calib))
+                     for precision in PRECISIONS]
+        print(f"  exported {label}", file=sys.stderr, flush=True)
+    header = ort_header(environment(), args.rounds, "DeiT-T/14 keep-6 rala parts")
+    print(header, flush=True)
+    runners = [OrtRunner(path, 1, size[-1]) for *_, path in programs]
+    records = []
+    for run in range(1, args.runs + 1):
+        times = dict(zip([(label, precision) for label, precision, _ in programs],
+                         round_robin(runners, warmup=3, rounds=args.rounds, clock="cpu")))
+        records += [{"run": run, "model": label, "precision": precision,
+                     "mac_ratio": macs["original"] / macs[label],
+                     "median_ms": statistics.median(times[(label, precision)]) * 1e3,
+                     "vs_original": paired_speedup(times[("original", precision)], times[(label, precision)])}
+                    for label in PARTS for precision in PRECISIONS]
+        print(f"run {run}: {args.rounds} rounds, 1-minute load average {os.getloadavg()[0]:.2f}", file=sys.stderr,
+              flush=True)
+    table = markdown(records)
+    print(table)
+    write_results(args.output, "ort_rala_parts", args.tag, environment(), args.rounds, records, header, table)
+    return 0
+
+
+def markdown(records) -> str:
+    lines = ["| run | model | precision | MAC ratio | ms | vs original |", "|---|---|---|---:|---:|---:|"]
+    lines += [f"| {r['run']} | {r['model']} | {r['precision']} | {r['mac_ratio']:.3f} | {r['median_ms']:.2f} | "
+              f"{r['vs_original']:.3f} |" for r in records]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
