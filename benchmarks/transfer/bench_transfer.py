@@ -142,13 +142,28 @@ def transfer_variant(mode: str):
     return settings
 
 
+# A kind may carry options of the layers it converts to, KIND+OPTION+...: rala+nolepe (``mixa convert --no-lepe``),
+# rala+gatenone (``--gate none``).
+KIND_OPTIONS = {"nolepe": {"lepe": False}, "gatenone": {"gate": "none"}}
+
+
+def split_kind(kind: str):
+    """``KIND+OPTION+...`` -> (the attention kind, its ``attn_options``); None for an unknown option."""
+    base, *names = kind.split("+")
+    if any(n not in KIND_OPTIONS for n in names):
+        return None
+    return base, {k: v for n in names for k, v in KIND_OPTIONS[n].items()}
+
+
 def known_row(name: str, seed: int) -> bool:
-    """A grid row, or a transfer-only variant (KIND_kK_transfer-..._sSEED, see transfer_variant)."""
+    """A grid row, or a transfer-only variant (KIND_kK_transfer-..._sSEED, see transfer_variant; KIND may carry
+    options, see KIND_OPTIONS)."""
     if name in row_names(seed):
         return True
     parts = name.split("_")
-    return (len(parts) == 4 and transfer_variant(parts[2]) is not None
-            and f"{parts[0]}_{parts[1]}_transfer_{parts[3]}" in row_names(seed))
+    kind = split_kind(parts[0]) if len(parts) == 4 else None
+    return (kind is not None and transfer_variant(parts[2]) is not None
+            and f"{kind[0]}_{parts[1]}_transfer_{parts[3]}" in row_names(seed))
 
 
 def plan_kept(path: Path) -> dict:
@@ -257,10 +272,12 @@ class Bench:
         from mixa.saved import is_model_dir, load, save
 
         path = self.work / "students" / f"{kind}_k{keep}"
-        planned = self.plan_kept.get((kind, keep))
+        attn, options = split_kind(kind)
+        planned = self.plan_kept.get((attn, keep))
         if not is_model_dir(path):
-            select = planned if planned is not None else top_k(self.kind_scores(kind), keep) if keep else "first"
-            save(mixa.convert(self.teacher, keep=keep, attn=kind, select=select, progress=False), path)
+            select = planned if planned is not None else top_k(self.kind_scores(attn), keep) if keep else "first"
+            save(mixa.convert(self.teacher, keep=keep, attn=attn, select=select, progress=False, attn_options=options),
+                 path)
         if planned is not None:
             kept = load(path).mixa_config["selection"]["kept"]
             if sorted(kept) != sorted(planned):
@@ -665,7 +682,8 @@ def main(argv=None):
         asked = [f"{n}_s{args.seed}" if not n.endswith(f"_s{args.seed}") else n for n in args.only.split(",")]
         unknown = [n for n in asked if not known_row(n, args.seed)]
         if unknown:
-            sys.exit(f"unknown row(s): {', '.join(unknown)} (known: KIND_kK_MODE with KIND in {KINDS}, K in {KEEPS}, "
+            sys.exit(f"unknown row(s): {', '.join(unknown)} (known: KIND_kK_MODE with KIND in {KINDS} (transfer-only "
+                     f"rows: KIND+{'/+'.join(KIND_OPTIONS)} too), K in {KEEPS}, "
                      f"MODE in kd, transfer, transfer-lrX / -block / -block+lrX, {', '.join('tkd-' + v for v in STAGES)})")
         wanted = asked
     bench.run(wanted)
