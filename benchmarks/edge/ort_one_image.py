@@ -77,6 +77,12 @@ def build(task: str, keeps, kinds=KINDS):
     return size, models
 
 
+def calibration(size, batches: int = 4) -> list:
+    """The random one-image batches (seed 0) the edge benchmarks' static INT8 programs are calibrated on."""
+    rng = np.random.default_rng(0)
+    return [rng.standard_normal((1, *size), dtype=np.float32) for _ in range(batches)]
+
+
 def export(model, work: Path, stem: str, size, form: str, precision: str, calib) -> Path:
     """``model`` as ``mixa export`` writes it at batch 1 for ``precision`` (``form`` 'one-image'), or with the
     replaced layers batched (everything else as mixa writes it for that precision). Returns the file."""
@@ -124,8 +130,7 @@ def main() -> int:
     size, models = build(args.task, [int(k) for k in args.keeps.split(",")], kinds)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    calib = [rng.standard_normal((1, *size), dtype=np.float32) for _ in range(4)]
+    calib = calibration(size)
     programs, macs = [], {}
     for label, model in models:
         macs[label] = count_macs(model, size)

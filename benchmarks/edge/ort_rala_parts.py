@@ -18,8 +18,6 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -45,7 +43,7 @@ def main() -> int:
     import mixa
     from bench_edge import OrtRunner
     from bench_latency import perturb_new_parameters
-    from ort_one_image import export
+    from ort_one_image import calibration, export
     from side_by_side import ort_header, write_results
     from mixa.macs import count_macs
     from mixa.models import create_model
@@ -61,15 +59,12 @@ def main() -> int:
                                attn_options=options).eval()
         perturb_new_parameters(student, 0)
         models.append((label, student))
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    calib = [rng.standard_normal((1, *size), dtype=np.float32) for _ in range(4)]
-    programs, macs = [], {}
-    for label, model in models:
-        macs[label] = count_macs(model, size)
+    macs = {label: count_macs(model, size) for label, model in models}
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    calib, programs = calibration(size), []
+    for label, model in models:  # as mixa export writes them at batch 1
         stem = label.replace(" ", "_").replace("=", "")
-        programs += [(label, precision, export(model, work, stem, size, "one-image", precision, calib))
+        programs += [(label, precision, export(model, Path(args.work), stem, size, "one-image", precision, calib))
                      for precision in PRECISIONS]
         print(f"  exported {label}", file=sys.stderr, flush=True)
     header = ort_header(environment(), args.rounds, "DeiT-T/14 keep-6 rala parts")
