@@ -54,12 +54,22 @@ ROTATIONS = ("all", "per-student")
 KINDS = ("relu", "stella", "rala", "hedgehog")
 
 
+def student(original, keep: int, kind: str, attn_options=None):
+    """keep-k of ``kind`` (``--select uniform``), its new parameters (gate, LePE) small and random."""
+    import mixa
+    from bench_latency import perturb_new_parameters
+
+    model = mixa.convert(original, keep=keep, attn=kind, select="uniform", progress=False,
+                         attn_options=attn_options).eval()
+    perturb_new_parameters(model, 0)
+    return model
+
+
 def build(task: str, keeps, kinds=KINDS):
     """(input size, [(label, model)]): the original first, then every kind of ``kinds`` at every keep."""
     import torch
 
     import mixa
-    from bench_latency import perturb_new_parameters
     from mixa.models import create_model
 
     torch.manual_seed(0)
@@ -69,11 +79,7 @@ def build(task: str, keeps, kinds=KINDS):
         original = mixa.load(REPO / "mixa" / "assets" / "extremes_teacher").eval()
     size = tuple(original.pretrained_cfg["input_size"])
     models = [("original", original)]
-    for keep in keeps:
-        for kind in kinds:
-            student = mixa.convert(original, keep=keep, attn=kind, select="uniform", progress=False).eval()
-            perturb_new_parameters(student, 0)
-            models.append((f"k={keep} {kind}", student))
+    models += [(f"k={keep} {kind}", student(original, keep, kind)) for keep in keeps for kind in kinds]
     return size, models
 
 

@@ -38,27 +38,16 @@ def main() -> int:
     p.add_argument("--tag", default=None)
     args = p.parse_args()
     warnings.simplefilter("ignore")
-    import torch
-
-    import mixa
     from bench_edge import OrtRunner
-    from bench_latency import perturb_new_parameters
-    from ort_one_image import calibration, export
+    from ort_one_image import build, calibration, export, student
     from side_by_side import ort_header, write_results
     from mixa.macs import count_macs
-    from mixa.models import create_model
     from mixa.profile.records import environment
     from mixa.profile.timing import paired_speedup, round_robin
 
-    torch.manual_seed(0)
-    original = create_model("deit_tiny_patch16_224", pretrained=False, patch_size=14).eval()
-    size = tuple(original.pretrained_cfg["input_size"])
-    models = [("original", original)]
-    for label, options in PARTS.items():
-        student = mixa.convert(original, keep=6, attn="rala", select="uniform", progress=False,
-                               attn_options=options).eval()
-        perturb_new_parameters(student, 0)
-        models.append((label, student))
+    size, models = build("deit", keeps=[])  # the original alone
+    original = models[0][1]
+    models += [(label, student(original, 6, "rala", options)) for label, options in PARTS.items()]
     macs = {label: count_macs(model, size) for label, model in models}
     Path(args.work).mkdir(parents=True, exist_ok=True)
     calib, programs = calibration(size), []

@@ -292,6 +292,12 @@ def _one_image_ready(module: Any) -> bool:
     return module.kind in ONE_IMAGE_CORES and _qk_unnormed(module)
 
 
+def _one_image_heads(module: Any, x: Any) -> Any:
+    """One image's (1, N, C) tokens -> q, k, v as (N, H, d), from the switched qkv linear's three products."""
+    _, n, c = x.shape
+    return tuple(part.reshape(n, module.num_heads, module.head_dim) for part in module.qkv(x.reshape(n, c)))
+
+
 def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask: Any = None,
                                 is_causal: bool = False) -> Any:
     """``MixAttention.forward`` while it is switched: one image's q, k, v as (N, H, d), from three projections
@@ -303,8 +309,7 @@ def _one_image_linear_attention(module: Any, x: Any, attn_mask: Any = None, mask
     if attn_mask is not None or mask is not None or is_causal or x.shape[0] != 1:
         return type(module).forward(module, x, attn_mask=attn_mask, mask=mask, is_causal=is_causal)
     _, n, c = x.shape
-    heads, d = module.num_heads, module.head_dim
-    q, k, v = (part.reshape(n, heads, d) for part in module.qkv(x.reshape(n, c)))
+    q, k, v = _one_image_heads(module, x)
     if module.feature_map is not None:  # (H, N, features); each permute rides on the map's product
         q, k = module.feature_map(q.permute(1, 0, 2), k.permute(1, 0, 2))
     y_t = getattr(AF, ONE_IMAGE_CORES[module.kind])(q, k, v)
@@ -323,8 +328,7 @@ def _one_image_softmax_attention(module: Any, x: Any, attn_mask: Any = None, is_
     if attn_mask is not None or is_causal or module.fused_attn or x.shape[0] != 1:
         return type(module).forward(module, x, attn_mask=attn_mask, is_causal=is_causal)
     _, n, c = x.shape
-    q, k, v = (part.reshape(n, module.num_heads, module.head_dim) for part in module.qkv(x.reshape(n, c)))
-    y = AF.softmax_attention_one_image(q, k, v, module.scale).reshape(n, c)
+    y = AF.softmax_attention_one_image(*_one_image_heads(module, x), module.scale).reshape(n, c)
     y = module.norm(y) if hasattr(module, "norm") else y
     return module.proj_drop(module.proj(y)).reshape(1, n, c)
 
