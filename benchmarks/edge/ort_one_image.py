@@ -27,6 +27,11 @@ gave overlapping ranges for keep-6 rala's one-image form against the fp32 origin
 call of three runs, 0.963-0.983 in a second; per-student: 0.972-0.985), so no effect of the rotation showed
 beyond the spread between calls (benchmarks/edge/README.md, nineteenth session).
 
+Each run opens new sessions in an order shuffled by the run (``side_by_side.fresh_runners``): sessions opened
+once in a fixed order moved byte-identical programs up to 2% apart, the same way in every run
+(``ort_session_order.py``). So the runs are independent samples, and the table ends with each student's mean
+over them, its standard error and range.
+
     PYTHONPATH=. python benchmarks/edge/ort_one_image.py --task proxy --work /tmp/one_image_proxy --runs 3 \\
         --output benchmarks/edge
 """
@@ -114,7 +119,7 @@ def main() -> int:
     p.add_argument("--keeps", default="0,6", help="comma-separated keep values")
     p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
     p.add_argument("--rounds", type=int, default=150)
-    p.add_argument("--runs", type=int, default=1, help="timings, each a fresh round-robin in this process")
+    p.add_argument("--runs", type=int, default=1, help="timings, each a round-robin of new sessions in this process")
     p.add_argument("--output", default=None, metavar="DIR", help="write ort_one_image_TASK[_TAG].{json,md} there")
     p.add_argument("--tag", default=None)
     p.add_argument("--rotation", choices=ROTATIONS, default="all",
@@ -127,8 +132,7 @@ def main() -> int:
         p.error(f"--kinds: choose from {', '.join(KINDS)}")
     warnings.simplefilter("ignore")
 
-    from bench_edge import OrtRunner
-    from side_by_side import ort_header, write_results
+    from side_by_side import fresh_runners, ort_header, write_results
     from mixa.macs import count_macs
     from mixa.profile.records import environment
     from mixa.profile.timing import round_robin
@@ -148,15 +152,16 @@ def main() -> int:
     env = environment()
     header = ort_header(env, args.rounds, f"task {args.task}, rotation {args.rotation}")
     print(header, flush=True)
-    runners = {(label, form, precision): OrtRunner(path, 1, size[-1]) for label, form, precision, path in programs}
-    rotations = [list(runners)] if args.rotation == "all" else [
+    keys = [(label, form, precision) for label, form, precision, _ in programs]
+    rotations = [keys] if args.rotation == "all" else [
         [("original", "batched", o) for o in FAMILY[precision]] + [(label, form, precision) for form in FORMS]
         for label, _ in models[1:] for precision in PRECISIONS]
     records = []
     for run in range(1, args.runs + 1):
-        for keys in rotations:  # each ratio pairs calls of one round-robin
-            times = dict(zip(keys, round_robin([runners[k] for k in keys], warmup=3, rounds=args.rounds,
-                                               clock="cpu")))
+        runners = dict(zip(keys, fresh_runners([path for *_, path in programs], size[-1], run)))
+        for rotation in rotations:  # each ratio pairs calls of one round-robin
+            times = dict(zip(rotation, round_robin([runners[k] for k in rotation], warmup=3, rounds=args.rounds,
+                                                   clock="cpu")))
             records += [record(run, label, precision, macs["original"] / macs[label], times)
                         for label, _ in models[1:] for precision in PRECISIONS
                         if (label, "batched", precision) in times]
@@ -186,6 +191,8 @@ def record(run: int, label: str, precision: str, mac_ratio: float, times: dict) 
 
 
 def markdown(records) -> str:
+    from side_by_side import mean_band
+
     lines = ["| run | model | precision | MAC ratio | original ms | batched ms | one-image ms | one-image / batched "
              "| vs original, batched | vs original, one-image | vs best original, one-image |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -195,6 +202,11 @@ def markdown(records) -> str:
                      f"{r['one_image_over_batched']:.3f} | {r['vs_original']['batched']:.3f} | "
                      f"{r['vs_original']['one-image']:.3f} | "
                      f"{r['vs_best_original']['one-image']:.3f} ({r['best_original']}) |")
+    lines += ["", "| model | precision | vs best original, one-image: mean +- standard error (range, runs) |",
+              "|---|---|---|"]
+    for key in dict.fromkeys((r["model"], r["precision"]) for r in records):
+        values = [r["vs_best_original"]["one-image"] for r in records if (r["model"], r["precision"]) == key]
+        lines.append(f"| {key[0]} | {key[1]} | {mean_band(values)} |")
     return "\n".join(lines)
 
 

@@ -5,7 +5,8 @@ DeiT-T/14 @224 keep-6 rala (``--select uniform``) as ``mixa convert`` builds it 
 would have; exported as ``mixa export`` writes them at batch 1 (``mixa.export.quantize_onnx`` for static INT8)
 and timed round-robin in one process with the original in fp32 and static INT8 (the faster INT8 original on the
 AVX-512 EPYCs): 1 thread, batch 1, thread CPU time. "vs original" is the median over rounds of the per-round
-ratio original / student, beside the MAC ratio.
+ratio original / student, beside the MAC ratio; each run opens new sessions in a shuffled order
+(``side_by_side.fresh_runners``), and the table ends with the mean over runs and its standard error.
 
     PYTHONPATH=. python benchmarks/edge/ort_rala_parts.py --work /tmp/rala_parts --runs 3 --output benchmarks/edge
 """
@@ -33,14 +34,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
     p.add_argument("--rounds", type=int, default=150)
-    p.add_argument("--runs", type=int, default=1, help="timings, each a fresh round-robin in this process")
+    p.add_argument("--runs", type=int, default=1, help="timings, each a round-robin of new sessions in this process")
     p.add_argument("--output", default=None, metavar="DIR", help="write ort_rala_parts[_TAG].{json,md} there")
     p.add_argument("--tag", default=None)
     args = p.parse_args()
     warnings.simplefilter("ignore")
-    from bench_edge import OrtRunner
     from ort_one_image import build, calibration, export, student
-    from side_by_side import ort_header, write_results
+    from side_by_side import fresh_runners, ort_header, write_results
     from mixa.macs import count_macs
     from mixa.profile.records import environment
     from mixa.profile.timing import paired_speedup, round_robin
@@ -58,9 +58,9 @@ def main() -> int:
         print(f"  exported {label}", file=sys.stderr, flush=True)
     header = ort_header(environment(), args.rounds, "DeiT-T/14 keep-6 rala parts")
     print(header, flush=True)
-    runners = [OrtRunner(path, 1, size[-1]) for *_, path in programs]
     records = []
     for run in range(1, args.runs + 1):
+        runners = fresh_runners([path for *_, path in programs], size[-1], run)
         times = dict(zip([(label, precision) for label, precision, _ in programs],
                          round_robin(runners, warmup=3, rounds=args.rounds, clock="cpu")))
         records += [{"run": run, "model": label, "precision": precision,
@@ -77,9 +77,15 @@ def main() -> int:
 
 
 def markdown(records) -> str:
+    from side_by_side import mean_band
+
     lines = ["| run | model | precision | MAC ratio | ms | vs original |", "|---|---|---|---:|---:|---:|"]
     lines += [f"| {r['run']} | {r['model']} | {r['precision']} | {r['mac_ratio']:.3f} | {r['median_ms']:.2f} | "
               f"{r['vs_original']:.3f} |" for r in records]
+    lines += ["", "| model | precision | vs original: mean +- standard error (range, runs) |", "|---|---|---|"]
+    for key in dict.fromkeys((r["model"], r["precision"]) for r in records):
+        values = [r["vs_original"] for r in records if (r["model"], r["precision"]) == key]
+        lines.append(f"| {key[0]} | {key[1]} | {mean_band(values)} |")
     return "\n".join(lines)
 
 

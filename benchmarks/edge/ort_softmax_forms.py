@@ -41,15 +41,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
     p.add_argument("--rounds", type=int, default=150)
-    p.add_argument("--runs", type=int, default=1, help="timings, each a fresh round-robin in this process")
+    p.add_argument("--runs", type=int, default=1, help="timings, each a round-robin of new sessions in this process")
     p.add_argument("--output", default=None, metavar="DIR", help="write ort_softmax_forms[_TAG].{json,md} there")
     p.add_argument("--tag", default=None)
     args = p.parse_args()
     warnings.simplefilter("ignore")
     import torch
 
-    from bench_edge import OrtRunner, variants
-    from side_by_side import ort_header, write_results
+    from bench_edge import variants
+    from side_by_side import fresh_runners, ort_header, write_results
     from mixa.export import export_onnx, lowering, quantize_onnx
     from mixa.macs import count_macs
     from mixa.models import create_model
@@ -86,10 +86,10 @@ def main() -> int:
     print(header, flush=True)
     if len({path for *_, path in programs}) != len(programs):
         raise SystemExit("two programs share a file")
-    runners = [OrtRunner(path, 1, 224) for *_, path in programs]
     index = {(label, form, precision): i for i, (label, form, precision, _) in enumerate(programs)}
     records = []
     for run in range(1, args.runs + 1):
+        runners = fresh_runners([path for *_, path in programs], 224, run)
         times = round_robin(runners, warmup=3, rounds=args.rounds, clock="cpu")
         load = os.getloadavg()[0]
         for label, _ in models:

@@ -1,20 +1,46 @@
-"""What the ONNX Runtime side-by-side benchmarks of this folder share: the line naming the machine and the
-timing, and the results written as ``NAME[_TAG].json`` (the command, environment and records) and ``.md``."""
+"""What the ONNX Runtime side-by-side benchmarks of this folder share: the sessions of one run, the line naming
+the machine and the timing, and the results written as ``NAME[_TAG].json`` (the command, environment and
+records) and ``.md``."""
 from __future__ import annotations
 
 import json
+import math
+import random
+import statistics
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from mixa.profile.records import describe_cpu
 
 
-def ort_header(env: dict, rounds: int, what: str = "") -> str:
+def fresh_runners(paths: Sequence, size: int, run: int) -> list:
+    """A new 1-thread ONNX Runtime session for each of ``paths`` (``bench_edge.OrtRunner``, one image of ``size``
+    px), opened in an order shuffled by ``run``, returned in the order of ``paths``. Sessions opened one after
+    another in a fixed order ran byte-identical programs up to 2% apart, in the same pattern in every run that
+    reused that order; opened in a new order each run, the pattern changed from run to run
+    (``ort_session_order.py``). So each run is a new sample of that effect, not a repeat of one draw."""
+    from bench_edge import OrtRunner
+
+    order = list(range(len(paths)))
+    random.Random(run).shuffle(order)
+    opened = {i: OrtRunner(paths[i], 1, size) for i in order}
+    return [opened[i] for i in range(len(paths))]
+
+
+def mean_band(values: Sequence[float]) -> str:
+    """Runs of new sessions are independent samples: their mean, its standard error and their range."""
+    mean = statistics.mean(values)
+    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return f"{mean:.3f} +- {error:.3f} ({min(values):.3f}-{max(values):.3f}, {len(values)} runs)"
+
+
+def ort_header(env: dict, rounds: int, what: str = "", fresh_sessions: bool = True) -> str:
     """The CPU, ONNX Runtime version and timing settings of a 1-thread round-robin run, and its command."""
+    sessions = ", sessions opened anew in a shuffled order each run (fresh_runners)" if fresh_sessions else ""
     return (f"CPU: {describe_cpu(env)}; ONNX Runtime "
             f"{env['versions']['onnxruntime']}, 1 thread, batch 1, thread CPU time, {rounds} rounds "
-            f"round-robin in one process; {what + '; ' if what else ''}command: python {' '.join(sys.argv)}")
+            f"round-robin in one process{sessions}; {what + '; ' if what else ''}command: python {' '.join(sys.argv)}")
 
 
 def write_results(output: Optional[str], name: str, tag: Optional[str], env: dict, rounds: int, records: list,

@@ -5,7 +5,7 @@ Why mixa leaves Swin's window layers plain (docs/export.md): the operator was at
 (issue 20, fourteenth session, AMD EPYC: 0.996-1.015 by round in four runs), and its INT8 form takes no
 bias. Random-init weights; both
 files verified against PyTorch by ``mixa.export.export_onnx``; 1 thread, thread CPU time, round-robin in one
-process; speed-up = the median over rounds of plain / operator.
+process (new sessions each run); speed-up = the median over rounds of plain / operator.
 
     PYTHONPATH=. python benchmarks/edge/swin_ort_attention.py --work /tmp/swin_ort --runs 2
 """
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 class BiasedOrtAttention(torch.autograd.Function):
@@ -66,10 +67,9 @@ def main() -> int:
 
     from mixa.export import export_onnx
     from mixa.models import create_model
-    from mixa.profile.ort import input_for, session
     from mixa.profile.records import environment
     from mixa.profile.timing import paired_speedup, round_robin
-    from side_by_side import ort_header
+    from side_by_side import fresh_runners, ort_header
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -83,10 +83,8 @@ def main() -> int:
     print(f"operator form: {result.op_counts.get('Attention')} Attention nodes, max |ORT - torch| "
           f"{result.max_abs_diff:.2g}", file=sys.stderr)
     print(ort_header(environment(), args.rounds, "Swin-T @224 fp32"))
-    sessions = [session(work / f"{form}.onnx", 1) for form in ("plain", "ort")]
-    feeds = [input_for(s, 1, None)[0] for s in sessions]
-    calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds)]
     for run in range(1, args.runs + 1):
+        calls = fresh_runners([work / f"{form}.onnx" for form in ("plain", "ort")], 224, run)
         plain, ort = round_robin(calls, warmup=3, rounds=args.rounds, clock="cpu")
         print(f"run {run}: plain {statistics.median(plain) * 1e3:.1f} ms, operator "
               f"{statistics.median(ort) * 1e3:.1f} ms, operator speed-up {paired_speedup(plain, ort):.4f}")
