@@ -2,7 +2,9 @@
 
 A recipe is a flat mapping whose keys are the fields of ``DEFAULTS``. ``--recipe NAME`` reads the
 packaged ``mixa.recipes`` (the repository's recipes/ directory, installed as package data); any path
-to a YAML file works too. This module imports no torch: the CLI reads its choices for ``--help``.
+to a YAML file works too. This module imports no torch, and yaml only when it reads a recipe: the CLI reads
+its choices for ``--help`` while building every command, and a board install (numpy and onnxruntime only,
+docs/profile.md) must still run ``mixa profile``.
 """
 from __future__ import annotations
 
@@ -10,8 +12,6 @@ import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
-
-import yaml
 
 from ..errors import UsageError
 
@@ -273,6 +273,8 @@ def load_recipe(recipe: Optional[Any] = None, **overrides) -> Dict[str, Any]:
     if isinstance(recipe, dict):
         given = dict(recipe)
     elif recipe is not None:
+        import yaml
+
         try:
             given = yaml.safe_load(recipe_text(str(recipe))) or {}
         except yaml.YAMLError as err:
