@@ -38,7 +38,7 @@ def _auto_or_positive(text: str):
 
 
 def add_arguments(p) -> None:
-    from mixa.distill.recipes import AMP_MODES, KD_KINDS
+    from mixa.distill.choices import AMP_MODES, KD_KINDS
 
     p.add_argument("-m", "--model", required=True, metavar="NAME|DIR",
                    help="the student: a saved mixa model (e.g. from mixa convert) or a timm name/alias")

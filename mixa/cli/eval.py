@@ -5,7 +5,7 @@ HELP = "top-1/top-5/loss of a model on labelled images, and its agreement with i
 
 
 def add_arguments(p) -> None:
-    from mixa.distill.recipes import AMP_MODES
+    from mixa.distill.choices import AMP_MODES
 
     p.add_argument("-m", "--model", required=True, metavar="NAME|DIR",
                    help="saved mixa model (e.g. RUN/best) or a timm name/alias (with the weight-source flags)")

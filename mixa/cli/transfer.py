@@ -9,7 +9,7 @@ OVERRIDES = ("steps", "batch_size", "workers", "lr", "weight_decay", "clip_grad"
 
 
 def add_arguments(p) -> None:
-    from mixa.distill.recipes import AMP_MODES
+    from mixa.distill.choices import AMP_MODES
     from mixa.transfer.settings import DEFAULTS, INPUTS, TARGETS, TRAIN_PARTS
 
     p.add_argument("-m", "--model", required=True, metavar="NAME|DIR",

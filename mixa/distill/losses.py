@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..transfer.layerwise import relative_error
-from .recipes import KD_KINDS
+from .choices import KD_KINDS
 
 
 def cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.0) -> Tensor:

@@ -2,9 +2,7 @@
 
 A recipe is a flat mapping whose keys are the fields of ``DEFAULTS``. ``--recipe NAME`` reads the
 packaged ``mixa.recipes`` (the repository's recipes/ directory, installed as package data); any path
-to a YAML file works too. This module imports no torch, and yaml only when it reads a recipe: the CLI reads
-its choices for ``--help`` while building every command, and a board install (numpy and onnxruntime only,
-docs/profile.md) must still run ``mixa profile``.
+to a YAML file works too. This module imports no torch. The CLI reads its choices from ``choices``.
 """
 from __future__ import annotations
 
@@ -13,10 +11,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import UsageError
+import yaml
 
-AMP_MODES = ("auto", "bf16", "fp16", "none")   # auto: bf16 on CUDA if supported, else fp16; off on CPU
-KD_KINDS = ("soft", "hard", "none")            # loss against the teacher (see mixa.distill.losses)
+from ..errors import UsageError
+from .choices import AMP_MODES, KD_KINDS
+
 
 # The defaults are the MixA fine-tuning settings (ATTENTION.md section 1) where the paper gives them and
 # DeiT's where it does not (kd weight 0.5, temperature 1, smoothing 0.1, RandAugment m9, erasing 0.25).
@@ -273,8 +272,6 @@ def load_recipe(recipe: Optional[Any] = None, **overrides) -> Dict[str, Any]:
     if isinstance(recipe, dict):
         given = dict(recipe)
     elif recipe is not None:
-        import yaml
-
         try:
             given = yaml.safe_load(recipe_text(str(recipe))) or {}
         except yaml.YAMLError as err:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from ..distill.recipes import AMP_MODES
+from ..distill.choices import AMP_MODES
 from ..errors import UsageError
 
 # AdamW without weight decay (a regression onto fixed targets, nothing to pull towards zero), a 5% linear
