@@ -48,13 +48,13 @@ def one_run(targets, out: Path, extra) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if done.returncode != 0:
         raise SystemExit(f"mixa profile failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
-    from mixa.profile.records import speedups
+    from mixa.profile.records import describe_cpu, speedups
 
     records = json.loads(out.read_text())
     medians = [r["latency_ms"]["median"] for r in records]
     return {"speedup": speedups(records)[1], "median_ms": medians, "load_before": load_before,
-            "load_after": os.getloadavg()[0], "seconds": time.perf_counter() - start, "cpu": records[0]["environment"]["cpu"],
-            "command": " ".join(shown)}
+            "load_after": os.getloadavg()[0], "seconds": time.perf_counter() - start,
+            "cpu": describe_cpu(records[0]["environment"]), "command": " ".join(shown)}
 
 
 def main() -> int:
