@@ -92,6 +92,20 @@ class PteRunner:
         self.method.execute(self.x)
 
 
+def open_shuffled(openers, seed) -> list:
+    """Call each of ``openers`` (loading one program each) in an order shuffled by ``seed``; the results in the
+    order of ``openers``. Byte-identical programs loaded one after another in a fixed order ran apart in the
+    same pattern in every run (ONNX Runtime: up to 2%, edge/ort_session_order.py; ExecuTorch: the first-loaded
+    .pte 0.6-0.9% slower, scratch), so no program -- the original above all, listed first -- should always
+    take one place (benchmarks/edge/README.md, twenty-first session)."""
+    import random
+
+    order = list(range(len(openers)))
+    random.Random(seed).shuffle(order)
+    opened = {i: openers[i]() for i in order}
+    return [opened[i] for i in range(len(openers))]
+
+
 def static_int8_before_issue20(fp32, out, calib):
     """Static INT8 as ``quantize_onnx`` made it before issue 20 item 6: the same cores excluded and layers
     quantised, but constants shared between nodes (a quantised bias became a DequantizeLinear output for
@@ -151,6 +165,9 @@ def main() -> int:
     p.add_argument("--files", default=None, metavar="DIR",
                    help="keep the exported programs in DIR and reuse those already there (repeat a timing "
                         "without lowering again; empty DIR after changing mixa's export)")
+    p.add_argument("--open-seed", type=int, default=None, metavar="N",
+                   help="programs of one (model, resolution) are loaded in an order shuffled by N (default: a "
+                        "new seed each call, printed and recorded), so the first-loaded one is not always the original")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="writes <runtimes>.json and <runtimes>.md there (e.g. ort.json, ort.md)")
     args = p.parse_args()
@@ -176,6 +193,9 @@ def main() -> int:
 
         set_threads(args.threads)
     rng = np.random.default_rng(0)
+    open_seed = args.open_seed if args.open_seed is not None else int.from_bytes(os.urandom(4), "little")
+    results["open_seed"] = open_seed
+    print(f"programs loaded in an order shuffled by --open-seed {open_seed}", flush=True)
     with contextlib.ExitStack() as stack:
         work = Path(args.files) if args.files else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         work.mkdir(parents=True, exist_ok=True)
@@ -225,11 +245,12 @@ def main() -> int:
                                                                calib_batches=calib))
                             files.append(("executorch", "int8", qpte))
                     for runtime, precision, path in files:
-                        runners.append(OrtRunner(path, args.threads, res) if runtime == "ort"
-                                       else PteRunner(path, res))
+                        runners.append((lambda path=path: OrtRunner(path, args.threads, res)) if runtime == "ort"
+                                       else (lambda path=path: PteRunner(path, res)))
                         rows.append({"model": label, "res": res, "variant": vlabel, "runtime": runtime,
                                      "precision": precision, "macs": macs})
                     print(f"  exported {label} @{res} {vlabel} ({len(files)} files)", file=sys.stderr, flush=True)
+                runners = open_shuffled(runners, f"{open_seed} {label} {res}")
                 start, load_before = time.time(), os.getloadavg()[0]
                 times = round_robin(runners, warmup=2, rounds=args.rounds, budget=args.budget, clock=args.clock)
                 load = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # 1-minute load average around it

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import statistics
 import sys
 from pathlib import Path
@@ -20,12 +19,9 @@ def fresh_runners(paths: Sequence, size: int, run: int) -> list:
     another in a fixed order ran byte-identical programs up to 2% apart, in the same pattern in every run that
     reused that order; opened in a new order each run, the pattern changed from run to run
     (``ort_session_order.py``). So each run is a new sample of that effect, not a repeat of one draw."""
-    from bench_edge import OrtRunner
+    from bench_edge import OrtRunner, open_shuffled
 
-    order = list(range(len(paths)))
-    random.Random(run).shuffle(order)
-    opened = {i: OrtRunner(paths[i], 1, size) for i in order}
-    return [opened[i] for i in range(len(paths))]
+    return open_shuffled([lambda path=path: OrtRunner(path, 1, size) for path in paths], run)
 
 
 def mean_band(values: Sequence[float]) -> str:
