@@ -39,6 +39,7 @@ from mixa.macs import count_macs  # noqa: E402
 from mixa.models import create_model  # noqa: E402
 from mixa.profile.ort import input_for, operator_times, session  # noqa: E402
 from mixa.profile.records import describe_cpu, environment  # noqa: E402
+from mixa.profile.compare import open_shuffled  # noqa: E402
 from mixa.profile.timing import CLOCKS, paired_speedup, round_robin  # noqa: E402
 
 # (label, timm name, timm kwargs, resolutions, full variant set at these resolutions, INT8/ExecuTorch there)
@@ -90,20 +91,6 @@ class PteRunner:
 
     def __call__(self):
         self.method.execute(self.x)
-
-
-def open_shuffled(openers, seed) -> list:
-    """Call each of ``openers`` (loading one program each) in an order shuffled by ``seed``; the results in the
-    order of ``openers``. Byte-identical programs loaded one after another in a fixed order ran apart in the
-    same pattern in every run (ONNX Runtime: up to 2%, edge/ort_session_order.py; ExecuTorch: the first-loaded
-    .pte 0.6-0.9% slower, scratch), so no program -- the original above all, listed first -- should always
-    take one place (benchmarks/edge/README.md, twenty-first session)."""
-    import random
-
-    order = list(range(len(openers)))
-    random.Random(seed).shuffle(order)
-    opened = {i: openers[i]() for i in order}
-    return [opened[i] for i in range(len(openers))]
 
 
 def static_int8_before_issue20(fp32, out, calib):

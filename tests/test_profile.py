@@ -216,12 +216,40 @@ def test_several_targets_are_timed_round_robin_with_the_chosen_clock():
 
     records = measure([runner("a", 1), runner("b", 2), runner("c", 1)], warmup=1, repeat=3)
     assert [r["target"] for r in records] == ["a", "b", "c"]
-    assert calls == ["start a", "start c", "a", "c"] + ["a", "c"] * 3 + ["start b", "b"] + ["b"] * 3
+    assert sorted(calls[:2]) == ["start a", "start c"]  # loaded in a shuffled order (below)
+    assert calls[2:] == ["a", "c"] + ["a", "c"] * 3 + ["start b", "b"] + ["b"] * 3
     # sleeping costs wall time but no CPU time
     slept, busy = measure([runner("s", 1, work=0.02), runner("t", 1)], warmup=0, repeat=3, clock="cpu")
     assert slept["latency_ms"]["median"] < 5
     slept = measure([runner("s", 1, work=0.02)], warmup=0, repeat=3)[0]
     assert slept["latency_ms"]["median"] >= 19
+
+
+def test_targets_load_in_a_shuffled_order_and_keep_theirs_in_the_records():
+    """Twenty-first session: programs loaded in a fixed order ran apart by the same amounts every time, so
+    ``measure`` (and ``mixa profile``) load the targets in a shuffled order; records stay in the given one."""
+    from mixa.profile.compare import Runner, measure
+
+    loaded = []
+
+    def runner(i):
+        def start():
+            loaded.append(i)
+            return lambda: None
+        return Runner(dict(target=f"t{i}", runtime="ort", device="cpu", threads=1, batch=1, resolution=8,
+                           params=None, macs=None), start)
+
+    orders = {}
+    for seed in range(6):
+        loaded.clear()
+        records = measure([runner(i) for i in range(5)], warmup=0, repeat=2, seed=seed)
+        assert [r["target"] for r in records] == [f"t{i}" for i in range(5)]
+        assert sorted(loaded) == list(range(5))
+        orders[seed] = tuple(loaded)
+    assert len({order[0] for order in orders.values()}) > 1  # not always the same target first
+    loaded.clear()
+    measure([runner(i) for i in range(5)], warmup=0, repeat=2, seed=3)
+    assert tuple(loaded) == orders[3]  # a seed repeats its order
 
 
 def test_cpu_clock_needs_one_thread(capsys, tiny_onnx):

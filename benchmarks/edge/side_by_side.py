@@ -19,7 +19,8 @@ def fresh_runners(paths: Sequence, size: int, run: int) -> list:
     another in a fixed order ran byte-identical programs up to 2% apart, in the same pattern in every run that
     reused that order; opened in a new order each run, the pattern changed from run to run
     (``ort_session_order.py``). So each run is a new sample of that effect, not a repeat of one draw."""
-    from bench_edge import OrtRunner, open_shuffled
+    from bench_edge import OrtRunner
+    from mixa.profile.compare import open_shuffled
 
     return open_shuffled([lambda path=path: OrtRunner(path, 1, size) for path in paths], run)
 

@@ -140,21 +140,23 @@ def run(args) -> int:
         raise UsageError("--clock cpu measures the calling thread's CPU time: use it with --threads 1 on CPU")
     import tempfile
 
-    from mixa.profile.compare import DEFAULT_MIN_ROUNDS, DEFAULT_ROUNDS, measure
+    from mixa.profile.compare import DEFAULT_MIN_ROUNDS, DEFAULT_ROUNDS, measure, open_shuffled
 
     # the original first, then the targets in the order given; only model targets import torch. Every
-    # target is loaded (models exported) first, then all are timed round-robin in this process.
+    # target is loaded (models exported) first, in a shuffled order (open_shuffled), then all are timed
+    # round-robin in this process.
     with tempfile.TemporaryDirectory(prefix="mixa-profile-") as work:
-        runners = []
+        builders = []
         if compare_file:
-            runners += _file_runners(args, args.compare, threads, batch)
+            builders.append(lambda: _file_runners(args, args.compare, threads, batch))
         elif args.compare:
-            runners += _model_runners(args, [], threads, batch, work, original=True)
+            builders.append(lambda: _model_runners(args, [], threads, batch, work, original=True))
         for target in args.targets:
             if target in files:
-                runners += _file_runners(args, target, threads, batch)
+                builders.append(lambda target=target: _file_runners(args, target, threads, batch))
             else:
-                runners += _model_runners(args, [target], threads, batch, work)
+                builders.append(lambda target=target: _model_runners(args, [target], threads, batch, work))
+        runners = [runner for built in open_shuffled(builders) for runner in built]
         progress = _progress(len(runners) * (args.repeat or DEFAULT_ROUNDS))
         records = measure(runners, warmup=args.warmup, repeat=args.repeat, clock=args.clock, progress=progress)
         if progress is not None:

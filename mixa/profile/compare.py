@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..errors import UsageError
 from .records import make_record
@@ -37,13 +38,29 @@ class Runner:
     warmup: int = 0                             # extra untimed calls (torch.compile compiles in them)
 
 
+def open_shuffled(openers: Sequence[Callable[[], Any]], seed: Any = None) -> list:
+    """Call each of ``openers`` (each loads one target) in an order shuffled by ``seed`` (None: a new order
+    each call); their results in the order of ``openers``. Why: where a program's memory lands depends on
+    what was loaded before it, and byte-identical programs loaded one after another in a fixed order ran
+    apart by the same amounts in every run: of four copies given to `mixa profile`, the last ran 0.77% faster
+    than the first on average over ten commands (9 of 10 above 1), whichever copy came last; the first-loaded
+    of five ExecuTorch copies 0.6-0.9% slower (benchmarks/edge/README.md, twenty-first session). In a fixed
+    order each target keeps its place, and its share of that, in every command; shuffled, the ten commands
+    gave +0.12% (6 of 10 above 1): the error has no sign, and repeated commands average it away."""
+    order = list(range(len(openers)))
+    random.Random(seed).shuffle(order)
+    opened = {i: openers[i]() for i in order}
+    return [opened[i] for i in range(len(openers))]
+
+
 def measure(runners: List[Runner], *, warmup: int = 5, repeat: Optional[int] = 20, clock: str = "wall",
-            progress=None) -> List[Dict[str, Any]]:
+            progress=None, seed: Any = None) -> List[Dict[str, Any]]:
     """One record per runner, in the order given: ``warmup`` untimed calls each, then ``repeat`` rounds
     of one timed call of each runner (per thread count); ``repeat=None``: DEFAULT_ROUNDS rounds, stopping
-    after DEFAULT_MIN_ROUNDS once a round-robin has run DEFAULT_BUDGET_S seconds. ``clock='cpu'`` times the calling thread's CPU
-    time: right for 1-thread runtimes on a shared machine, refused with more threads (it would miss the
-    workers' time)."""
+    after DEFAULT_MIN_ROUNDS once a round-robin has run DEFAULT_BUDGET_S seconds. Targets are loaded
+    (``Runner.start``) in an order shuffled by ``seed`` (``open_shuffled``). ``clock='cpu'`` times the
+    calling thread's CPU time: right for 1-thread runtimes on a shared machine, refused with more threads (it
+    would miss the workers' time)."""
     if clock not in CLOCKS:
         raise UsageError(f"unknown clock {clock!r}; choose from {', '.join(CLOCKS)}")
     if clock == "cpu" and any((r.record.get("threads") or 0) != 1 or r.record.get("device", "cpu") != "cpu"
@@ -52,7 +69,7 @@ def measure(runners: List[Runner], *, warmup: int = 5, repeat: Optional[int] = 2
     records: List[Optional[Dict[str, Any]]] = [None] * len(runners)
     for threads in dict.fromkeys(r.record.get("threads") for r in runners):
         group = [i for i, r in enumerate(runners) if r.record.get("threads") == threads]
-        calls = [runners[i].start() for i in group]
+        calls = open_shuffled([runners[i].start for i in group], seed)
         for i, call in zip(group, calls):
             for _ in range(runners[i].warmup):
                 call()
