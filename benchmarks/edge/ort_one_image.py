@@ -114,14 +114,12 @@ def export(model, work: Path, stem: str, size, form: str, precision: str, calib)
 
 
 def main() -> int:
+    from side_by_side import add_run_arguments, fresh_runners, ort_header, write_results
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--task", choices=("deit", "proxy"), default="proxy")
     p.add_argument("--keeps", default="0,6", help="comma-separated keep values")
-    p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
-    p.add_argument("--rounds", type=int, default=150)
-    p.add_argument("--runs", type=int, default=1, help="timings, each a round-robin of new sessions in this process")
-    p.add_argument("--output", default=None, metavar="DIR", help="write ort_one_image_TASK[_TAG].{json,md} there")
-    p.add_argument("--tag", default=None)
+    add_run_arguments(p, "ort_one_image_TASK")
     p.add_argument("--rotation", choices=ROTATIONS, default="all",
                    help="all: every program in one round-robin; per-student: each student's forms with the "
                         "originals of its precision (the module docstring)")
@@ -132,7 +130,6 @@ def main() -> int:
         p.error(f"--kinds: choose from {', '.join(KINDS)}")
     warnings.simplefilter("ignore")
 
-    from side_by_side import fresh_runners, ort_header, write_results
     from mixa.macs import count_macs
     from mixa.profile.records import environment
     from mixa.profile.timing import round_robin

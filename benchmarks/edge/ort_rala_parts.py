@@ -31,16 +31,13 @@ PRECISIONS = ("fp32", "static")
 
 
 def main() -> int:
+    from side_by_side import add_run_arguments, fresh_runners, ort_header, write_results
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
-    p.add_argument("--rounds", type=int, default=150)
-    p.add_argument("--runs", type=int, default=1, help="timings, each a round-robin of new sessions in this process")
-    p.add_argument("--output", default=None, metavar="DIR", help="write ort_rala_parts[_TAG].{json,md} there")
-    p.add_argument("--tag", default=None)
+    add_run_arguments(p, "ort_rala_parts")
     args = p.parse_args()
     warnings.simplefilter("ignore")
     from ort_one_image import build, calibration, export, student
-    from side_by_side import fresh_runners, ort_header, write_results
     from mixa.macs import count_macs
     from mixa.profile.records import environment
     from mixa.profile.timing import paired_speedup, round_robin

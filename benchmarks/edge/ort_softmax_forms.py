@@ -38,18 +38,15 @@ STUDENTS = ("keep6 relu", "keep6 stella", "keep6 rala gate=identity")
 
 
 def main() -> int:
+    from side_by_side import add_run_arguments, fresh_runners, ort_header, write_results
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
-    p.add_argument("--rounds", type=int, default=150)
-    p.add_argument("--runs", type=int, default=1, help="timings, each a round-robin of new sessions in this process")
-    p.add_argument("--output", default=None, metavar="DIR", help="write ort_softmax_forms[_TAG].{json,md} there")
-    p.add_argument("--tag", default=None)
+    add_run_arguments(p, "ort_softmax_forms")
     args = p.parse_args()
     warnings.simplefilter("ignore")
     import torch
 
     from bench_edge import variants
-    from side_by_side import fresh_runners, ort_header, write_results
     from mixa.export import export_onnx, lowering, quantize_onnx
     from mixa.macs import count_macs
     from mixa.models import create_model

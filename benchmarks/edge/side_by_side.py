@@ -13,6 +13,16 @@ from typing import Optional, Sequence
 from mixa.profile.records import describe_cpu
 
 
+def add_run_arguments(p, name: str) -> None:
+    """The flags every timing script here takes: where its programs live, rounds, runs, where ``name``'s
+    results go."""
+    p.add_argument("--work", required=True, help="the .onnx programs (kept: a second call only times)")
+    p.add_argument("--rounds", type=int, default=150)
+    p.add_argument("--runs", type=int, default=1, help="timings, each a round-robin of new sessions in this process")
+    p.add_argument("--output", default=None, metavar="DIR", help=f"write {name}[_TAG].{{json,md}} there")
+    p.add_argument("--tag", default=None)
+
+
 def fresh_runners(paths: Sequence, size: int, run: int) -> list:
     """A new 1-thread ONNX Runtime session for each of ``paths`` (``bench_edge.OrtRunner``, one image of ``size``
     px), opened in an order shuffled by ``run``, returned in the order of ``paths``. Sessions opened one after
