@@ -3,6 +3,7 @@ plot). Needs numpy only (matplotlib for plots)."""
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import platform
 from importlib import metadata
@@ -29,8 +30,11 @@ def latency_stats(seconds: Sequence[float]) -> Dict[str, float]:
             "p99": float(np.percentile(ms, 99)), "min": float(ms.min())}
 
 
+@functools.lru_cache(maxsize=None)
 def _cpuinfo(path: str = "/proc/cpuinfo") -> Optional[Dict[str, str]]:
-    """The first processor's fields of Linux's /proc/cpuinfo (keys lower-case), None where it cannot be read."""
+    """The first processor's fields of Linux's /proc/cpuinfo (keys lower-case), None where it cannot be read.
+    Read once per path and process: ``environment()`` takes the name, generation and flags from it for every
+    record. Callers only read the mapping."""
     fields: Dict[str, str] = {}
     try:
         with open(path) as f:
