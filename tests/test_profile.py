@@ -22,18 +22,18 @@ RECORD_FIELDS = {"target", "runtime", "device", "threads", "batch", "resolution"
 # numpy and onnxruntime only; torch and everything else mixa depends on, or offers as an extra) is recorded
 # and refused. The torch family must not even be tried; the others may be, where mixa does without them.
 TORCH_FAMILY = ("torch", "timm", "torchvision")
+BOARD_LACKS = TORCH_FAMILY + ("onnx", "onnxscript", "safetensors", "yaml", "tqdm", "matplotlib", "executorch")
 BLOCKER = '''
 import importlib.abc, os, sys
 class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "timm", "torchvision", "onnx", "onnxscript", "safetensors", "yaml",
-                                  "tqdm", "matplotlib", "executorch"):
+        if name.split(".")[0] in %r:
             with open(os.environ["MIXA_TEST_BLOCK_LOG"], "a") as f:
                 f.write(name + "\\n")
             raise ImportError(f"{name} is blocked in this test")
         return None
 sys.meta_path.insert(0, _Block())
-'''
+''' % (BOARD_LACKS,)
 
 
 @pytest.fixture(scope="module")

@@ -188,7 +188,7 @@ def record(run: int, label: str, precision: str, mac_ratio: float, times: dict) 
 
 
 def markdown(records) -> str:
-    from side_by_side import mean_band
+    from side_by_side import mean_table
 
     lines = ["| run | model | precision | MAC ratio | original ms | batched ms | one-image ms | one-image / batched "
              "| vs original, batched | vs original, one-image | vs best original, one-image |",
@@ -199,11 +199,7 @@ def markdown(records) -> str:
                      f"{r['one_image_over_batched']:.3f} | {r['vs_original']['batched']:.3f} | "
                      f"{r['vs_original']['one-image']:.3f} | "
                      f"{r['vs_best_original']['one-image']:.3f} ({r['best_original']}) |")
-    lines += ["", "| model | precision | vs best original, one-image: mean +- standard error (range, runs) |",
-              "|---|---|---|"]
-    for key in dict.fromkeys((r["model"], r["precision"]) for r in records):
-        values = [r["vs_best_original"]["one-image"] for r in records if (r["model"], r["precision"]) == key]
-        lines.append(f"| {key[0]} | {key[1]} | {mean_band(values)} |")
+    lines += mean_table(records, lambda r: r["vs_best_original"]["one-image"], "vs best original, one-image")
     return "\n".join(lines)
 
 

@@ -74,15 +74,12 @@ def main() -> int:
 
 
 def markdown(records) -> str:
-    from side_by_side import mean_band
+    from side_by_side import mean_table
 
     lines = ["| run | model | precision | MAC ratio | ms | vs original |", "|---|---|---|---:|---:|---:|"]
     lines += [f"| {r['run']} | {r['model']} | {r['precision']} | {r['mac_ratio']:.3f} | {r['median_ms']:.2f} | "
               f"{r['vs_original']:.3f} |" for r in records]
-    lines += ["", "| model | precision | vs original: mean +- standard error (range, runs) |", "|---|---|---|"]
-    for key in dict.fromkeys((r["model"], r["precision"]) for r in records):
-        values = [r["vs_original"] for r in records if (r["model"], r["precision"]) == key]
-        lines.append(f"| {key[0]} | {key[1]} | {mean_band(values)} |")
+    lines += mean_table(records, lambda r: r["vs_original"], "vs original")
     return "\n".join(lines)
 
 

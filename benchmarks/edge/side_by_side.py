@@ -42,6 +42,16 @@ def mean_band(values: Sequence[float]) -> str:
     return f"{mean:.3f} +- {error:.3f} ({min(values):.3f}-{max(values):.3f}, {len(values)} runs)"
 
 
+def mean_table(records: Sequence[dict], value, what: str) -> list:
+    """Markdown lines (a blank one first) of a table of ``mean_band`` over the runs of each (model, precision)
+    of ``records``, in the order first met; ``value(record)`` is the number, ``what`` names it."""
+    lines = ["", f"| model | precision | {what}: mean +- standard error (range, runs) |", "|---|---|---|"]
+    for key in dict.fromkeys((r["model"], r["precision"]) for r in records):
+        values = [value(r) for r in records if (r["model"], r["precision"]) == key]
+        lines.append(f"| {key[0]} | {key[1]} | {mean_band(values)} |")
+    return lines
+
+
 def ort_header(env: dict, rounds: int, what: str = "", fresh_sessions: bool = True) -> str:
     """The CPU, ONNX Runtime version and timing settings of a 1-thread round-robin run, and its command."""
     sessions = ", sessions opened anew in a shuffled order each run (fresh_runners)" if fresh_sessions else ""
